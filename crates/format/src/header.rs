@@ -1,0 +1,322 @@
+//! The file header shared by every podcache file, and the attach protocol.
+//!
+//! Byte map (all fields little-endian, each in its own 64-bit word so that it can be read with
+//! one atomic load; the first 256 bytes of every file):
+//!
+//! | offset | word | field        | written                                    |
+//! |-------:|-----:|--------------|--------------------------------------------|
+//! | 0x00   | 0    | magic        | at creation: `b"PODCACHE"`                 |
+//! | 0x08   | 1    | version, kind| at creation: low u32 version, high u32 kind|
+//! | 0x10   | 2    | file_size    | at creation: total bytes of the file       |
+//! | 0x18   | 3    | params_hash  | at creation: FNV-1a of kind + params       |
+//! | 0x20   | 4    | created_ns   | at creation: unix time in ns               |
+//! | 0x28   | 5    | header_crc   | at creation: crc32 of words 0..5 and 8..16 |
+//! | 0x30   | 6    | epoch        | +1 by every writer that attaches           |
+//! | 0x38   | 7    | ready        | [`READY`], stored last with Release        |
+//! | 0x40   | 8-15 | params       | kind-specific layout parameters            |
+//! | 0x80   | 16   | writer_state | [`WRITER_RUNNING`] / [`WRITER_CLOSED`] / [`RETIRED`] |
+//! | 0x88   | 17-31| reserved     | zero                                       |
+//!
+//! The offsets of `magic`, `version` and `ready` are frozen for every future version, so any
+//! reader can tell "not yet initialised" from "a version I do not understand".
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Bytes reserved for the header at the start of every file.
+pub const HEADER_BYTES: u64 = 256;
+/// `b"PODCACHE"` read as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"PODCACHE");
+/// Layout version this build reads and writes. See "Version changes" in docs/design.md.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Value of the ready word once the creator finished initialising the file.
+pub const READY: u64 = u64::from_le_bytes(*b"READY!\0\x01");
+/// `writer_state`: a writer holds (or held, until it crashed) the file.
+pub const WRITER_RUNNING: u64 = 1;
+/// `writer_state`: the last writer closed the file cleanly.
+pub const WRITER_CLOSED: u64 = 2;
+/// `writer_state`: the file was replaced by a new file at the same path; re-open it.
+pub const RETIRED: u64 = 3;
+
+pub(crate) const W_MAGIC: usize = 0;
+pub(crate) const W_VERSION_KIND: usize = 1;
+pub(crate) const W_FILE_SIZE: usize = 2;
+pub(crate) const W_PARAMS_HASH: usize = 3;
+pub(crate) const W_CREATED_NS: usize = 4;
+pub(crate) const W_HEADER_CRC: usize = 5;
+pub(crate) const W_EPOCH: usize = 6;
+pub(crate) const W_READY: usize = 7;
+pub(crate) const W_PARAMS: usize = 8;
+/// Number of kind-specific parameter words.
+pub const PARAM_WORDS: usize = 8;
+pub(crate) const W_WRITER_STATE: usize = W_PARAMS + PARAM_WORDS;
+const HEADER_WORDS: usize = (HEADER_BYTES / 8) as usize;
+const _: () = assert!(W_WRITER_STATE < HEADER_WORDS);
+const _: () = assert!(W_READY * 8 == 0x38 && W_PARAMS * 8 == 0x40 && W_WRITER_STATE * 8 == 0x80);
+
+/// What a podcache file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    /// A broadcast ring (message stream).
+    Ring = 1,
+    /// A key-value table.
+    Table = 2,
+}
+
+impl Kind {
+    fn from_u32(v: u32) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Ring),
+            2 => Some(Kind::Table),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Ring => "ring",
+            Kind::Table => "table",
+        })
+    }
+}
+
+/// Why a header was rejected. `Copy`, no allocation; callers add the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The creator has not finished initialising the file (or died while doing so).
+    NotReady,
+    /// The magic bytes are not `PODCACHE`: not a podcache file.
+    BadMagic,
+    /// The file's layout version is not the one this build understands.
+    VersionMismatch {
+        /// Version stored in the file.
+        found: u32,
+        /// Version this build reads.
+        expected: u32,
+    },
+    /// The file holds another kind of structure.
+    WrongKind {
+        /// Kind number stored in the file.
+        found: u32,
+        /// Kind the caller asked for.
+        expected: Kind,
+    },
+    /// The file is shorter than its header says (or than a header).
+    Truncated {
+        /// Bytes the header requires.
+        expected: u64,
+        /// Bytes the file has.
+        actual: u64,
+    },
+    /// The header is inconsistent (bad checksum, impossible sizes).
+    Corrupt(&'static str),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::NotReady => f.write_str("file is not initialised yet"),
+            HeaderError::BadMagic => f.write_str("not a podcache file (bad magic)"),
+            HeaderError::VersionMismatch { found, expected } => {
+                write!(f, "layout version {found}, this build reads version {expected}")
+            }
+            HeaderError::WrongKind { found, expected } => match Kind::from_u32(*found) {
+                Some(k) => write!(f, "file holds a {k}, expected a {expected}"),
+                None => write!(f, "file holds unknown kind {found}, expected a {expected}"),
+            },
+            HeaderError::Truncated { expected, actual } => {
+                write!(f, "file is truncated: {actual} bytes, header requires {expected}")
+            }
+            HeaderError::Corrupt(why) => write!(f, "corrupt header: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// An immutable snapshot of a validated header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderView {
+    /// Kind of structure.
+    pub kind: Kind,
+    /// Total size of the file in bytes.
+    pub file_size: u64,
+    /// Hash of kind and params; two files with equal hashes have the same layout.
+    pub params_hash: u64,
+    /// Creation time, unix nanoseconds.
+    pub created_ns: u64,
+    /// Kind-specific parameters.
+    pub params: [u64; PARAM_WORDS],
+}
+
+/// FNV-1a over the kind and the parameter words.
+pub fn params_hash(kind: Kind, params: &[u64; PARAM_WORDS]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |w: u64| {
+        for b in w.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    eat(kind as u64);
+    eat(u64::from(LAYOUT_VERSION));
+    params.iter().copied().for_each(eat);
+    h
+}
+
+fn header_crc(fixed: &[u64; 5], params: &[u64; PARAM_WORDS]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    fixed.iter().chain(params.iter()).for_each(|w| h.update(&w.to_le_bytes()));
+    h.finalize()
+}
+
+/// Validate the header in `words` (at least [`HEADER_BYTES`] long) against a file of
+/// `actual_len` bytes. Every field is read with an atomic load; nothing is trusted before it is
+/// checked.
+pub fn validate(words: &[AtomicU64], actual_len: u64, expected: Kind) -> Result<HeaderView, HeaderError> {
+    if (words.len() as u64) * 8 < HEADER_BYTES {
+        return Err(HeaderError::Truncated { expected: HEADER_BYTES, actual: actual_len });
+    }
+    // SYNC: Acquire, pairs with the Release store of READY in `publish_ready`: every field the
+    // creator wrote before is visible below.
+    let ready = words[W_READY].load(Ordering::Acquire);
+    // Relaxed for the rest: they were written before READY and never change afterwards.
+    let load = |i: usize| words[i].load(Ordering::Relaxed);
+    let magic = load(W_MAGIC);
+    if ready != READY {
+        // A file being created has no magic yet either; a foreign file has neither.
+        return Err(if magic == MAGIC || magic == 0 { HeaderError::NotReady } else { HeaderError::BadMagic });
+    }
+    if magic != MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let vk = load(W_VERSION_KIND);
+    let version = vk as u32;
+    if version != LAYOUT_VERSION {
+        return Err(HeaderError::VersionMismatch { found: version, expected: LAYOUT_VERSION });
+    }
+    let kind_raw = (vk >> 32) as u32;
+    let kind = match Kind::from_u32(kind_raw) {
+        Some(k) if k == expected => k,
+        _ => return Err(HeaderError::WrongKind { found: kind_raw, expected }),
+    };
+    let fixed = [load(0), load(1), load(2), load(3), load(4)];
+    let mut params = [0u64; PARAM_WORDS];
+    for (i, p) in params.iter_mut().enumerate() {
+        *p = load(W_PARAMS + i);
+    }
+    if load(W_HEADER_CRC) != u64::from(header_crc(&fixed, &params)) {
+        return Err(HeaderError::Corrupt("header checksum mismatch"));
+    }
+    let file_size = load(W_FILE_SIZE);
+    if file_size < HEADER_BYTES || file_size % 8 != 0 {
+        return Err(HeaderError::Corrupt("impossible file size in header"));
+    }
+    if actual_len < file_size {
+        return Err(HeaderError::Truncated { expected: file_size, actual: actual_len });
+    }
+    let params_hash = load(W_PARAMS_HASH);
+    if params_hash != self::params_hash(kind, &params) {
+        return Err(HeaderError::Corrupt("layout hash does not match parameters"));
+    }
+    Ok(HeaderView { kind, file_size, params_hash, created_ns: load(W_CREATED_NS), params })
+}
+
+/// Parse a header from plain bytes (read with `pread` before mapping).
+pub fn validate_bytes(bytes: &[u8], actual_len: u64, expected: Kind) -> Result<HeaderView, HeaderError> {
+    let words: Vec<AtomicU64> =
+        bytes.chunks_exact(8).map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().expect("8 bytes")))).collect();
+    validate(&words, actual_len, expected)
+}
+
+/// Write every header field except `ready` (the creator owns the file exclusively here).
+/// `created_ns` is passed in so that tests are deterministic.
+pub fn write_fields(words: &[AtomicU64], kind: Kind, file_size: u64, params: &[u64; PARAM_WORDS], created_ns: u64) {
+    for w in &words[..HEADER_WORDS] {
+        w.store(0, Ordering::Relaxed);
+    }
+    let vk = u64::from(LAYOUT_VERSION) | ((kind as u64) << 32);
+    let hash = params_hash(kind, params);
+    let fixed = [MAGIC, vk, file_size, hash, created_ns];
+    for (i, v) in fixed.iter().enumerate() {
+        words[i].store(*v, Ordering::Relaxed);
+    }
+    for (i, p) in params.iter().enumerate() {
+        words[W_PARAMS + i].store(*p, Ordering::Relaxed);
+    }
+    words[W_HEADER_CRC].store(u64::from(header_crc(&fixed, params)), Ordering::Relaxed);
+    words[W_EPOCH].store(0, Ordering::Relaxed);
+}
+
+/// Mark the file ready: the last store of initialisation.
+pub fn publish_ready(words: &[AtomicU64]) {
+    // SYNC: Release, pairs with the Acquire load of READY in `validate`.
+    words[W_READY].store(READY, Ordering::Release);
+}
+
+/// The writer epoch (number of writer attaches since creation).
+pub fn epoch(words: &[AtomicU64]) -> u64 {
+    // Relaxed: informational; readers compare it with the last value they saw.
+    words[W_EPOCH].load(Ordering::Relaxed)
+}
+
+/// Bump the writer epoch; returns the new value. Writer only.
+pub fn bump_epoch(words: &[AtomicU64]) -> u64 {
+    let e = words[W_EPOCH].load(Ordering::Relaxed) + 1;
+    // SYNC: Release, so a reader that sees the new epoch also sees the repairs made before it.
+    words[W_EPOCH].store(e, Ordering::Release);
+    e
+}
+
+/// Current `writer_state` word.
+pub fn writer_state(words: &[AtomicU64]) -> u64 {
+    // Relaxed: informational only (clean-close flag, retirement notice).
+    words[W_WRITER_STATE].load(Ordering::Relaxed)
+}
+
+/// Set the `writer_state` word. Writer only.
+pub fn set_writer_state(words: &[AtomicU64], state: u64) {
+    // SYNC: Release, so a reader that sees RETIRED/CLOSED sees everything written before.
+    words[W_WRITER_STATE].store(state, Ordering::Release);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::region::Region;
+
+    fn made() -> Region {
+        let r = Region::heap(64);
+        write_fields(r.words(), Kind::Ring, 512, &[1, 2, 3, 0, 0, 0, 0, 0], 42);
+        r
+    }
+
+    #[test]
+    fn not_ready_until_published() {
+        let r = made();
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::NotReady));
+        publish_ready(r.words());
+        let v = validate(r.words(), 512, Kind::Ring).unwrap();
+        assert_eq!((v.kind, v.file_size, v.params[2], v.created_ns), (Kind::Ring, 512, 3, 42));
+    }
+
+    #[test]
+    fn rejects_each_bad_field() {
+        let r = made();
+        publish_ready(r.words());
+        assert_eq!(
+            validate(r.words(), 512, Kind::Table),
+            Err(HeaderError::WrongKind { found: 1, expected: Kind::Table })
+        );
+        assert_eq!(validate(r.words(), 300, Kind::Ring), Err(HeaderError::Truncated { expected: 512, actual: 300 }));
+        r.words()[W_PARAMS + 1].store(9, Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::Corrupt("header checksum mismatch")));
+        r.words()[W_VERSION_KIND].store(7 | (1 << 32), Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::VersionMismatch { found: 7, expected: 1 }));
+        r.words()[W_MAGIC].store(5, Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::BadMagic));
+    }
+}

@@ -1,0 +1,30 @@
+//! # podcache-format
+//!
+//! The byte layout and lock-free protocols of podcache files, shared by the writer library
+//! (`podcache-writer`) and the read-only reader library (`podcache-reader`). All of podcache's
+//! `unsafe` code and atomics live in this crate.
+//!
+//! * [`header`]: the header every file starts with, and the attach protocol.
+//! * [`ring`]: the broadcast ring — one writer, many readers that never write, lapping.
+//! * [`file`]: creating, locking, preallocating and mapping files (not under loom).
+//! * [`codec`]: the serde codec trait for typed messages.
+//!
+//! Everything in shared memory is accessed as 64-bit atomic words ([`region::Region`]); no
+//! reference is ever formed over bytes another process may be changing. Under `--cfg loom` the
+//! atomics are loom's, and the protocols run on a heap region (see `tests/loom_ring.rs`).
+
+#![deny(missing_docs)]
+
+pub mod codec;
+mod error;
+#[cfg(not(loom))]
+pub mod file;
+#[cfg(not(loom))]
+mod futex;
+pub mod header;
+pub mod region;
+pub mod ring;
+mod sync;
+
+pub use error::{CreateError, OpenError};
+pub use header::Kind;

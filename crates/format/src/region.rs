@@ -1,0 +1,154 @@
+//! A shared region seen as a slice of 64-bit atomic words.
+//!
+//! Every access to shared memory goes through [`Region::words`]: a `&[AtomicU64]` over the
+//! mapping. References to atomics are sound over memory another process changes (that is what
+//! atomics are for), and plain atomic loads are allowed on read-only memory (std's "atomic
+//! accesses to read-only memory"), so a reader's `PROT_READ` mapping is covered too. No `&[u8]`
+//! or `&T` is ever formed over shared bytes: payloads are copied word by word with
+//! [`copy_out`] / [`copy_in`].
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Where the words of a [`Region`] live.
+enum Backing {
+    /// Process-local heap words: tests and loom models.
+    Heap(#[allow(dead_code)] Box<[AtomicU64]>),
+    /// A read-only (`PROT_READ`) file mapping.
+    #[cfg(not(loom))]
+    MapRead(#[allow(dead_code)] memmap2::Mmap),
+    /// A read-write shared file mapping (the single writer's).
+    #[cfg(not(loom))]
+    MapWrite(#[allow(dead_code)] memmap2::MmapMut),
+}
+
+/// A region of shared memory, 8-byte aligned, a whole number of words long.
+pub struct Region {
+    base: *const AtomicU64,
+    len_words: usize,
+    writable: bool,
+    _backing: Backing,
+}
+
+// SAFETY: the region only hands out `&[AtomicU64]`, which is `Sync`; the backing (heap box or
+// mapping) is owned and lives as long as the region.
+unsafe impl Send for Region {}
+// SAFETY: as above: all shared access is through atomics.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A zeroed heap region of `len_words` words (tests and loom models).
+    pub fn heap(len_words: usize) -> Region {
+        let words: Box<[AtomicU64]> = (0..len_words).map(|_| AtomicU64::new(0)).collect();
+        let base = words.as_ptr();
+        Region { base, len_words, writable: true, _backing: Backing::Heap(words) }
+    }
+
+    /// A region over a read-only mapping.
+    #[cfg(not(loom))]
+    pub(crate) fn from_map(map: memmap2::Mmap) -> Region {
+        let (base, len_words) = Self::base_of(map.as_ptr(), map.len());
+        Region { base, len_words, writable: false, _backing: Backing::MapRead(map) }
+    }
+
+    /// A region over the writer's read-write mapping.
+    #[cfg(not(loom))]
+    pub(crate) fn from_map_mut(map: memmap2::MmapMut) -> Region {
+        let (base, len_words) = Self::base_of(map.as_ptr(), map.len());
+        Region { base, len_words, writable: true, _backing: Backing::MapWrite(map) }
+    }
+
+    #[cfg(not(loom))]
+    fn base_of(ptr: *const u8, len: usize) -> (*const AtomicU64, usize) {
+        // mmap returns page-aligned addresses, so word alignment always holds.
+        assert_eq!(ptr as usize % 8, 0, "mapping is not 8-byte aligned");
+        (ptr.cast::<AtomicU64>(), len / 8)
+    }
+
+    /// The region as atomic words.
+    #[inline]
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: `base` points to `len_words` initialised, 8-byte aligned words owned by
+        // `_backing` for the lifetime of `self`. `AtomicU64` has the layout of `u64` and allows
+        // shared mutation (by this or another process) through `&`.
+        unsafe { std::slice::from_raw_parts(self.base, self.len_words) }
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len_bytes(&self) -> u64 {
+        self.len_words as u64 * 8
+    }
+
+    /// Whether this process may store into the region (the writer's mapping).
+    #[inline]
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Address of word `index`, for the futex syscall. Panics when out of range.
+    #[cfg(not(loom))]
+    pub(crate) fn word_ptr(&self, index: usize) -> *const AtomicU64 {
+        &self.words()[index] as *const AtomicU64
+    }
+}
+
+/// Copy `out.len()` bytes starting at word `first` out of `words` with Relaxed word loads.
+///
+/// The caller has bounds-checked `first..first + out.len().div_ceil(8)`. Relaxed is enough: the
+/// caller validates the copy afterwards (Acquire fence, then a re-check of the writer's lease).
+#[inline]
+pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
+    let src = &words[first..first + out.len().div_ceil(8)];
+    let mut chunks = out.chunks_exact_mut(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        chunk.copy_from_slice(&src[i].load(Ordering::Relaxed).to_le_bytes());
+        i += 1;
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let last = src[i].load(Ordering::Relaxed).to_le_bytes();
+        rest.copy_from_slice(&last[..rest.len()]);
+    }
+}
+
+/// Copy `src` into `words` starting at word `first`, zero-padding the last word.
+///
+/// Every store is Release: whatever the writer stored before (above all its lease, see
+/// `ring`) happens-before any reader's Acquire fence that follows a load of these words.
+#[inline]
+pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
+    let dst = &words[first..first + src.len().div_ceil(8)];
+    let mut chunks = src.chunks_exact(8);
+    let mut i = 0;
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        // SYNC: Release, pairs with the Acquire fence in RingReader::validate.
+        dst[i].store(w, Ordering::Release);
+        i += 1;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        // SYNC: Release, as above.
+        dst[i].store(u64::from_le_bytes(last), Ordering::Release);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_round_trips_every_length() {
+        let region = Region::heap(32);
+        for len in 0..=200usize {
+            let src: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            copy_in(region.words(), 3, &src);
+            let mut out = vec![0u8; len];
+            copy_out(region.words(), 3, &mut out);
+            assert_eq!(out, src, "len {len}");
+        }
+    }
+}

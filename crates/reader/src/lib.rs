@@ -1,0 +1,46 @@
+//! # podcache-reader
+//!
+//! The read-only side of podcache. Opens a file on the shared volume with `O_RDONLY`, maps it
+//! `PROT_READ`, validates it, and reads at memory speed: no syscalls, no sockets, no writes to
+//! shared memory at all — so a consumer container can mount the volume `readOnly: true`.
+//!
+//! ## Subscribing to a ring
+//!
+//! A [`Subscriber`] reads a broadcast ring in order with its own cursor (kept in process
+//! memory). The publisher never waits for it: a subscriber that falls more than a ring behind
+//! is *lapped*, jumps to the oldest intact message, and the next [`Msg`] tells how many it
+//! lost ([`Msg::lost`]). Every message is copied out with atomic word loads, then validated
+//! (lapping check, sequence number, crc32) before it is returned: a torn, partial or
+//! corrupted message is never handed out.
+//!
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("events.ring");
+//! # let mut publisher = podcache_writer::Publisher::builder(&path).capacity(1 << 16).create()?;
+//! use podcache_reader::{Start, Subscriber};
+//! use std::time::Duration;
+//!
+//! let mut sub = Subscriber::builder(&path).start(Start::Oldest).open()?;
+//! publisher.publish(b"hello")?;
+//!
+//! let mut buf = vec![0u8; sub.max_message()];
+//! // Poll (never blocks) ...
+//! let msg = sub.try_recv(&mut buf)?.expect("one message");
+//! assert_eq!(&buf[..msg.len], b"hello");
+//! // ... or block up to a timeout (spins briefly, then sleeps on a futex).
+//! assert!(sub.recv_timeout(&mut buf, Duration::from_millis(1))?.is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod subscriber;
+
+pub use podcache_format::codec::{Codec, CodecError, Postcard};
+pub use podcache_format::ring::{Msg, ReadError as RecvError, Start};
+pub use podcache_format::{Kind, OpenError};
+pub use subscriber::{Subscriber, SubscriberBuilder, TypedRecvError};
+
+#[cfg(feature = "bincode")]
+pub use podcache_format::codec::Bincode1;

@@ -1,0 +1,215 @@
+//! [`Subscriber`]: a read-only cursor over a ring file.
+
+use podcache_format::codec::{Codec, CodecError, Postcard};
+use podcache_format::file;
+use podcache_format::header::{self, RETIRED};
+use podcache_format::region::Region;
+use podcache_format::ring::{Msg, ReadError, RingParams, RingReader, Start};
+use podcache_format::{Kind, OpenError};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Builds a [`Subscriber`]: see [`Subscriber::builder`].
+#[derive(Clone, Debug)]
+pub struct SubscriberBuilder {
+    path: PathBuf,
+    start: Start,
+    wait_ready: Duration,
+}
+
+impl SubscriberBuilder {
+    /// Where to start (default [`Start::Oldest`]).
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// Wait up to `timeout` for the file to exist and be ready (default: do not wait).
+    pub fn wait_ready(mut self, timeout: Duration) -> Self {
+        self.wait_ready = timeout;
+        self
+    }
+
+    /// Open the file read-only and validate it.
+    pub fn open(self) -> Result<Subscriber, OpenError> {
+        let (region, view) = file::open_read_wait(&self.path, Kind::Ring, self.wait_ready)?;
+        let params = RingParams::from_header(&view)
+            .map_err(|e| OpenError::Corrupt { path: self.path.clone(), reason: format!("ring layout: {e}") })?;
+        let reader = RingReader::new(Arc::clone(&region), &params, self.start);
+        let epoch = header::epoch(region.words());
+        Ok(Subscriber { path: self.path, region, reader, max_msg: params.max_msg as usize, epoch, scratch: Vec::new() })
+    }
+}
+
+/// A read-only subscriber of a broadcast ring.
+///
+/// Three ways to wait for the next message: [`try_recv`](Self::try_recv) polls and never
+/// blocks; [`recv_spin`](Self::recv_spin) busy-waits (lowest latency, burns a core);
+/// [`recv_timeout`](Self::recv_timeout) spins briefly then sleeps on a futex in the shared
+/// mapping until the publisher wakes it or the timeout passes.
+pub struct Subscriber {
+    path: PathBuf,
+    region: Arc<Region>,
+    reader: RingReader,
+    max_msg: usize,
+    epoch: u64,
+    scratch: Vec<u8>,
+}
+
+/// A typed receive failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TypedRecvError {
+    /// Reading the ring failed.
+    Recv(ReadError),
+    /// The message did not decode (message consumed).
+    Decode(CodecError),
+}
+
+impl std::fmt::Display for TypedRecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TypedRecvError::Recv(e) => write!(f, "receive failed: {e}"),
+            TypedRecvError::Decode(e) => write!(f, "decoding failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TypedRecvError {}
+
+impl Subscriber {
+    /// Start building a subscriber for the ring file at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> SubscriberBuilder {
+        SubscriberBuilder { path: path.as_ref().to_path_buf(), start: Start::Oldest, wait_ready: Duration::ZERO }
+    }
+
+    /// Open the ring at `path` from its oldest message.
+    pub fn open(path: impl AsRef<Path>) -> Result<Subscriber, OpenError> {
+        Self::builder(path).open()
+    }
+
+    /// Copy the next message into `buf` (at least [`max_message`](Self::max_message) bytes
+    /// never fails for size). `Ok(None)` if there is none yet. Never blocks.
+    #[inline]
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
+        self.reader.read(buf)
+    }
+
+    /// Busy-wait for the next message, up to `timeout`.
+    pub fn recv_spin(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, ReadError> {
+        let deadline = Instant::now() + timeout;
+        let mut n = 0u32;
+        loop {
+            if let Some(m) = self.reader.read(buf)? {
+                return Ok(Some(m));
+            }
+            n = n.wrapping_add(1);
+            if n % 1024 == 0 && Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Wait for the next message up to `timeout`: spin briefly, then sleep on the futex.
+    pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, ReadError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.reader.read(buf)? {
+                return Ok(Some(m));
+            }
+            if !self.reader.wait(deadline) {
+                return self.reader.read(buf);
+            }
+        }
+    }
+
+    /// Receive the next message into a new `Vec` (blocking up to `timeout`).
+    pub fn recv_vec(&mut self, timeout: Duration) -> Result<Option<(Msg, Vec<u8>)>, ReadError> {
+        let mut buf = vec![0u8; self.max_msg];
+        Ok(self.recv_timeout(&mut buf, timeout)?.map(|m| {
+            buf.truncate(m.len);
+            (m, buf)
+        }))
+    }
+
+    /// Receive and decode the next message with postcard (blocking up to `timeout`).
+    pub fn recv_typed<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<Option<(Msg, T)>, TypedRecvError> {
+        self.recv_with(&Postcard, timeout)
+    }
+
+    /// Receive and decode the next message with `codec` (blocking up to `timeout`).
+    pub fn recv_with<C: Codec, T: DeserializeOwned>(
+        &mut self,
+        codec: &C,
+        timeout: Duration,
+    ) -> Result<Option<(Msg, T)>, TypedRecvError> {
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.resize(self.max_msg, 0);
+        let got = self.recv_timeout(&mut buf, timeout);
+        let out = match got {
+            Ok(Some(m)) => codec.decode(&buf[..m.len]).map(|v| Some((m, v))).map_err(TypedRecvError::Decode),
+            Ok(None) => Ok(None),
+            Err(e) => Err(TypedRecvError::Recv(e)),
+        };
+        self.scratch = buf;
+        out
+    }
+
+    /// Skip everything not yet read: the next message is the next one published.
+    pub fn skip_to_newest(&mut self) {
+        self.reader.skip_to_newest();
+    }
+
+    /// Largest message the ring carries: a buffer this big always fits.
+    pub fn max_message(&self) -> usize {
+        self.max_msg
+    }
+
+    /// Messages lost to laps since this subscriber opened.
+    pub fn lost(&self) -> u64 {
+        self.reader.lost()
+    }
+
+    /// Times this subscriber was lapped.
+    pub fn laps(&self) -> u64 {
+        self.reader.laps()
+    }
+
+    /// Messages published and not yet read by this subscriber (approximate while the writer
+    /// runs; includes messages already overwritten).
+    pub fn backlog_bytes(&self) -> u64 {
+        self.reader.writer_tail().saturating_sub(self.reader.position())
+    }
+
+    /// Sequence number the publisher will give its next message.
+    pub fn writer_next_seq(&self) -> u64 {
+        self.reader.writer_next_seq()
+    }
+
+    /// The writer epoch now (1 for the creator, +1 per restarted publisher).
+    pub fn writer_epoch(&self) -> u64 {
+        header::epoch(self.region.words())
+    }
+
+    /// Whether a publisher restarted since this subscriber opened (or last called this).
+    /// Messages are not lost by a restart: the new publisher continues the sequence.
+    pub fn take_restarted(&mut self) -> bool {
+        let now = self.writer_epoch();
+        let changed = now != self.epoch;
+        self.epoch = now;
+        changed
+    }
+
+    /// Whether the file was replaced by a new one at the same path (re-open to follow it).
+    pub fn is_retired(&self) -> bool {
+        header::writer_state(self.region.words()) == RETIRED
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
