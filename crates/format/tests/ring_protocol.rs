@@ -1,0 +1,234 @@
+//! The ring protocol on a heap region: order, wrap-around, lapping, claims, batches, recovery.
+#![cfg(not(loom))]
+
+use podcache_format::region::Region;
+use podcache_format::ring::{Msg, ReadError, RingParams, RingReader, RingWriter, Start, WakePolicy};
+use std::sync::Arc;
+
+fn params(capacity: u64, max_msg: u32) -> RingParams {
+    RingParams { data_offset: 4096, capacity, max_msg }
+}
+
+fn region(p: &RingParams) -> Arc<Region> {
+    Arc::new(Region::heap((p.file_size() / 8) as usize))
+}
+
+/// Payload for sequence `seq`: its length and bytes are derived from `seq`.
+fn payload(seq: u64, max: u32) -> Vec<u8> {
+    let len = 1 + (seq.wrapping_mul(2654435761) % u64::from(max)) as usize;
+    (0..len).map(|i| (seq as usize + i * 31) as u8).collect()
+}
+
+fn recv(r: &mut RingReader, buf: &mut [u8]) -> Option<(Msg, Vec<u8>)> {
+    r.read(buf).unwrap().map(|m| (m, buf[..m.len].to_vec()))
+}
+
+#[test]
+fn messages_arrive_in_order_across_many_wraps() {
+    let p = params(4096, 200);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    let mut buf = vec![0u8; 200];
+    assert!(r.read(&mut buf).unwrap().is_none());
+    for seq in 1..=20_000u64 {
+        assert_eq!(w.publish(&payload(seq, 200)).unwrap(), seq);
+        let (m, got) = recv(&mut r, &mut buf).expect("a message");
+        assert_eq!((m.seq, m.lost), (seq, 0));
+        assert_eq!(got, payload(seq, 200), "seq {seq}");
+    }
+    assert!(r.read(&mut buf).unwrap().is_none());
+}
+
+#[test]
+fn lapped_reader_reports_exact_loss_and_continues() {
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    let mut buf = vec![0u8; 64];
+    w.publish(&payload(1, 64)).unwrap();
+    assert_eq!(recv(&mut r, &mut buf).unwrap().0.seq, 1);
+    for seq in 2..=10_000u64 {
+        w.publish(&payload(seq, 64)).unwrap();
+    }
+    let (first, bytes) = recv(&mut r, &mut buf).unwrap();
+    assert!(first.seq > 9_000, "jumped to the oldest intact message, got {}", first.seq);
+    assert_eq!(first.lost, first.seq - 2, "lost exactly the messages between");
+    assert_eq!(bytes, payload(first.seq, 64));
+    let mut last = first.seq;
+    while let Some((m, bytes)) = recv(&mut r, &mut buf) {
+        assert_eq!((m.seq, m.lost), (last + 1, 0));
+        assert_eq!(bytes, payload(m.seq, 64));
+        last = m.seq;
+    }
+    assert_eq!(last, 10_000);
+    assert_eq!(r.lost() + 1 + (last - first.seq + 1), 10_000);
+    assert_eq!(r.laps(), 1);
+}
+
+#[test]
+fn buffer_too_small_does_not_consume() {
+    let p = params(4096, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    w.publish(&[7u8; 50]).unwrap();
+    assert_eq!(r.read(&mut [0u8; 10]), Err(ReadError::BufferTooSmall { needed: 50 }));
+    let mut buf = [0u8; 50];
+    assert_eq!(r.read(&mut buf).unwrap().unwrap().len, 50);
+}
+
+#[test]
+fn claims_write_in_place_and_uncommitted_claims_vanish() {
+    let p = params(4096, 500);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    let mut buf = vec![0u8; 500];
+    let whole: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+    for round in 0..50 {
+        let mut c = w.claim(500).unwrap();
+        // Odd-sized pieces exercise the partial-word path.
+        for piece in whole.chunks(7 + round % 5) {
+            assert_eq!(c.write(piece), piece.len());
+        }
+        assert_eq!(c.len(), 300);
+        c.commit().unwrap();
+        let mut dropped = w.claim(100).unwrap();
+        dropped.write(b"never seen");
+        drop(dropped);
+        let (m, got) = recv(&mut r, &mut buf).unwrap();
+        assert_eq!((got, m.lost), (whole.clone(), 0));
+        assert!(r.read(&mut buf).unwrap().is_none());
+    }
+    let mut full = w.claim(3).unwrap();
+    assert_eq!(full.write(b"abcdef"), 3);
+    assert_eq!(full.commit().unwrap(), 51);
+    assert!(w.claim(501).is_err());
+    assert!(w.claim(10).unwrap().commit().is_err(), "empty claims are not published");
+}
+
+#[test]
+fn batches_commit_together_and_reject_bad_members() {
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    let msgs: Vec<Vec<u8>> = (1..=500u64).map(|s| payload(s, 64)).collect();
+    assert!(w.publish_batch([&b"ok"[..], &[][..]]).is_err());
+    assert!(r.read(&mut [0u8; 64]).unwrap().is_none(), "a refused batch publishes nothing");
+    assert_eq!(w.publish_batch(msgs.iter().take(20).map(|m| &m[..])).unwrap(), Some(20));
+    let mut buf = [0u8; 64];
+    for s in 1..=20u64 {
+        let (m, got) = recv(&mut r, &mut buf).unwrap();
+        assert_eq!((m.seq, got), (s, payload(s, 64)));
+    }
+    // A batch larger than the ring commits in parts and the slow reader is lapped, not fed
+    // garbage.
+    w.publish_batch(msgs.iter().skip(20).map(|m| &m[..])).unwrap();
+    let (m, _) = recv(&mut r, &mut buf).unwrap();
+    assert_eq!(m.lost, m.seq - 21);
+}
+
+#[test]
+fn start_newest_sees_only_new_messages() {
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    w.publish(b"old").unwrap();
+    let mut r = RingReader::new(reg, &p, Start::Newest);
+    assert!(r.read(&mut [0u8; 64]).unwrap().is_none());
+    w.publish(b"new").unwrap();
+    let mut buf = [0u8; 64];
+    let (m, got) = recv(&mut r, &mut buf).unwrap();
+    assert_eq!((m.seq, m.lost, &got[..]), (2, 0, &b"new"[..]));
+}
+
+#[test]
+fn a_new_writer_continues_the_sequence_after_an_unfinished_claim() {
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+    for s in 1..=300u64 {
+        w.publish(&payload(s, 64)).unwrap();
+    }
+    // The "crash": a claim half-written and never committed, then the writer is gone.
+    let mut c = w.claim(64).unwrap();
+    c.write(&[0xAA; 40]);
+    std::mem::forget(c);
+    drop(w);
+    let (mut w2, rec) = RingWriter::attach(reg, &p, WakePolicy::Never);
+    assert!(!rec.discarded);
+    assert!(rec.intact > 0);
+    assert_eq!(w2.next_seq(), 301);
+    w2.publish(&payload(301, 64)).unwrap();
+    let mut buf = [0u8; 64];
+    let mut last = 0;
+    while let Some((m, got)) = recv(&mut r, &mut buf) {
+        assert_eq!(got, payload(m.seq, 64));
+        last = m.seq;
+    }
+    assert_eq!(last, 301);
+}
+
+#[test]
+fn attach_to_a_damaged_ring_empties_it_and_readers_see_a_lap() {
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+    for s in 1..=10u64 {
+        w.publish(&payload(s, 64)).unwrap();
+    }
+    drop(w);
+    let mut buf = [0u8; 64];
+    assert_eq!(recv(&mut r, &mut buf).unwrap().0.seq, 1);
+    // Flip a payload byte of the second record: its crc no longer matches.
+    let word = &reg.words()[(4096 + r.position() as usize) / 8 + 2];
+    word.store(word.load(std::sync::atomic::Ordering::Relaxed) ^ 1, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(r.read(&mut buf), Err(ReadError::Corrupt { reason: "checksum mismatch", .. })));
+    let (mut w2, rec) = RingWriter::attach(reg.clone(), &p, WakePolicy::Never);
+    assert!(rec.discarded);
+    assert_eq!(w2.next_seq(), 11);
+    w2.publish(&payload(11, 64)).unwrap();
+    let (m, got) = recv(&mut r, &mut buf).unwrap();
+    assert_eq!((m.seq, m.lost, got), (11, 9, payload(11, 64)));
+}
+
+#[test]
+fn concurrent_reader_never_sees_a_bad_message() {
+    let p = params(1 << 14, 256);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256];
+                // Losses are counted from the first message a reader receives.
+                let (mut got, mut next, mut first) = (0u64, 0u64, 0u64);
+                while next <= 200_000 {
+                    if let Some(m) = r.read(&mut buf).unwrap() {
+                        if got == 0 {
+                            (next, first) = (m.seq, m.seq);
+                        }
+                        assert_eq!(m.seq, next + m.lost);
+                        assert_eq!(&buf[..m.len], &payload(m.seq, 256)[..]);
+                        next = m.seq + 1;
+                        got += 1;
+                    }
+                }
+                (got + first - 1, r.lost())
+            })
+        })
+        .collect();
+    for s in 1..=200_000u64 {
+        w.publish(&payload(s, 256)).unwrap();
+    }
+    for h in readers {
+        let (got, lost) = h.join().unwrap();
+        assert_eq!(got + lost, 200_000);
+    }
+}
