@@ -6,6 +6,7 @@
 //!
 //! * [`header`]: the header every file starts with, and the attach protocol.
 //! * [`ring`]: the broadcast ring — one writer, many readers that never write, lapping.
+//! * [`table`]: the key-value table — lock-free gets from read-only readers, TTL, eviction.
 //! * [`file`]: creating, locking, preallocating and mapping files (not under loom).
 //! * [`codec`]: the serde codec trait for typed messages.
 //!
@@ -14,6 +15,8 @@
 //! atomics are loom's, and the protocols run on a heap region (see `tests/loom_ring.rs`).
 
 #![deny(missing_docs)]
+// Word indices are values here (slot addresses are compared and stored), not just indices.
+#![allow(clippy::needless_range_loop)]
 
 pub mod codec;
 mod error;
@@ -21,10 +24,12 @@ mod error;
 pub mod file;
 #[cfg(not(loom))]
 mod futex;
+pub mod hash;
 pub mod header;
 pub mod region;
 pub mod ring;
 mod sync;
+pub mod table;
 
 pub use error::{CreateError, OpenError};
 pub use header::Kind;

@@ -136,6 +136,69 @@ pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
     }
 }
 
+/// Copy `out.len()` bytes starting at byte `byte_off` (any alignment) out of `words` with
+/// Relaxed word loads. The caller has bounds-checked the range and validates afterwards.
+#[inline]
+pub(crate) fn copy_out_bytes(words: &[AtomicU64], byte_off: usize, out: &mut [u8]) {
+    let lead = byte_off % 8;
+    if lead == 0 {
+        return copy_out(words, byte_off / 8, out);
+    }
+    let first = byte_off / 8;
+    let w = words[first].load(Ordering::Relaxed).to_le_bytes();
+    let n = (8 - lead).min(out.len());
+    out[..n].copy_from_slice(&w[lead..lead + n]);
+    if n < out.len() {
+        copy_out(words, first + 1, &mut out[n..]);
+    }
+}
+
+/// Appends a byte stream to shared words starting at a word boundary, one Release store per
+/// word (SYNC: pairs with the Acquire fence of the reader's validation). A word is stored
+/// each time it fills, and the partial last word (zero-padded) at once, so what was written
+/// is in shared memory when `write` returns.
+pub(crate) struct WordWriter {
+    first: usize,
+    len: usize,
+    partial: [u8; 8],
+}
+
+impl WordWriter {
+    /// A writer at word `first`.
+    pub(crate) fn new(first: usize) -> WordWriter {
+        WordWriter { first, len: 0, partial: [0; 8] }
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Append `src`; the caller has bounds-checked the room.
+    pub(crate) fn write(&mut self, words: &[AtomicU64], mut src: &[u8]) {
+        let fill = self.len % 8;
+        if fill != 0 {
+            let n = (8 - fill).min(src.len());
+            self.partial[fill..fill + n].copy_from_slice(&src[..n]);
+            // SYNC: Release, pairs with the reader's Acquire fence before its re-check.
+            words[self.first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
+            self.len += n;
+            src = &src[n..];
+        }
+        let whole = src.len() & !7;
+        copy_in(words, self.first + self.len / 8, &src[..whole]);
+        self.len += whole;
+        let rest = &src[whole..];
+        if !rest.is_empty() {
+            self.partial = [0; 8];
+            self.partial[..rest.len()].copy_from_slice(rest);
+            // SYNC: Release, as above.
+            words[self.first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
+            self.len += rest.len();
+        }
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -149,6 +212,24 @@ mod tests {
             let mut out = vec![0u8; len];
             copy_out(region.words(), 3, &mut out);
             assert_eq!(out, src, "len {len}");
+        }
+    }
+
+    #[test]
+    fn word_writer_and_unaligned_copy_out_agree() {
+        let region = Region::heap(64);
+        let stream: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
+        let mut ww = WordWriter::new(2);
+        for piece in stream.chunks(5).chain(std::iter::once(&[][..])) {
+            ww.write(region.words(), piece);
+        }
+        assert_eq!(ww.len(), 300);
+        for start in 0..20 {
+            for len in [0, 1, 7, 8, 9, 100] {
+                let mut out = vec![0u8; len];
+                copy_out_bytes(region.words(), 16 + start, &mut out);
+                assert_eq!(out, &stream[start..start + len]);
+            }
         }
     }
 }

@@ -40,7 +40,7 @@
 //! every copied word is from the committed record, or the lease check fails.
 
 use crate::header::{HeaderView, PARAM_WORDS};
-use crate::region::{copy_in, copy_out, Region};
+use crate::region::{copy_in, copy_out, Region, WordWriter};
 use crate::sync::{fence, spin_hint, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -632,7 +632,8 @@ impl RingWriter {
     pub fn claim(&mut self, max_len: usize) -> Result<Claim<'_>, PublishError> {
         self.check_len(max_len)?;
         let start = self.reserve(self.tail, max_len as u64);
-        Ok(Claim { writer: self, start, cap: max_len, len: 0, partial: [0; 8], crc: crc32fast::Hasher::new() })
+        let out = WordWriter::new(self.g.word(start) + 2);
+        Ok(Claim { writer: self, start, cap: max_len, out, crc: crc32fast::Hasher::new() })
     }
 }
 
@@ -652,72 +653,48 @@ pub struct Claim<'w> {
     writer: &'w mut RingWriter,
     start: u64,
     cap: usize,
-    len: usize,
-    /// Bytes of a word not yet stored (`len % 8` of them are valid).
-    partial: [u8; 8],
+    out: WordWriter,
     crc: crc32fast::Hasher,
 }
 
 impl Claim<'_> {
     /// Bytes written so far.
     pub fn len(&self) -> usize {
-        self.len
+        self.out.len()
     }
 
     /// Whether nothing was written yet.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.out.len() == 0
     }
 
     /// Bytes that can still be written.
     pub fn remaining(&self) -> usize {
-        self.cap - self.len
+        self.cap - self.out.len()
     }
 
     /// Append bytes straight into the ring. Returns how many were taken (fewer than
     /// `bytes.len()` only when the claim is full).
     pub fn write(&mut self, bytes: &[u8]) -> usize {
         let take = bytes.len().min(self.remaining());
-        let mut src = &bytes[..take];
-        self.crc.update(src);
-        let w = self.writer.region.words();
-        let first = self.writer.g.word(self.start) + 2;
-        // Fill a pending partial word first.
-        let fill = self.len % 8;
-        if fill != 0 {
-            let n = (8 - fill).min(src.len());
-            self.partial[fill..fill + n].copy_from_slice(&src[..n]);
-            // SYNC: Release, pairs with the Acquire fence in RingReader::read.
-            w[first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
-            self.len += n;
-            src = &src[n..];
-        }
-        let whole = src.len() & !7;
-        copy_in(w, first + self.len / 8, &src[..whole]);
-        self.len += whole;
-        let rest = &src[whole..];
-        if !rest.is_empty() {
-            self.partial = [0; 8];
-            self.partial[..rest.len()].copy_from_slice(rest);
-            // SYNC: Release, as above.
-            w[first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
-            self.len += rest.len();
-        }
+        self.crc.update(&bytes[..take]);
+        self.out.write(self.writer.region.words(), &bytes[..take]);
         take
     }
 
     /// Publish what was written. An empty claim publishes nothing and returns `Empty`.
     pub fn commit(self) -> Result<u64, PublishError> {
-        if self.len == 0 {
+        let len = self.out.len();
+        if len == 0 {
             return Err(PublishError::Empty);
         }
         let started = self.writer.commit_start();
         let seq = self.writer.next_seq;
         let mut crc = crc32fast::Hasher::new();
         crc.update(&seq.to_le_bytes());
-        crc.update(&(self.len as u32).to_le_bytes());
+        crc.update(&(len as u32).to_le_bytes());
         crc.combine(&self.crc);
-        self.writer.finish_record(self.start, seq, self.len as u32, crc.finalize());
+        self.writer.finish_record(self.start, seq, len as u32, crc.finalize());
         let end = self.writer.tail_after;
         self.writer.commit(end, started);
         Ok(seq)

@@ -1,0 +1,377 @@
+//! The key-value table: one writer, any number of read-only readers, lock-free gets.
+//!
+//! # Layout
+//!
+//! A table file is the 256-byte [header](crate::header), then (byte offsets):
+//!
+//! | offset         | what |
+//! |---------------:|------|
+//! | 0x100          | statistics, one word each: items, live bytes, puts, deletes, evictions, expirations, clears, next segment sequence |
+//! | 0x180          | segment table: 4 words per segment: `state` (`gen << 40 \| fill`), `seq` (FIFO order, 0 = free), `max_expiry` (unix ms; `u64::MAX` if an item never expires), `live` (bytes of live records) |
+//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes. Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 8-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
+//! | `data_offset`  | `nsegments` segments of `segment_size` bytes, filled with records in append order |
+//!
+//! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
+//! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 8 bytes. The crc
+//! (crc32, IEEE) covers header bits 32–63, the expiry, the key and the value.
+//!
+//! # Protocol
+//!
+//! Records are immutable once written. A put appends a record to the current segment (Release
+//! stores), publishes it by storing the segment's `fill` (Release), then stores the key's slot
+//! (Release): the old record, if any, is now dead. A delete stores 0 in the slot. When the
+//! writer needs a segment and none is free it evicts one: expired-first (a segment all of whose
+//! items expired), else the oldest (FIFO). Eviction clears every slot that points into the
+//! segment, then bumps the segment's generation and resets its fill (one store), then reuses it.
+//!
+//! A get hashes the key, loads the slots of its bucket (Acquire), and for a slot whose tag
+//! matches loads the segment `state` (Acquire), checks the record lies below `fill`, copies the
+//! header, key and value out with Relaxed loads, issues an Acquire fence and loads `state`
+//! again. If the generation changed the segment was recycled while it copied: the get starts
+//! over (bounded). Otherwise the copy is what the writer wrote; the get compares the key,
+//! checks the crc and the expiry. Why it is sound is the ring's argument: every store into a
+//! recycled segment is a Release store sequenced after the generation bump.
+
+mod reader;
+mod writer;
+
+pub use reader::{GetError, KeyIter, SharedBytes, TableReader};
+pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};
+
+use crate::header::{HeaderView, PARAM_WORDS};
+use crate::sync::{AtomicU64, Ordering};
+
+pub(crate) const W_STAT_ITEMS: usize = 0x100 / 8;
+pub(crate) const W_STAT_BYTES: usize = 0x108 / 8;
+pub(crate) const W_STAT_PUTS: usize = 0x110 / 8;
+pub(crate) const W_STAT_DELETES: usize = 0x118 / 8;
+pub(crate) const W_STAT_EVICTIONS: usize = 0x120 / 8;
+pub(crate) const W_STAT_EXPIRATIONS: usize = 0x128 / 8;
+pub(crate) const W_STAT_CLEARS: usize = 0x130 / 8;
+pub(crate) const W_NEXT_SEG_SEQ: usize = 0x138 / 8;
+/// Byte offset of the segment table.
+pub const SEG_TABLE_OFFSET: u64 = 0x180;
+const SEG_WORDS: usize = 4;
+pub(crate) const SLOTS: usize = 7;
+pub(crate) const BUCKET_WORDS: usize = 8;
+pub(crate) const LOC_BITS: u32 = 48;
+pub(crate) const LOC_MASK: u64 = (1 << LOC_BITS) - 1;
+pub(crate) const FILL_BITS: u32 = 40;
+pub(crate) const FILL_MASK: u64 = (1 << FILL_BITS) - 1;
+/// Longest key in bytes.
+pub const MAX_KEY: usize = 255;
+/// Longest value the record format can describe (8 MiB − 1); a table's own limit is also
+/// bounded by its segment size.
+pub const MAX_VALUE_FORMAT: usize = (1 << 23) - 1;
+/// Buckets a lookup visits at most (a longer chain is a corrupt file).
+pub const MAX_PROBE: u64 = 128;
+
+/// Statistics the writer keeps in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    /// Live items (including expired ones not yet removed).
+    pub items: u64,
+    /// Bytes of live records (headers, keys, values, padding).
+    pub bytes_used: u64,
+    /// Bytes of the data region.
+    pub bytes_capacity: u64,
+    /// Puts since creation.
+    pub puts: u64,
+    /// Deletes of present keys since creation.
+    pub deletes: u64,
+    /// Items evicted to make room.
+    pub evictions: u64,
+    /// Expired items removed.
+    pub expirations: u64,
+    /// `clear()` calls.
+    pub clears: u64,
+}
+
+/// Geometry of a table: what the header's parameter words hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableParams {
+    /// Number of segments.
+    pub nsegments: u64,
+    /// Bytes per segment (multiple of 8).
+    pub segment_size: u64,
+    /// Index buckets (power of two), 7 slots each.
+    pub nbuckets: u64,
+    /// Most items the table holds.
+    pub max_items: u64,
+    /// Seed of the key hash.
+    pub hash_seed: u64,
+    /// Byte offset of the index.
+    pub index_offset: u64,
+    /// Byte offset of the data region.
+    pub data_offset: u64,
+}
+
+/// Why table parameters were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableParamsError(pub String);
+
+impl std::fmt::Display for TableParamsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid table layout: {}", self.0)
+    }
+}
+
+impl std::error::Error for TableParamsError {}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Per-item overhead of a record without expiry: the header word, and on average half a word of
+/// padding (used for sizing).
+pub const RECORD_OVERHEAD: u64 = 8;
+
+impl TableParams {
+    /// Geometry for up to `max_items` items in a data region of about `data_bytes` bytes
+    /// (records take `8 + key + value` bytes rounded up to 8, +8 with a TTL), in segments of
+    /// `segment_size` bytes (0: choose: 1/32 of the data, between 64 KiB and 4 MiB). The
+    /// largest value is a segment minus the record header and key.
+    pub fn new(
+        max_items: u64,
+        data_bytes: u64,
+        segment_size: u64,
+        hash_seed: u64,
+    ) -> Result<TableParams, TableParamsError> {
+        if max_items == 0 || max_items > 1 << 36 {
+            return Err(TableParamsError(format!("max_items {max_items} must be between 1 and 2^36")));
+        }
+        let seg = if segment_size == 0 { (data_bytes / 32).clamp(64 << 10, 4 << 20) } else { segment_size };
+        let seg = align_up(seg, 8);
+        let nsegments = data_bytes.div_ceil(seg).max(2);
+        // About 87% slot load at max_items: 7 slots per bucket.
+        let nbuckets = (max_items * 8 / 7).div_ceil(SLOTS as u64).next_power_of_two().max(1);
+        let index_offset = align_up(SEG_TABLE_OFFSET + nsegments * (SEG_WORDS as u64) * 8, 64);
+        let data_offset = align_up(index_offset + nbuckets * 64, 4096);
+        let p = TableParams { nsegments, segment_size: seg, nbuckets, max_items, hash_seed, index_offset, data_offset };
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Validate the geometry (also for parameters read from an untrusted file).
+    pub fn check(&self) -> Result<(), TableParamsError> {
+        let bad = |m: String| Err(TableParamsError(m));
+        if self.segment_size < 4096 || self.segment_size % 8 != 0 || self.segment_size > FILL_MASK {
+            return bad(format!("segment size {} must be a multiple of 8 between 4096 and 2^40", self.segment_size));
+        }
+        if self.nsegments < 2 || self.nsegments > 1 << 24 {
+            return bad(format!("{} segments (2 to 2^24)", self.nsegments));
+        }
+        if !self.nbuckets.is_power_of_two() || self.nbuckets > 1 << 36 {
+            return bad(format!("{} buckets is not a power of two <= 2^36", self.nbuckets));
+        }
+        if self.max_items == 0 || self.max_items > self.nbuckets * SLOTS as u64 {
+            return bad(format!(
+                "max_items {} exceeds the index ({} slots)",
+                self.max_items,
+                self.nbuckets * SLOTS as u64
+            ));
+        }
+        let seg_end = SEG_TABLE_OFFSET + self.nsegments * SEG_WORDS as u64 * 8;
+        if self.index_offset % 64 != 0 || self.index_offset < seg_end {
+            return bad(format!("index offset {} overlaps the segment table", self.index_offset));
+        }
+        let index_end = self.index_offset + self.nbuckets * 64;
+        if self.data_offset % 8 != 0 || self.data_offset < index_end {
+            return bad(format!("data offset {} overlaps the index", self.data_offset));
+        }
+        let data = self.nsegments.checked_mul(self.segment_size);
+        match data.and_then(|d| d.checked_add(self.data_offset)) {
+            Some(end) if end / 8 <= LOC_MASK && end < 1 << 50 => Ok(()),
+            _ => bad("data region too large".into()),
+        }
+    }
+
+    /// Total file size.
+    pub fn file_size(&self) -> u64 {
+        self.data_offset + self.nsegments * self.segment_size
+    }
+
+    /// Bytes of the data region.
+    pub fn data_bytes(&self) -> u64 {
+        self.nsegments * self.segment_size
+    }
+
+    /// Largest value for a key of `klen` bytes with a TTL (the worst case).
+    pub fn max_value(&self, klen: usize) -> usize {
+        (self.segment_size as usize - 16 - klen).min(MAX_VALUE_FORMAT)
+    }
+
+    /// The header parameter words.
+    pub fn to_words(&self) -> [u64; PARAM_WORDS] {
+        [
+            self.nsegments,
+            self.segment_size,
+            self.nbuckets,
+            self.max_items,
+            self.hash_seed,
+            self.index_offset,
+            self.data_offset,
+            0,
+        ]
+    }
+
+    /// Read back from a validated header; still checked (the file is untrusted).
+    pub fn from_header(h: &HeaderView) -> Result<TableParams, TableParamsError> {
+        let w = h.params;
+        let p = TableParams {
+            nsegments: w[0],
+            segment_size: w[1],
+            nbuckets: w[2],
+            max_items: w[3],
+            hash_seed: w[4],
+            index_offset: w[5],
+            data_offset: w[6],
+        };
+        p.check()?;
+        if p.file_size() > h.file_size {
+            return Err(TableParamsError("layout larger than the file".into()));
+        }
+        Ok(p)
+    }
+}
+
+/// Word offsets derived once from validated params.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geo {
+    pub(crate) seg_word: usize,
+    pub(crate) index_word: usize,
+    pub(crate) data_word: usize,
+    pub(crate) nsegments: u64,
+    pub(crate) seg_size: u64,
+    pub(crate) bucket_mask: u64,
+    pub(crate) seed: u64,
+    pub(crate) max_items: u64,
+    pub(crate) max_probe: u64,
+}
+
+impl Geo {
+    pub(crate) fn new(region_bytes: u64, p: &TableParams) -> Geo {
+        p.check().expect("table params are validated before use");
+        assert!(p.file_size() <= region_bytes, "region smaller than the table");
+        Geo {
+            seg_word: (SEG_TABLE_OFFSET / 8) as usize,
+            index_word: (p.index_offset / 8) as usize,
+            data_word: (p.data_offset / 8) as usize,
+            nsegments: p.nsegments,
+            seg_size: p.segment_size,
+            bucket_mask: p.nbuckets - 1,
+            seed: p.hash_seed,
+            max_items: p.max_items,
+            max_probe: MAX_PROBE.min(p.nbuckets),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn seg_state(&self, seg: u64) -> usize {
+        self.seg_word + seg as usize * SEG_WORDS
+    }
+    #[inline]
+    pub(crate) fn seg_seq(&self, seg: u64) -> usize {
+        self.seg_state(seg) + 1
+    }
+    #[inline]
+    pub(crate) fn seg_max_expiry(&self, seg: u64) -> usize {
+        self.seg_state(seg) + 2
+    }
+    #[inline]
+    pub(crate) fn seg_live(&self, seg: u64) -> usize {
+        self.seg_state(seg) + 3
+    }
+    #[inline]
+    pub(crate) fn bucket(&self, b: u64) -> usize {
+        self.index_word + b as usize * BUCKET_WORDS
+    }
+    /// Word index of the record at `loc` (8-byte units into the data region).
+    #[inline]
+    pub(crate) fn rec_word(&self, loc: u64) -> usize {
+        self.data_word + loc as usize
+    }
+    #[inline]
+    pub(crate) fn home(&self, h: u64) -> (u64, u64) {
+        let tag = (h >> LOC_BITS) | 1;
+        (h & self.bucket_mask, tag)
+    }
+}
+
+/// Decoded record header word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RecHeader {
+    pub(crate) crc: u32,
+    pub(crate) klen: usize,
+    pub(crate) vlen: usize,
+    pub(crate) has_expiry: bool,
+}
+
+impl RecHeader {
+    #[inline]
+    pub(crate) fn decode(w: u64) -> RecHeader {
+        RecHeader {
+            crc: w as u32,
+            klen: ((w >> 32) & 0xff) as usize,
+            vlen: ((w >> 40) & 0x7f_ffff) as usize,
+            has_expiry: w >> 63 == 1,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn encode_hi(klen: usize, vlen: usize, has_expiry: bool) -> u32 {
+        (klen as u32) | ((vlen as u32) << 8) | (u32::from(has_expiry) << 31)
+    }
+
+    /// Bytes from the record start to the key.
+    #[inline]
+    pub(crate) fn key_off(&self) -> usize {
+        if self.has_expiry {
+            16
+        } else {
+            8
+        }
+    }
+
+    /// Whole record length, 8-aligned.
+    #[inline]
+    pub(crate) fn len(&self) -> u64 {
+        ((self.key_off() + self.klen + self.vlen + 7) & !7) as u64
+    }
+}
+
+#[inline]
+pub(crate) fn record_crc(hi: u32, expiry: Option<u64>, key: &[u8], value: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&hi.to_le_bytes());
+    if let Some(e) = expiry {
+        h.update(&e.to_le_bytes());
+    }
+    h.update(key);
+    h.update(value);
+    h.finalize()
+}
+
+/// Unix time in milliseconds (the clock expiries are measured against: `CLOCK_REALTIME`,
+/// which every container on a node shares; time namespaces do not virtualise it).
+#[inline]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Read the statistics words.
+pub(crate) fn read_stats(w: &[AtomicU64], data_bytes: u64) -> TableStats {
+    // Relaxed: statistics are informational; each counter is written by the single writer.
+    let l = |i: usize| w[i].load(Ordering::Relaxed);
+    TableStats {
+        items: l(W_STAT_ITEMS),
+        bytes_used: l(W_STAT_BYTES),
+        bytes_capacity: data_bytes,
+        puts: l(W_STAT_PUTS),
+        deletes: l(W_STAT_DELETES),
+        evictions: l(W_STAT_EVICTIONS),
+        expirations: l(W_STAT_EXPIRATIONS),
+        clears: l(W_STAT_CLEARS),
+    }
+}

@@ -1,0 +1,444 @@
+//! The read side of a table: lock-free gets that never store to shared memory.
+
+use super::{now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY};
+use crate::hash::hash;
+use crate::region::{copy_out_bytes, Region};
+use crate::sync::{fence, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Times a get starts over because the writer recycled the segment it was reading, before it
+/// gives up with [`GetError::Contended`]. Each retry needs the writer to evict the segment that
+/// holds this very key during the get, so reaching the bound means a writer cycling through
+/// the whole data region faster than one get copies one value.
+pub const MAX_RETRIES: u32 = 64;
+
+/// A get failed. `Copy`, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The value does not fit the buffer.
+    BufferTooSmall {
+        /// Bytes needed.
+        needed: usize,
+    },
+    /// The file holds something no writer of this format produces.
+    Corrupt {
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The record was recycled under the get [`MAX_RETRIES`] times in a row.
+    Contended,
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::BufferTooSmall { needed } => write!(f, "buffer too small: value needs {needed} B"),
+            GetError::Corrupt { reason } => write!(f, "corrupt table: {reason}"),
+            GetError::Contended => {
+                write!(f, "gave up after {MAX_RETRIES} retries: the writer recycles memory faster than this get copies")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GetError {}
+
+/// Bytes of a value still in shared memory, for [`TableReader::get_with`]. They may be
+/// changing while the closure runs (the get validates afterwards and calls the closure again if
+/// they were), so the closure must not trust them: it can copy them out or look at them, and
+/// only the closure's result of the validated call is returned.
+pub struct SharedBytes<'a> {
+    words: &'a [AtomicU64],
+    byte_off: usize,
+    len: usize,
+}
+
+impl SharedBytes<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the value is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy `out.len()` bytes starting at `start` (panics if out of range).
+    pub fn copy_to(&self, start: usize, out: &mut [u8]) {
+        assert!(start + out.len() <= self.len, "range out of the value");
+        copy_out_bytes(self.words, self.byte_off + start, out);
+    }
+
+    /// Copy the whole value into a `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        self.copy_to(0, &mut v);
+        v
+    }
+
+    fn crc_into(&self, h: &mut crc32fast::Hasher) {
+        let mut chunk = [0u8; 512];
+        let mut at = 0;
+        while at < self.len {
+            let n = (self.len - at).min(chunk.len());
+            self.copy_to(at, &mut chunk[..n]);
+            h.update(&chunk[..n]);
+            at += n;
+        }
+    }
+}
+
+/// Where a get puts the value.
+enum Sink<'b> {
+    Buf(&'b mut [u8]),
+    Vec(&'b mut Vec<u8>),
+    /// Leave it in shared memory (zero-copy, checked by the caller).
+    Shared,
+}
+
+/// A record found for the key: copied and validated (with `Sink::Shared` the value is not
+/// checked yet: the caller does that).
+#[derive(Clone, Copy)]
+struct Hit {
+    vlen: usize,
+    seg: u64,
+    state: u64,
+    value_off: usize,
+    hi: u32,
+    expiry: Option<u64>,
+    crc: u32,
+    slot_word: usize,
+    slot: u64,
+}
+
+/// What one look at a slot found.
+enum Step {
+    /// The key's record.
+    Found(Hit),
+    /// The slot holds another key (tag collision).
+    Other,
+    /// The key's record has expired.
+    Expired,
+    /// The segment's generation changed while we copied: start over.
+    Recycled,
+    /// Something is inconsistent: the writer recycled what we read (if the slot changed) or
+    /// the file is corrupt (if it did not).
+    Anomaly(&'static str),
+}
+
+/// A reader of a table: gets never block, never allocate (except `get_vec`), never write shared
+/// memory. Hit/miss/retry counters live in this process.
+pub struct TableReader {
+    region: Arc<Region>,
+    g: Geo,
+    data_bytes: u64,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+    retries: Cell<u64>,
+}
+
+/// Counters a reader keeps in its own memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderCounters {
+    /// Gets that found a value.
+    pub hits: u64,
+    /// Gets that found nothing (absent or expired).
+    pub misses: u64,
+    /// Gets restarted because the writer recycled the record under them.
+    pub retries: u64,
+}
+
+impl TableReader {
+    /// A reader of the table in `region` with (validated) `params`.
+    pub fn new(region: Arc<Region>, params: &TableParams) -> TableReader {
+        let g = Geo::new(region.len_bytes(), params);
+        TableReader {
+            region,
+            g,
+            data_bytes: params.data_bytes(),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+            retries: Cell::new(0),
+        }
+    }
+
+    /// Copy the value of `key` into `buf`; `Ok(Some(len))` if present.
+    #[inline]
+    pub fn get(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>, GetError> {
+        let mut sink = Sink::Buf(buf);
+        Ok(self.lookup(key, &mut sink)?.map(|hit| hit.vlen))
+    }
+
+    /// The value of `key` in a new `Vec`.
+    pub fn get_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>, GetError> {
+        let mut v = Vec::new();
+        let mut sink = Sink::Vec(&mut v);
+        Ok(self.lookup(key, &mut sink)?.map(|_| v))
+    }
+
+    /// Whether `key` is present (and not expired).
+    pub fn contains(&self, key: &[u8]) -> Result<bool, GetError> {
+        Ok(self.get_with(key, |_| ())?.is_some())
+    }
+
+    /// Zero-copy get: call `f` on the value while it is still in shared memory, then validate
+    /// (the segment was not recycled, the crc matches). If validation fails the get starts over
+    /// and `f` is called again; only the result of a call on validated bytes is returned. `f`
+    /// may therefore see bytes that turn out invalid and must tolerate that.
+    pub fn get_with<R>(&self, key: &[u8], mut f: impl FnMut(&SharedBytes<'_>) -> R) -> Result<Option<R>, GetError> {
+        let words = self.region.words();
+        for _ in 0..=super::reader::MAX_RETRIES {
+            let mut sink = Sink::Shared;
+            let Some(hit) = self.lookup(key, &mut sink)? else {
+                return Ok(None);
+            };
+            let bytes = SharedBytes { words, byte_off: hit.value_off, len: hit.vlen };
+            let out = f(&bytes);
+            let mut h = crc32fast::Hasher::new();
+            h.update(&hit.hi.to_le_bytes());
+            if let Some(e) = hit.expiry {
+                h.update(&e.to_le_bytes());
+            }
+            h.update(key);
+            bytes.crc_into(&mut h);
+            if !self.still_valid(hit.seg, hit.state) {
+                self.retries.set(self.retries.get() + 1);
+                continue;
+            }
+            if h.finalize() != hit.crc {
+                // SYNC: Acquire, as in `lookup`.
+                if words[hit.slot_word].load(Ordering::Acquire) != hit.slot {
+                    self.retries.set(self.retries.get() + 1);
+                    continue;
+                }
+                return Err(GetError::Corrupt { reason: "record checksum mismatch" });
+            }
+            return Ok(Some(out));
+        }
+        Err(GetError::Contended)
+    }
+
+    /// Counters of this reader.
+    pub fn counters(&self) -> ReaderCounters {
+        ReaderCounters { hits: self.hits.get(), misses: self.misses.get(), retries: self.retries.get() }
+    }
+
+    /// The writer's statistics.
+    pub fn stats(&self) -> TableStats {
+        read_stats(self.region.words(), self.data_bytes)
+    }
+
+    /// Iterate over the live keys (a snapshot per slot: keys put or deleted during the walk may
+    /// or may not appear).
+    pub fn keys(&self) -> KeyIter<'_> {
+        KeyIter { reader: self, bucket: 0, slot: 0 }
+    }
+
+    #[inline]
+    fn still_valid(&self, seg: u64, state: u64) -> bool {
+        // SYNC: Acquire fence, pairs with the Release stores of record words in TableWriter
+        // (sequenced after the generation bump that recycled the segment).
+        fence(Ordering::Acquire);
+        // SYNC: Acquire too, pairs with the Release generation bump in TableWriter::evict: if
+        // we see the bump, we also see the slot clears made before it (see `lookup`).
+        self.region.words()[self.g.seg_state(seg)].load(Ordering::Acquire) >> super::FILL_BITS
+            == state >> super::FILL_BITS
+    }
+
+    /// Find `key`, retrying when the writer recycles what we read.
+    ///
+    /// Every conclusion other than "found" is re-checked against the slot: the writer clears
+    /// a slot before it recycles the segment the slot points into (and the segment state we
+    /// loaded with Acquire is after that clear if it shows the recycling), so an unchanged
+    /// slot means the record we read is the one the slot published.
+    fn lookup(&self, key: &[u8], sink: &mut Sink<'_>) -> Result<Option<Hit>, GetError> {
+        if key.is_empty() || key.len() > MAX_KEY {
+            self.misses.set(self.misses.get() + 1);
+            return Ok(None);
+        }
+        let h = hash(self.g.seed, key);
+        let (home, tag) = self.g.home(h);
+        let words = self.region.words();
+        'attempt: for _ in 0..MAX_RETRIES {
+            let mut b = home;
+            for _ in 0..self.g.max_probe {
+                let base = self.g.bucket(b);
+                for slot_word in base + 1..=base + super::SLOTS {
+                    // SYNC: Acquire, pairs with the Release slot store in TableWriter::put:
+                    // the record and the segment fill it points at are visible.
+                    let slot = words[slot_word].load(Ordering::Acquire);
+                    if slot >> super::LOC_BITS != tag {
+                        continue;
+                    }
+                    let step = self.read_record(slot & LOC_MASK, key, sink)?;
+                    if let Step::Found(mut hit) = step {
+                        self.hits.set(self.hits.get() + 1);
+                        (hit.slot_word, hit.slot) = (slot_word, slot);
+                        return Ok(Some(hit));
+                    }
+                    // SYNC: Acquire, as above.
+                    if matches!(step, Step::Recycled) || words[slot_word].load(Ordering::Acquire) != slot {
+                        self.retries.set(self.retries.get() + 1);
+                        continue 'attempt;
+                    }
+                    match step {
+                        Step::Other => {}
+                        Step::Expired => break 'attempt,
+                        Step::Anomaly(reason) => return Err(GetError::Corrupt { reason }),
+                        Step::Found(_) | Step::Recycled => unreachable!("handled above"),
+                    }
+                }
+                // SYNC: Acquire, pairs with the Release increment in TableWriter::insert_slot.
+                if words[base].load(Ordering::Acquire) == 0 {
+                    break 'attempt;
+                }
+                b = (b + 1) & self.g.bucket_mask;
+            }
+            // A probe chain longer than the bound only exists in a corrupt file.
+            return Err(GetError::Corrupt { reason: "probe chain longer than the bound" });
+        }
+        self.misses.set(self.misses.get() + 1);
+        Ok(None)
+    }
+
+    /// Read the record at `loc` if it is `key`'s.
+    #[inline]
+    fn read_record(&self, loc: u64, key: &[u8], sink: &mut Sink<'_>) -> Result<Step, GetError> {
+        let g = &self.g;
+        let words = self.region.words();
+        let byte = loc * 8;
+        let seg = byte / g.seg_size;
+        let off = byte % g.seg_size;
+        if seg >= g.nsegments {
+            return Err(GetError::Corrupt { reason: "slot points outside the data region" });
+        }
+        // SYNC: Acquire, pairs with the Release store of the segment state in TableWriter.
+        let state = words[g.seg_state(seg)].load(Ordering::Acquire);
+        let fill = (state & FILL_MASK).min(g.seg_size);
+        if off + 8 > fill {
+            return Ok(Step::Anomaly("slot points beyond its segment's records"));
+        }
+        let rw = g.rec_word(loc);
+        let hdr = RecHeader::decode(words[rw].load(Ordering::Relaxed));
+        if off + hdr.len() > fill {
+            return Ok(Step::Anomaly("record runs beyond its segment's records"));
+        }
+        if hdr.klen != key.len() {
+            return Ok(Step::Other);
+        }
+        let expiry = hdr.has_expiry.then(|| words[rw + 1].load(Ordering::Relaxed));
+        let key_byte = rw * 8 + hdr.key_off();
+        let mut kbuf = [0u8; MAX_KEY];
+        let kcopy = &mut kbuf[..hdr.klen];
+        copy_out_bytes(words, key_byte, kcopy);
+        let value_off = key_byte + hdr.klen;
+        let vlen = hdr.vlen;
+        // Copy the value before validating; the copy is only trusted after `still_valid`.
+        let value: Option<&[u8]> = match sink {
+            Sink::Buf(buf) => {
+                if buf.len() < vlen {
+                    if !self.still_valid(seg, state) {
+                        return Ok(Step::Recycled);
+                    }
+                    if kcopy != key {
+                        return Ok(Step::Other);
+                    }
+                    return Err(GetError::BufferTooSmall { needed: vlen });
+                }
+                copy_out_bytes(words, value_off, &mut buf[..vlen]);
+                Some(&buf[..vlen])
+            }
+            Sink::Vec(v) => {
+                v.resize(vlen, 0);
+                copy_out_bytes(words, value_off, v);
+                Some(&v[..])
+            }
+            Sink::Shared => None,
+        };
+        if !self.still_valid(seg, state) {
+            return Ok(Step::Recycled);
+        }
+        if kcopy != key {
+            return Ok(Step::Other);
+        }
+        let hi = (hdr.klen as u32) | ((vlen as u32) << 8) | (u32::from(hdr.has_expiry) << 31);
+        if let Some(value) = value {
+            if record_crc(hi, expiry, key, value) != hdr.crc {
+                return Ok(Step::Anomaly("record checksum mismatch"));
+            }
+        }
+        if expiry.is_some_and(|e| e <= now_ms()) {
+            return Ok(Step::Expired);
+        }
+        Ok(Step::Found(Hit { vlen, seg, state, value_off, hi, expiry, crc: hdr.crc, slot_word: 0, slot: 0 }))
+    }
+
+    /// Read the live key in slot `slot` of bucket `b`, if any.
+    fn key_at(&self, b: u64, slot: usize) -> Result<Option<Vec<u8>>, GetError> {
+        let words = self.region.words();
+        for _ in 0..MAX_RETRIES {
+            // SYNC: Acquire, as in `lookup`.
+            let s = words[self.g.bucket(b) + slot].load(Ordering::Acquire);
+            if s == 0 {
+                return Ok(None);
+            }
+            let loc = s & LOC_MASK;
+            let byte = loc * 8;
+            let (seg, off) = (byte / self.g.seg_size, byte % self.g.seg_size);
+            if seg >= self.g.nsegments {
+                return Err(GetError::Corrupt { reason: "slot points outside the data region" });
+            }
+            // SYNC: Acquire, as in `read_record`.
+            let state = words[self.g.seg_state(seg)].load(Ordering::Acquire);
+            let hdr = RecHeader::decode(words[self.g.rec_word(loc)].load(Ordering::Relaxed));
+            if off + 8 > state & FILL_MASK
+                || off + hdr.len() > (state & FILL_MASK).min(self.g.seg_size)
+                || hdr.klen == 0
+            {
+                if !self.still_valid(seg, state) || words[self.g.bucket(b) + slot].load(Ordering::Acquire) != s {
+                    continue;
+                }
+                return Err(GetError::Corrupt { reason: "slot points outside its segment's records" });
+            }
+            let mut key = vec![0u8; hdr.klen];
+            copy_out_bytes(words, self.g.rec_word(loc) * 8 + hdr.key_off(), &mut key);
+            if !self.still_valid(seg, state) {
+                continue;
+            }
+            // The key is validated against its own record by a full get (crc, expiry).
+            return Ok(if self.get_with(&key, |_| ())?.is_some() { Some(key) } else { None });
+        }
+        Err(GetError::Contended)
+    }
+}
+
+/// Iterator over the live keys of a table; see [`TableReader::keys`].
+pub struct KeyIter<'r> {
+    reader: &'r TableReader,
+    bucket: u64,
+    slot: usize,
+}
+
+impl Iterator for KeyIter<'_> {
+    type Item = Result<Vec<u8>, GetError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.bucket <= self.reader.g.bucket_mask {
+            self.slot += 1;
+            if self.slot > super::SLOTS {
+                self.slot = 0;
+                self.bucket += 1;
+                continue;
+            }
+            match self.reader.key_at(self.bucket, self.slot) {
+                Ok(None) => {}
+                Ok(Some(k)) => return Some(Ok(k)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        None
+    }
+}

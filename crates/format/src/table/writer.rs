@@ -1,0 +1,623 @@
+//! The write side of a table: puts, deletes, eviction, expiry, recovery.
+
+use super::{
+    now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_BITS, FILL_MASK, LOC_BITS, LOC_MASK,
+    MAX_KEY, SLOTS, W_NEXT_SEG_SEQ, W_STAT_BYTES, W_STAT_CLEARS, W_STAT_DELETES, W_STAT_EVICTIONS, W_STAT_EXPIRATIONS,
+    W_STAT_ITEMS, W_STAT_PUTS,
+};
+use crate::hash::hash;
+use crate::region::{copy_out_bytes, Region, WordWriter};
+use crate::sync::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// Which segment the writer empties when it needs room.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvictionPolicy {
+    /// A segment all of whose items have expired, if there is one; else the oldest segment.
+    #[default]
+    ExpiredFirst,
+    /// Always the oldest segment (strict FIFO by segment).
+    Fifo,
+}
+
+/// A put was refused; the value is handed back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PutError<V> {
+    /// The key is empty or longer than [`MAX_KEY`](super::MAX_KEY) bytes.
+    BadKey {
+        /// Length of the key.
+        len: usize,
+        /// The value, handed back.
+        value: V,
+    },
+    /// The value is larger than the table can hold (a record must fit in one segment).
+    TooLarge {
+        /// Length of the value.
+        len: usize,
+        /// Largest value this table accepts with this key.
+        max: usize,
+        /// The value, handed back.
+        value: V,
+    },
+    /// No free index slot within the probe bound (the index is too small for the keys).
+    IndexFull {
+        /// The value, handed back.
+        value: V,
+    },
+}
+
+impl<V> PutError<V> {
+    /// The refused value.
+    pub fn into_value(self) -> V {
+        match self {
+            PutError::BadKey { value, .. } | PutError::TooLarge { value, .. } | PutError::IndexFull { value } => value,
+        }
+    }
+}
+
+impl<V> std::fmt::Display for PutError<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutError::BadKey { len, .. } => write!(f, "key of {len} B (keys are 1 to {MAX_KEY} B)"),
+            PutError::TooLarge { len, max, .. } => {
+                write!(f, "value of {len} B exceeds this table's maximum of {max} B")
+            }
+            PutError::IndexFull { .. } => {
+                f.write_str("index full near this key's bucket: create the table with more items")
+            }
+        }
+    }
+}
+
+impl<V: std::fmt::Debug> std::error::Error for PutError<V> {}
+
+/// What attaching to an existing table found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableRecovery {
+    /// Live items found.
+    pub items: u64,
+    /// Index slots cleared because they pointed nowhere valid.
+    pub cleared_slots: u64,
+    /// Segments whose records were inconsistent from some point on (cut there).
+    pub damaged_segments: u64,
+}
+
+/// The single writer of a table. Lives in the format crate so loom can check it; the writer
+/// library wraps it with file handling.
+pub struct TableWriter {
+    region: Arc<Region>,
+    g: Geo,
+    data_bytes: u64,
+    policy: EvictionPolicy,
+    cur: Option<u64>,
+    cur_fill: u64,
+    fifo: VecDeque<u64>,
+    free: Vec<u64>,
+    next_seq: u64,
+    max_expiry: Vec<u64>,
+    live: Vec<u64>,
+    stats: TableStats,
+}
+
+impl TableWriter {
+    /// Take over a freshly created (all-zero) table.
+    pub fn create(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> TableWriter {
+        assert!(region.is_writable(), "table writer needs a writable region");
+        let g = Geo::new(region.len_bytes(), params);
+        let n = g.nsegments as usize;
+        let stats = TableStats { bytes_capacity: params.data_bytes(), ..TableStats::default() };
+        TableWriter {
+            region,
+            g,
+            data_bytes: params.data_bytes(),
+            policy,
+            cur: None,
+            cur_fill: 0,
+            fifo: VecDeque::new(),
+            free: (0..g.nsegments).rev().collect(),
+            next_seq: 1,
+            max_expiry: vec![0; n],
+            live: vec![0; n],
+            stats,
+        }
+    }
+
+    /// Statistics as the writer keeps them.
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    /// Largest value accepted with a key of `klen` bytes.
+    pub fn max_value(&self, klen: usize, with_ttl: bool) -> usize {
+        let hdr = if with_ttl { 16 } else { 8 };
+        (self.g.seg_size as usize - hdr - klen.min(MAX_KEY)).min(super::MAX_VALUE_FORMAT)
+    }
+
+    #[inline]
+    fn words(&self) -> &[AtomicU64] {
+        self.region.words()
+    }
+
+    /// Put `key` → `value`, with an absolute expiry in unix milliseconds (`None`: never).
+    pub fn put<V: AsRef<[u8]>>(&mut self, key: &[u8], value: V, expiry_ms: Option<u64>) -> Result<(), PutError<V>> {
+        let v = value.as_ref();
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(PutError::BadKey { len: key.len(), value });
+        }
+        let max = self.max_value(key.len(), expiry_ms.is_some());
+        if v.len() > max {
+            return Err(PutError::TooLarge { len: v.len(), max, value });
+        }
+        let hdr = RecHeader { crc: 0, klen: key.len(), vlen: v.len(), has_expiry: expiry_ms.is_some() };
+        let rec_len = hdr.len();
+        let h = hash(self.g.seed, key);
+        let (home, tag) = self.g.home(h);
+        // Make room first: eviction may remove this very key.
+        if self.find(key, home, tag).is_none() {
+            while self.stats.items >= self.g.max_items && self.evict_one() {}
+        }
+        if self.cur.is_none() || self.cur_fill + rec_len > self.g.seg_size {
+            self.next_segment();
+        }
+        let existing = self.find(key, home, tag);
+        if existing.is_none() && !self.has_free_slot(home) {
+            return Err(PutError::IndexFull { value });
+        }
+        let seg = self.cur.expect("a current segment after next_segment");
+        let byte = seg * self.g.seg_size + self.cur_fill;
+        let loc = byte / 8;
+        let hi = RecHeader::encode_hi(key.len(), v.len(), expiry_ms.is_some());
+        let crc = record_crc(hi, expiry_ms, key, v);
+        let region = Arc::clone(&self.region);
+        let words = region.words();
+        // Record words: Release stores (SYNC: pair with the reader's Acquire fence in
+        // TableReader::still_valid), published below by the fill store.
+        let mut out = WordWriter::new(self.g.rec_word(loc));
+        out.write(words, &(u64::from(crc) | (u64::from(hi) << 32)).to_le_bytes());
+        if let Some(e) = expiry_ms {
+            out.write(words, &e.to_le_bytes());
+        }
+        out.write(words, key);
+        out.write(words, v);
+        self.cur_fill += rec_len;
+        let gen = words[self.g.seg_state(seg)].load(Ordering::Relaxed) >> FILL_BITS;
+        // SYNC: Release, pairs with the Acquire load of the segment state in
+        // TableReader::read_record: the record is complete below the new fill.
+        words[self.g.seg_state(seg)].store((gen << FILL_BITS) | self.cur_fill, Ordering::Release);
+        let exp = expiry_ms.unwrap_or(u64::MAX);
+        if exp > self.max_expiry[seg as usize] {
+            self.max_expiry[seg as usize] = exp;
+            // Relaxed: used by the writer (and recovery) only.
+            words[self.g.seg_max_expiry(seg)].store(exp, Ordering::Relaxed);
+        }
+        self.add_live(seg, rec_len as i64);
+        let slot_val = (tag << LOC_BITS) | loc;
+        match existing {
+            Some((slot_word, old_loc)) => {
+                // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+                words[slot_word].store(slot_val, Ordering::Release);
+                let old_len = self.record_len_at(old_loc);
+                self.add_live(self.seg_of(old_loc), -(old_len as i64));
+            }
+            None => {
+                self.insert_slot(home, slot_val);
+                self.stats.items += 1;
+            }
+        }
+        self.stats.puts += 1;
+        self.publish_stats();
+        Ok(())
+    }
+
+    /// Delete `key`; returns whether it was present.
+    pub fn delete(&mut self, key: &[u8]) -> bool {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return false;
+        }
+        let (home, tag) = self.g.home(hash(self.g.seed, key));
+        let Some((slot_word, loc)) = self.find(key, home, tag) else {
+            return false;
+        };
+        self.remove_slot(home, slot_word);
+        let len = self.record_len_at(loc);
+        self.add_live(self.seg_of(loc), -(len as i64));
+        self.stats.items -= 1;
+        self.stats.deletes += 1;
+        self.publish_stats();
+        true
+    }
+
+    /// Remove every item (readers see misses from now on; segments are recycled).
+    pub fn clear(&mut self) {
+        let words = self.region.words();
+        for b in 0..=self.g.bucket_mask {
+            for w in &words[self.g.bucket(b)..self.g.bucket(b) + super::BUCKET_WORDS] {
+                // SYNC: Release, pairs with the Acquire slot loads in TableReader::lookup.
+                w.store(0, Ordering::Release);
+            }
+        }
+        let used: Vec<u64> = self.fifo.drain(..).collect();
+        for seg in used {
+            self.reset_segment(seg);
+            self.free.push(seg);
+        }
+        self.cur = None;
+        self.cur_fill = 0;
+        self.stats.items = 0;
+        self.stats.bytes_used = 0;
+        self.stats.clears += 1;
+        self.publish_stats();
+    }
+
+    /// Evict every segment (but the current one) whose items have all expired. Returns the
+    /// number of items removed.
+    pub fn expire(&mut self) -> u64 {
+        let now = now_ms();
+        let before = self.stats.expirations;
+        let victims: Vec<u64> =
+            self.fifo.iter().copied().filter(|&s| Some(s) != self.cur && self.max_expiry[s as usize] <= now).collect();
+        for seg in victims {
+            self.fifo.retain(|&s| s != seg);
+            self.evict(seg);
+            self.free.push(seg);
+        }
+        self.publish_stats();
+        self.stats.expirations - before
+    }
+
+    fn publish_stats(&self) {
+        let w = self.words();
+        let s = &self.stats;
+        // Relaxed: statistics, single writer; readers only display them.
+        for (i, v) in [
+            (W_STAT_ITEMS, s.items),
+            (W_STAT_BYTES, s.bytes_used),
+            (W_STAT_PUTS, s.puts),
+            (W_STAT_DELETES, s.deletes),
+            (W_STAT_EVICTIONS, s.evictions),
+            (W_STAT_EXPIRATIONS, s.expirations),
+            (W_STAT_CLEARS, s.clears),
+            (W_NEXT_SEG_SEQ, self.next_seq),
+        ] {
+            w[i].store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn add_live(&mut self, seg: u64, delta: i64) {
+        let l = &mut self.live[seg as usize];
+        *l = l.wrapping_add_signed(delta);
+        self.stats.bytes_used = self.stats.bytes_used.wrapping_add_signed(delta);
+        // Relaxed: statistics.
+        self.region.words()[self.g.seg_live(seg)].store(*l, Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn seg_of(&self, loc: u64) -> u64 {
+        loc * 8 / self.g.seg_size
+    }
+
+    fn header_at(&self, loc: u64) -> RecHeader {
+        // Relaxed: the writer reads what it wrote itself.
+        RecHeader::decode(self.words()[self.g.rec_word(loc)].load(Ordering::Relaxed))
+    }
+
+    fn record_len_at(&self, loc: u64) -> u64 {
+        self.header_at(loc).len()
+    }
+
+    fn key_at<'k>(&self, loc: u64, buf: &'k mut [u8; MAX_KEY]) -> &'k [u8] {
+        let hdr = self.header_at(loc);
+        let k = &mut buf[..hdr.klen];
+        copy_out_bytes(self.words(), self.g.rec_word(loc) * 8 + hdr.key_off(), k);
+        k
+    }
+
+    /// The slot (word index) and record location of `key`, if present.
+    fn find(&self, key: &[u8], home: u64, tag: u64) -> Option<(usize, u64)> {
+        let words = self.words();
+        let mut kbuf = [0u8; MAX_KEY];
+        let mut b = home;
+        for _ in 0..self.g.max_probe {
+            let base = self.g.bucket(b);
+            for sw in base + 1..=base + SLOTS {
+                let s = words[sw].load(Ordering::Relaxed);
+                if s >> LOC_BITS == tag && self.key_at(s & LOC_MASK, &mut kbuf) == key {
+                    return Some((sw, s & LOC_MASK));
+                }
+            }
+            if words[base].load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            b = (b + 1) & self.g.bucket_mask;
+        }
+        None
+    }
+
+    fn has_free_slot(&self, home: u64) -> bool {
+        let words = self.words();
+        let mut b = home;
+        for _ in 0..self.g.max_probe {
+            let base = self.g.bucket(b);
+            if words[base + 1..=base + SLOTS].iter().any(|s| s.load(Ordering::Relaxed) == 0) {
+                return true;
+            }
+            b = (b + 1) & self.g.bucket_mask;
+        }
+        false
+    }
+
+    /// Put `val` in the first empty slot of the probe sequence from `home`, counting it in the
+    /// overflow word of every bucket it passes (before the slot store, so a reader that sees
+    /// the slot also sees the counts that lead to it).
+    fn insert_slot(&mut self, home: u64, val: u64) {
+        let words = self.region.words();
+        let mut b = home;
+        for dist in 0..self.g.max_probe {
+            let base = self.g.bucket(b);
+            if let Some(sw) = (base + 1..=base + SLOTS).find(|&sw| words[sw].load(Ordering::Relaxed) == 0) {
+                let mut p = home;
+                for _ in 0..dist {
+                    let o = self.g.bucket(p);
+                    // SYNC: Release, pairs with the Acquire load of the overflow word in
+                    // TableReader::lookup.
+                    words[o].store(words[o].load(Ordering::Relaxed) + 1, Ordering::Release);
+                    p = (p + 1) & self.g.bucket_mask;
+                }
+                // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+                words[sw].store(val, Ordering::Release);
+                return;
+            }
+            b = (b + 1) & self.g.bucket_mask;
+        }
+        unreachable!("has_free_slot checked the probe sequence");
+    }
+
+    /// Empty slot `slot_word` (whose key hashes to `home`) and undo its overflow counts.
+    fn remove_slot(&mut self, home: u64, slot_word: usize) {
+        let words = self.region.words();
+        // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+        words[slot_word].store(0, Ordering::Release);
+        let slot_bucket = ((slot_word - self.g.index_word) / super::BUCKET_WORDS) as u64;
+        let mut p = home;
+        while p != slot_bucket {
+            let o = self.g.bucket(p);
+            // Release: as in insert_slot (a count only ever over-states, never under-states).
+            words[o].store(words[o].load(Ordering::Relaxed).saturating_sub(1), Ordering::Release);
+            p = (p + 1) & self.g.bucket_mask;
+        }
+    }
+
+    /// Start a new current segment, evicting one if none is free.
+    fn next_segment(&mut self) {
+        let seg = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let victim = self.pick_victim();
+                self.fifo.retain(|&s| s != victim);
+                self.evict(victim);
+                victim
+            }
+        };
+        self.cur = Some(seg);
+        self.cur_fill = 0;
+        self.fifo.push_back(seg);
+        self.max_expiry[seg as usize] = 0;
+        let w = self.region.words();
+        // Relaxed: writer-side bookkeeping (FIFO order for recovery).
+        w[self.g.seg_max_expiry(seg)].store(0, Ordering::Relaxed);
+        w[self.g.seg_seq(seg)].store(self.next_seq, Ordering::Relaxed);
+        self.next_seq += 1;
+    }
+
+    fn pick_victim(&self) -> u64 {
+        if self.policy == EvictionPolicy::ExpiredFirst {
+            let now = now_ms();
+            if let Some(&s) = self.fifo.iter().find(|&&s| self.max_expiry[s as usize] <= now) {
+                return s;
+            }
+        }
+        *self.fifo.front().expect("no free segment means some segment is in use")
+    }
+
+    /// Evict the oldest segment to lower the item count; false if nothing is left to evict.
+    fn evict_one(&mut self) -> bool {
+        let Some(victim) = (!self.fifo.is_empty()).then(|| self.pick_victim()) else {
+            return false;
+        };
+        self.fifo.retain(|&s| s != victim);
+        if Some(victim) == self.cur {
+            self.cur = None;
+        }
+        self.evict(victim);
+        self.free.push(victim);
+        true
+    }
+
+    /// Remove every live item of `seg` from the index, then recycle it.
+    fn evict(&mut self, seg: u64) {
+        let region = Arc::clone(&self.region);
+        let words = region.words();
+        let fill = words[self.g.seg_state(seg)].load(Ordering::Relaxed) & FILL_MASK;
+        let now = now_ms();
+        let mut off = 0;
+        let mut kbuf = [0u8; MAX_KEY];
+        while off + 8 <= fill {
+            let loc = (seg * self.g.seg_size + off) / 8;
+            let hdr = self.header_at(loc);
+            if hdr.len() == 0 || off + hdr.len() > fill {
+                break;
+            }
+            let key = self.key_at(loc, &mut kbuf);
+            let (home, tag) = self.g.home(hash(self.g.seed, key));
+            if let Some(sw) = self.slot_pointing_at(home, (tag << LOC_BITS) | loc) {
+                let expired = hdr.has_expiry && words[self.g.rec_word(loc) + 1].load(Ordering::Relaxed) <= now;
+                self.remove_slot(home, sw);
+                self.stats.items -= 1;
+                if expired {
+                    self.stats.expirations += 1;
+                } else {
+                    self.stats.evictions += 1;
+                }
+            }
+            off += hdr.len();
+        }
+        let live = self.live[seg as usize];
+        self.add_live(seg, -(live as i64));
+        self.reset_segment(seg);
+    }
+
+    fn slot_pointing_at(&self, home: u64, val: u64) -> Option<usize> {
+        let words = self.words();
+        let mut b = home;
+        for _ in 0..self.g.max_probe {
+            let base = self.g.bucket(b);
+            if let Some(sw) = (base + 1..=base + SLOTS).find(|&sw| words[sw].load(Ordering::Relaxed) == val) {
+                return Some(sw);
+            }
+            if words[base].load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            b = (b + 1) & self.g.bucket_mask;
+        }
+        None
+    }
+
+    /// Bump the generation and empty the segment (its slots are already cleared).
+    fn reset_segment(&mut self, seg: u64) {
+        let w = self.region.words();
+        let gen = (w[self.g.seg_state(seg)].load(Ordering::Relaxed) >> FILL_BITS) + 1;
+        // SYNC: Release, pairs with the Acquire loads in TableReader::still_valid: a reader that
+        // sees the new generation also sees the slot clears made before it. Later stores into
+        // the segment are Release stores sequenced after this one.
+        w[self.g.seg_state(seg)].store((gen & 0xff_ffff) << FILL_BITS, Ordering::Release);
+        // Relaxed: writer-side bookkeeping.
+        w[self.g.seg_seq(seg)].store(0, Ordering::Relaxed);
+        w[self.g.seg_max_expiry(seg)].store(0, Ordering::Relaxed);
+        self.max_expiry[seg as usize] = 0;
+        self.live[seg as usize] = 0;
+    }
+
+    /// Take over a table left by a previous writer (which may have been killed at any
+    /// instruction): rebuild the writer's state from the file, clear slots that point nowhere
+    /// valid, cut segments at their first inconsistent record, recount the overflow words and
+    /// the statistics.
+    pub fn attach(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> (TableWriter, TableRecovery) {
+        let mut me = Self::create(region, params, policy);
+        let mut rec = TableRecovery::default();
+        let g = me.g;
+        let words = Arc::clone(&me.region);
+        let words = words.words();
+        // 1. Segments: order by sequence, find the valid prefix of each.
+        let mut used: Vec<(u64, u64)> = Vec::new();
+        let mut starts = std::collections::HashSet::new();
+        let mut kbuf = [0u8; MAX_KEY];
+        for seg in 0..g.nsegments {
+            let state = words[g.seg_state(seg)].load(Ordering::Relaxed);
+            let seq = words[g.seg_seq(seg)].load(Ordering::Relaxed);
+            let fill = state & FILL_MASK;
+            if seq == 0 {
+                if fill != 0 {
+                    me.reset_segment(seg);
+                }
+                continue;
+            }
+            let mut off = 0;
+            let mut max_exp = 0;
+            while off < fill.min(g.seg_size) {
+                let loc = (seg * g.seg_size + off) / 8;
+                let hdr = me.header_at(loc);
+                if hdr.klen == 0 || off + hdr.len() > fill.min(g.seg_size) || !me.record_ok(loc, &hdr) {
+                    break;
+                }
+                starts.insert(loc);
+                let exp = if hdr.has_expiry { words[g.rec_word(loc) + 1].load(Ordering::Relaxed) } else { u64::MAX };
+                max_exp = max_exp.max(exp);
+                off += hdr.len();
+            }
+            if off != fill {
+                rec.damaged_segments += 1;
+            }
+            me.max_expiry[seg as usize] = max_exp;
+            words[g.seg_max_expiry(seg)].store(max_exp, Ordering::Relaxed);
+            used.push((seq, seg));
+            me.live[seg as usize] = off; // temporarily: valid prefix
+        }
+        used.sort_unstable();
+        // 2. Slots: keep only those pointing at a valid record of their own key, within reach.
+        let mut counts = vec![0u64; (g.bucket_mask + 1) as usize];
+        let mut live = vec![0u64; g.nsegments as usize];
+        for b in 0..=g.bucket_mask {
+            let base = g.bucket(b);
+            for sw in base + 1..=base + SLOTS {
+                let s = words[sw].load(Ordering::Relaxed);
+                if s == 0 {
+                    continue;
+                }
+                let loc = s & LOC_MASK;
+                let ok = starts.contains(&loc) && {
+                    let key = me.key_at(loc, &mut kbuf);
+                    let (home, tag) = g.home(hash(g.seed, key));
+                    let dist = b.wrapping_sub(home) & g.bucket_mask;
+                    tag == s >> LOC_BITS && dist < g.max_probe && {
+                        for i in 0..dist {
+                            counts[((home + i) & g.bucket_mask) as usize] += 1;
+                        }
+                        true
+                    }
+                };
+                if ok {
+                    rec.items += 1;
+                    live[me.seg_of(loc) as usize] += me.record_len_at(loc);
+                } else {
+                    // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+                    words[sw].store(0, Ordering::Release);
+                    rec.cleared_slots += 1;
+                }
+            }
+        }
+        for (b, c) in counts.iter().enumerate() {
+            // SYNC: Release, as in insert_slot. The true count is right at any moment: no
+            // item moves during recovery.
+            words[g.bucket(b as u64)].store(*c, Ordering::Release);
+        }
+        // 3. Cut damaged segments (their slots beyond the prefix were cleared above).
+        for &(_, seg) in &used {
+            let prefix = me.live[seg as usize];
+            let state = words[g.seg_state(seg)].load(Ordering::Relaxed);
+            if state & FILL_MASK != prefix {
+                let gen = ((state >> FILL_BITS) + 1) & 0xff_ffff;
+                // SYNC: Release, as in reset_segment.
+                words[g.seg_state(seg)].store((gen << FILL_BITS) | prefix, Ordering::Release);
+            }
+        }
+        me.fifo = used.iter().map(|&(_, s)| s).collect();
+        let in_use: std::collections::HashSet<u64> = me.fifo.iter().copied().collect();
+        me.free = (0..g.nsegments).rev().filter(|s| !in_use.contains(s)).collect();
+        me.next_seq = used.last().map_or(1, |&(seq, _)| seq + 1);
+        if let Some(&(_, last)) = used.last() {
+            me.cur = Some(last);
+            me.cur_fill = me.live[last as usize];
+        }
+        me.live = live;
+        for seg in 0..g.nsegments {
+            words[g.seg_live(seg)].store(me.live[seg as usize], Ordering::Relaxed);
+        }
+        let old = read_stats(words, me.data_bytes);
+        me.stats = TableStats { items: rec.items, bytes_used: me.live.iter().sum(), ..old };
+        me.publish_stats();
+        (me, rec)
+    }
+
+    /// Whether the record at `loc` passes its crc.
+    fn record_ok(&self, loc: u64, hdr: &RecHeader) -> bool {
+        let words = self.words();
+        let expiry = hdr.has_expiry.then(|| words[self.g.rec_word(loc) + 1].load(Ordering::Relaxed));
+        let start = self.g.rec_word(loc) * 8 + hdr.key_off();
+        let mut kv = vec![0u8; hdr.klen + hdr.vlen];
+        copy_out_bytes(words, start, &mut kv);
+        let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
+        record_crc(hi, expiry, &kv[..hdr.klen], &kv[hdr.klen..]) == hdr.crc
+    }
+}

@@ -1,0 +1,278 @@
+//! The table protocol on a heap region: gets, overwrites, deletes, TTL, eviction, recovery,
+//! and a randomized comparison with a `HashMap` oracle.
+#![cfg(not(loom))]
+
+use podcache_format::region::Region;
+use podcache_format::table::{now_ms, EvictionPolicy, GetError, PutError, TableParams, TableReader, TableWriter};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn table(items: u64, data: u64, seg: u64) -> (TableParams, Arc<Region>) {
+    let p = TableParams::new(items, data, seg, 0x5eed).unwrap();
+    let r = Arc::new(Region::heap((p.file_size() / 8) as usize));
+    (p, r)
+}
+
+fn value_for(key: u64, version: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (key as usize * 7 + version as usize * 13 + i) as u8).collect()
+}
+
+#[test]
+fn put_get_overwrite_delete() {
+    let (p, r) = table(1000, 1 << 20, 0);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r, &p);
+    let mut buf = [0u8; 256];
+    assert_eq!(rd.get(b"k", &mut buf), Ok(None));
+    w.put(b"k", b"v1", None).unwrap();
+    assert_eq!(rd.get(b"k", &mut buf), Ok(Some(2)));
+    assert_eq!(&buf[..2], b"v1");
+    w.put(b"k", b"value two", None).unwrap();
+    assert_eq!(rd.get_vec(b"k").unwrap().unwrap(), b"value two");
+    assert_eq!(rd.get(b"k", &mut [0u8; 3]), Err(GetError::BufferTooSmall { needed: 9 }));
+    w.put(b"empty", b"", None).unwrap();
+    assert_eq!(rd.get_vec(b"empty").unwrap(), Some(vec![]));
+    assert!(rd.contains(b"k").unwrap());
+    assert_eq!(rd.get_with(b"k", |v| v.to_vec()).unwrap().unwrap(), b"value two");
+    assert!(w.delete(b"k"));
+    assert!(!w.delete(b"k"));
+    assert_eq!(rd.get(b"k", &mut buf), Ok(None));
+    let s = rd.stats();
+    assert_eq!((s.items, s.puts, s.deletes), (1, 3, 1));
+    let c = rd.counters();
+    assert!(c.hits >= 4 && c.misses >= 2, "{c:?}");
+}
+
+#[test]
+fn refuses_bad_keys_and_oversized_values_handing_them_back() {
+    let (p, r) = table(100, 1 << 18, 4096);
+    let mut w = TableWriter::create(r, &p, EvictionPolicy::default());
+    let big = vec![1u8; 5000];
+    match w.put(b"k", big.clone(), None) {
+        Err(PutError::TooLarge { len: 5000, max, value }) => {
+            assert_eq!(value, big);
+            assert_eq!(max, 4096 - 8 - 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(w.put(b"", b"v", None), Err(PutError::BadKey { len: 0, .. })));
+    assert!(matches!(w.put(&[1u8; 256], b"v", None), Err(PutError::BadKey { len: 256, .. })));
+    w.put(b"k", vec![2u8; 4096 - 9], None).unwrap();
+}
+
+#[test]
+fn expired_entries_are_invisible_at_once_and_expire_removes_them() {
+    let (p, r) = table(1000, 1 << 18, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r, &p);
+    w.put(b"past", b"x", Some(now_ms() - 1)).unwrap();
+    w.put(b"future", b"y", Some(now_ms() + 60_000)).unwrap();
+    assert_eq!(rd.get_vec(b"past").unwrap(), None);
+    assert_eq!(rd.get_vec(b"future").unwrap().unwrap(), b"y");
+    // Fill the segment with expired items, move on, and sweep.
+    for i in 0..200u32 {
+        w.put(format!("gone{i}").as_bytes(), [0u8; 40], Some(now_ms() - 1)).unwrap();
+    }
+    let removed = w.expire();
+    assert!(removed > 0);
+    assert_eq!(rd.stats().expirations, removed);
+    let keys: Vec<Vec<u8>> = rd.keys().map(Result::unwrap).collect();
+    assert!(!keys.iter().any(|k| k.starts_with(b"gone") || k == b"past"));
+}
+
+#[test]
+fn full_table_evicts_oldest_segment_first() {
+    let (p, r) = table(10_000, 64 << 10, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
+    let rd = TableReader::new(r, &p);
+    for i in 0..5000u64 {
+        w.put(&i.to_le_bytes(), value_for(i, 0, 100), None).unwrap();
+    }
+    let present: Vec<u64> = (0..5000u64).filter(|i| rd.contains(&i.to_le_bytes()).unwrap()).collect();
+    assert!(!present.is_empty() && present.len() < 5000);
+    // FIFO: what survived is a suffix of the insertion order.
+    let first = present[0];
+    assert_eq!(present, (first..5000).collect::<Vec<_>>());
+    for i in &present {
+        assert_eq!(rd.get_vec(&i.to_le_bytes()).unwrap().unwrap(), value_for(*i, 0, 100));
+    }
+    let s = rd.stats();
+    assert_eq!(s.items, present.len() as u64);
+    assert_eq!(s.evictions, 5000 - present.len() as u64);
+    assert!(s.bytes_used <= s.bytes_capacity);
+}
+
+#[test]
+fn item_limit_is_enforced_by_eviction() {
+    let (p, r) = table(100, 1 << 20, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r, &p);
+    for i in 0..1000u64 {
+        w.put(&i.to_le_bytes(), [1u8; 8], None).unwrap();
+        assert!(rd.stats().items <= 100);
+    }
+    assert!(rd.contains(&999u64.to_le_bytes()).unwrap());
+}
+
+#[test]
+fn clear_removes_everything() {
+    let (p, r) = table(1000, 1 << 18, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r, &p);
+    for i in 0..500u64 {
+        w.put(&i.to_le_bytes(), [3u8; 20], None).unwrap();
+    }
+    w.clear();
+    assert_eq!(rd.keys().count(), 0);
+    assert_eq!(rd.stats().items, 0);
+    w.put(b"after", b"clear", None).unwrap();
+    assert_eq!(rd.get_vec(b"after").unwrap().unwrap(), b"clear");
+}
+
+#[test]
+fn attach_recovers_state_and_repairs_bad_slots() {
+    let (p, r) = table(2000, 1 << 18, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    for i in 0..1500u64 {
+        w.put(&(i % 700).to_le_bytes(), value_for(i % 700, i, 30), None).unwrap();
+    }
+    let before = w.stats();
+    drop(w);
+    let (mut w2, rec) = TableWriter::attach(r.clone(), &p, EvictionPolicy::default());
+    assert_eq!(rec.items, before.items);
+    assert_eq!(rec.cleared_slots, 0);
+    assert_eq!(w2.stats().items, before.items);
+    assert_eq!(w2.stats().bytes_used, before.bytes_used);
+    w2.put(b"new", b"after restart", None).unwrap();
+    let rd = TableReader::new(r.clone(), &p);
+    assert_eq!(rd.get_vec(b"new").unwrap().unwrap(), b"after restart");
+    for i in 800..1500u64 {
+        assert_eq!(rd.get_vec(&(i % 700).to_le_bytes()).unwrap(), Some(value_for(i % 700, i, 30)));
+    }
+    // Point a slot at garbage: the reader reports corruption, a new writer clears the slot.
+    let idx = (p.index_offset / 8) as usize;
+    let slot = (0..(p.nbuckets as usize * 8))
+        .map(|i| idx + i)
+        .find(|&i| i % 8 != 0 && r.words()[i].load(std::sync::atomic::Ordering::Relaxed) != 0);
+    let slot = slot.unwrap();
+    let v = r.words()[slot].load(std::sync::atomic::Ordering::Relaxed);
+    r.words()[slot].store(v ^ 8, std::sync::atomic::Ordering::Relaxed);
+    drop(w2);
+    let (w3, rec) = TableWriter::attach(r.clone(), &p, EvictionPolicy::default());
+    assert_eq!(rec.cleared_slots, 1);
+    assert_eq!(w3.stats().items, before.items);
+}
+
+/// Random operations against a `HashMap` oracle, with reopen, eviction pressure and TTLs.
+#[test]
+fn random_operations_match_a_hashmap_oracle() {
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (p, r) = table(400, 48 << 10, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::ExpiredFirst);
+    let rd = TableReader::new(r.clone(), &p);
+    // key -> (value, expiry, order of the last put)
+    let mut oracle: HashMap<u64, (Vec<u8>, Option<u64>, u64)> = HashMap::new();
+    let mut order = 0u64;
+    let now = now_ms();
+    for step in 0..20_000u64 {
+        let key = next() % 600;
+        match next() % 1000 {
+            0..=599 => {
+                let len = (next() % 300) as usize;
+                let val = value_for(key, step, len);
+                let exp = (next() % 10 == 0).then(|| now - 1 + (next() % 2) * 3_600_000);
+                w.put(&key.to_le_bytes(), &val, exp).unwrap();
+                order += 1;
+                oracle.insert(key, (val, exp, order));
+            }
+            600..=799 => {
+                let was = w.delete(&key.to_le_bytes());
+                let in_oracle = oracle.remove(&key).is_some();
+                assert!(!was || in_oracle, "deleted a key the oracle never had");
+            }
+            800 => {
+                w.clear();
+                oracle.clear();
+            }
+            801..=820 => {
+                drop(w);
+                w = TableWriter::attach(r.clone(), &p, EvictionPolicy::ExpiredFirst).0;
+            }
+            _ => {}
+        }
+        if step % 97 == 0 || step > 19_900 {
+            // Every present key has its last value; a missing key was evicted (FIFO: older
+            // than every present one), expired, or deleted.
+            let mut oldest_present = u64::MAX;
+            let mut newest_missing = 0;
+            for (k, (v, exp, ord)) in &oracle {
+                let live = exp.is_none_or(|e| e > now_ms());
+                match rd.get_vec(&k.to_le_bytes()).unwrap() {
+                    Some(got) => {
+                        assert!(live, "expired key {k} visible");
+                        assert_eq!(&got, v, "key {k} at step {step}");
+                        oldest_present = oldest_present.min(*ord);
+                    }
+                    None if live => newest_missing = newest_missing.max(*ord),
+                    None => {}
+                }
+            }
+            assert!(newest_missing < oldest_present, "evicted out of FIFO order at step {step}");
+            assert!(rd.stats().items <= 400);
+        }
+    }
+    let s = rd.stats();
+    eprintln!("{s:?}");
+    assert!(s.evictions > 100 && s.clears > 0 && s.deletes > 100, "the run exercised eviction: {s:?}");
+}
+
+/// Readers racing a writer that overwrites, deletes and evicts: every value read is one the
+/// writer wrote for that key, whole.
+#[test]
+fn concurrent_gets_see_whole_values_only() {
+    let (p, r) = table(256, 64 << 10, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let rd = TableReader::new(r.clone(), &p);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                let (mut hits, mut n) = (0u64, 0u64);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = n % 300;
+                    n += 1;
+                    if let Some(len) = rd.get(&key.to_le_bytes(), &mut buf).unwrap() {
+                        // Value: version (8 bytes) then value_for(key, version, len - 8).
+                        let version = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                        assert_eq!(&buf[8..len], &value_for(key, version, len - 8)[..], "key {key}");
+                        hits += 1;
+                    }
+                }
+                (hits, rd.counters().retries)
+            })
+        })
+        .collect();
+    for version in 0..300_000u64 {
+        let key = version % 300;
+        if version % 7 == 0 {
+            w.delete(&key.to_le_bytes());
+            continue;
+        }
+        let mut v = version.to_le_bytes().to_vec();
+        v.extend(value_for(key, version, (version % 200) as usize));
+        w.put(&key.to_le_bytes(), v, None).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in readers {
+        let (hits, _retries) = h.join().unwrap();
+        assert!(hits > 0);
+    }
+}
