@@ -95,9 +95,11 @@ fn claims_write_in_place_and_uncommitted_claims_vanish() {
         }
         assert_eq!(c.len(), 300);
         c.commit().unwrap();
-        let mut dropped = w.claim(100).unwrap();
-        dropped.write(b"never seen");
-        drop(dropped);
+        {
+            // Goes out of scope uncommitted.
+            let mut dropped = w.claim(100).unwrap();
+            dropped.write(b"never seen");
+        }
         let (m, got) = recv(&mut r, &mut buf).unwrap();
         assert_eq!((got, m.lost), (whole.clone(), 0));
         assert!(r.read(&mut buf).unwrap().is_none());
@@ -155,9 +157,10 @@ fn a_new_writer_continues_the_sequence_after_an_unfinished_claim() {
         w.publish(&payload(s, 64)).unwrap();
     }
     // The "crash": a claim half-written and never committed, then the writer is gone.
-    let mut c = w.claim(64).unwrap();
-    c.write(&[0xAA; 40]);
-    std::mem::forget(c);
+    {
+        let mut c = w.claim(64).unwrap();
+        c.write(&[0xAA; 40]);
+    }
     drop(w);
     let (mut w2, rec) = RingWriter::attach(reg, &p, WakePolicy::Never);
     assert!(!rec.discarded);
