@@ -32,15 +32,41 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! ## Getting from a key-value table
+//!
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("features.table");
+//! # let mut writer = podcache_writer::TableWriter::builder(&path).max_items(1000).create()?;
+//! # writer.put(b"user:42", b"gold")?;
+//! # writer.put_typed(b"limits", &(100u32, 2.5f64))?;
+//! use podcache_reader::TableReader;
+//!
+//! let table = TableReader::open(&path)?;
+//! let mut buf = [0u8; 256];
+//! let len = table.get(b"user:42", &mut buf)?.expect("present"); // no allocation
+//! assert_eq!(&buf[..len], b"gold");
+//! assert_eq!(table.get_typed::<(u32, f64)>(b"limits")?, Some((100, 2.5)));
+//! assert!(!table.contains(b"nobody")?);
+//! let first_byte = table.get_with(b"user:42", |v| { let mut b = [0u8]; v.copy_to(0, &mut b); b[0] })?;
+//! assert_eq!(first_byte, Some(b'g'));
+//! assert_eq!(table.keys().count(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod subscriber;
+mod table;
 
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::ring::{Msg, ReadError as RecvError, Start};
+pub use podcache_format::table::{GetError, KeyIter, ReaderCounters, SharedBytes, TableStats};
 pub use podcache_format::{Kind, OpenError};
 pub use subscriber::{Subscriber, SubscriberBuilder, TypedRecvError};
+pub use table::{TableReader, TypedGetError};
 
 #[cfg(feature = "bincode")]
 pub use podcache_format::codec::Bincode1;

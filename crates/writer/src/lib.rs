@@ -33,16 +33,49 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! ## The key-value table
+//!
+//! A [`TableWriter`] puts and deletes keys (1 to 255 bytes) with values (0 bytes up to a
+//! segment); readers in other processes get them without locks and without writing. Items can
+//! carry a TTL: an expired item is invisible to readers at once. When the table is full (items
+//! or bytes) the writer evicts a whole segment: by default one whose items all expired, else the
+//! oldest ([`EvictionPolicy`]).
+//!
+//! ```
+//! use podcache_writer::TableWriter;
+//! use std::time::Duration;
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let path = dir.path().join("features.table");
+//! let mut table = TableWriter::builder(&path)
+//!     .max_items(10_000)          // most items
+//!     .data_bytes(4 << 20)        // bytes of records (8 + key + value each, rounded to 8)
+//!     .create()?;
+//! table.put(b"user:42", b"{\"tier\":\"gold\"}")?;
+//! table.put_with_ttl(b"session:9", b"token", Duration::from_secs(30))?;
+//! table.put_typed(b"limits", &(100u32, 2.5f64))?;
+//! assert!(table.delete(b"session:9"));
+//!
+//! // A value that cannot fit is refused and handed back.
+//! let huge = vec![0u8; 8 << 20];
+//! let err = table.put(b"big", huge).unwrap_err();
+//! assert_eq!(err.into_value().len(), 8 << 20);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod publisher;
+mod table;
 
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
 pub use podcache_format::ring::{Claim, PublishError, Recovery, WakePolicy};
+pub use podcache_format::table::{EvictionPolicy, PutError, TableRecovery, TableStats, MAX_KEY};
 pub use podcache_format::{CreateError, Kind};
 pub use publisher::{Publisher, PublisherBuilder, TypedPublishError};
+pub use table::{TableWriter, TableWriterBuilder, TypedPutError};
 
 #[cfg(feature = "bincode")]
 pub use podcache_format::codec::Bincode1;

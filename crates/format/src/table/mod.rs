@@ -35,7 +35,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{GetError, KeyIter, SharedBytes, TableReader};
+pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, MAX_RETRIES};
 pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};
 
 use crate::header::{HeaderView, PARAM_WORDS};

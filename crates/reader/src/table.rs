@@ -1,0 +1,131 @@
+//! [`TableReader`]: read-only gets from a key-value table file.
+
+use podcache_format::codec::{Codec, CodecError, Postcard};
+use podcache_format::file;
+use podcache_format::header;
+use podcache_format::region::Region;
+use podcache_format::table::{self, GetError, KeyIter, ReaderCounters, SharedBytes, TableParams, TableStats};
+use podcache_format::{Kind, OpenError};
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A typed get failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TypedGetError {
+    /// The get failed.
+    Get(GetError),
+    /// The value did not decode.
+    Decode(CodecError),
+}
+
+impl std::fmt::Display for TypedGetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TypedGetError::Get(e) => write!(f, "get failed: {e}"),
+            TypedGetError::Decode(e) => write!(f, "decoding failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TypedGetError {}
+
+/// A read-only view of a key-value table.
+///
+/// Gets are lock-free and never write shared memory: the reader hashes the key, reads the
+/// bucket's slots, copies the record out with atomic word loads and validates it afterwards
+/// (the segment was not recycled meanwhile, the key matches, the crc matches, the entry has not
+/// expired against `CLOCK_REALTIME`). A get racing with the writer returns the old or the new
+/// value, never a mix; it retries at most [`MAX_RETRIES`](podcache_format::table::MAX_RETRIES)
+/// times if the writer recycles the very record it reads, then fails with
+/// [`GetError::Contended`]. Not `Sync` (hit/miss counters are plain cells): open one reader per
+/// thread, they are cheap.
+pub struct TableReader {
+    path: PathBuf,
+    region: Arc<Region>,
+    inner: table::TableReader,
+}
+
+impl TableReader {
+    /// Open the table at `path` read-only.
+    pub fn open(path: impl AsRef<Path>) -> Result<TableReader, OpenError> {
+        Self::open_wait(path, Duration::ZERO)
+    }
+
+    /// Open the table at `path`, waiting up to `timeout` for the writer to create it.
+    pub fn open_wait(path: impl AsRef<Path>, timeout: Duration) -> Result<TableReader, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let (region, view) = file::open_read_wait(&path, Kind::Table, timeout)?;
+        let params = TableParams::from_header(&view)
+            .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        let inner = table::TableReader::new(Arc::clone(&region), &params);
+        Ok(TableReader { path, region, inner })
+    }
+
+    /// Copy the value of `key` into `buf`: `Ok(Some(len))` if present. No allocation.
+    #[inline]
+    pub fn get(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>, GetError> {
+        self.inner.get(key, buf)
+    }
+
+    /// The value of `key` in a new `Vec`.
+    pub fn get_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>, GetError> {
+        self.inner.get_vec(key)
+    }
+
+    /// Whether `key` is present and not expired.
+    pub fn contains(&self, key: &[u8]) -> Result<bool, GetError> {
+        self.inner.contains(key)
+    }
+
+    /// Zero-copy get: `f` looks at the value in shared memory; the get validates afterwards
+    /// and calls `f` again if the bytes changed under it. `f` may see bytes that turn out
+    /// invalid: only the result of a validated call is returned.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnMut(&SharedBytes<'_>) -> R) -> Result<Option<R>, GetError> {
+        self.inner.get_with(key, f)
+    }
+
+    /// Get and decode a value written with `put_typed` (postcard).
+    pub fn get_typed<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, TypedGetError> {
+        self.get_with_codec(&Postcard, key)
+    }
+
+    /// Get and decode a value with `codec`.
+    pub fn get_with_codec<C: Codec, T: DeserializeOwned>(
+        &self,
+        codec: &C,
+        key: &[u8],
+    ) -> Result<Option<T>, TypedGetError> {
+        match self.inner.get_vec(key).map_err(TypedGetError::Get)? {
+            Some(bytes) => codec.decode(&bytes).map(Some).map_err(TypedGetError::Decode),
+            None => Ok(None),
+        }
+    }
+
+    /// Iterate over the live keys.
+    pub fn keys(&self) -> KeyIter<'_> {
+        self.inner.keys()
+    }
+
+    /// The writer's statistics (items, bytes, puts, deletes, evictions, expirations).
+    pub fn stats(&self) -> TableStats {
+        self.inner.stats()
+    }
+
+    /// This reader's own counters (hits, misses, retries).
+    pub fn counters(&self) -> ReaderCounters {
+        self.inner.counters()
+    }
+
+    /// The writer epoch now (1 for the creator, +1 per restarted writer).
+    pub fn writer_epoch(&self) -> u64 {
+        header::epoch(self.region.words())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
