@@ -18,6 +18,7 @@
 // Word indices are values here (slot addresses are compared and stored), not just indices.
 #![allow(clippy::needless_range_loop)]
 
+mod checksum;
 pub mod codec;
 mod error;
 #[cfg(not(loom))]

@@ -19,8 +19,8 @@
 //! position `p` in the data region is `p % capacity`. A record is a 16-byte header — word 0:
 //! `len: u32 | crc: u32`, word 1: `seq: u64` — then the payload, padded to 8 bytes. A record
 //! never straddles the end of the data region: when it does not fit, the writer stores a
-//! padding marker (`len == u32::MAX`, 8 bytes) and starts the record at offset 0. The crc
-//! (crc32, IEEE) covers `seq`, `len` and the payload.
+//! padding marker (`len == u32::MAX`, 8 bytes) and starts the record at offset 0. The crc is
+//! crc32 (IEEE) of the payload, seeded with `seq` ([`crate::checksum`]).
 //!
 //! # Protocol
 //!
@@ -39,6 +39,7 @@
 //! fence synchronises with it and the following load of `lease` sees the new lease. So either
 //! every copied word is from the committed record, or the lease check fails.
 
+use crate::checksum::{checksum, seeded};
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
 use crate::sync::{fence, spin_hint, AtomicU64, Ordering};
@@ -279,13 +280,11 @@ fn record_len(payload: u64) -> u64 {
     (RECORD_HEADER + payload + 7) & !7
 }
 
+/// The record checksum: crc32 of the payload seeded with the sequence number (see
+/// [`crate::checksum`]); a wrong `len` makes the reader hash other bytes, so it is caught too.
 #[inline]
 fn record_crc(seq: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(&(payload.len() as u32).to_le_bytes());
-    h.update(payload);
-    h.finalize()
+    checksum(seq, &[payload])
 }
 
 /// Geometry shared by writer and reader, derived once from validated params.
@@ -633,7 +632,10 @@ impl RingWriter {
         self.check_len(max_len)?;
         let start = self.reserve(self.tail, max_len as u64);
         let out = WordWriter::new(self.g.word(start) + 2);
-        Ok(Claim { writer: self, start, cap: max_len, out, crc: crc32fast::Hasher::new() })
+        // No other record can be written while the claim borrows the writer: `next_seq` is
+        // the claim's sequence number.
+        let crc = seeded(self.next_seq);
+        Ok(Claim { writer: self, start, cap: max_len, out, crc })
     }
 }
 
@@ -690,11 +692,7 @@ impl Claim<'_> {
         }
         let started = self.writer.commit_start();
         let seq = self.writer.next_seq;
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&seq.to_le_bytes());
-        crc.update(&(len as u32).to_le_bytes());
-        crc.combine(&self.crc);
-        self.writer.finish_record(self.start, seq, len as u32, crc.finalize());
+        self.writer.finish_record(self.start, seq, len as u32, self.crc.finalize());
         let end = self.writer.tail_after;
         self.writer.commit(end, started);
         Ok(seq)

@@ -13,7 +13,8 @@
 //!
 //! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
 //! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 8 bytes. The crc
-//! (crc32, IEEE) covers header bits 32–63, the expiry, the key and the value.
+//! is crc32 (IEEE) of the key and the value, seeded with header bits 32–63 and the expiry
+//! ([`crate::checksum`]).
 //!
 //! # Protocol
 //!
@@ -341,16 +342,16 @@ impl RecHeader {
     }
 }
 
+/// Seed of a record's checksum: the header's upper half and the expiry.
+#[inline]
+pub(crate) fn crc_seed(hi: u32, expiry: Option<u64>) -> u64 {
+    u64::from(hi) ^ expiry.unwrap_or(0).rotate_left(32)
+}
+
+/// The record checksum: crc32 of key then value, seeded with the header and expiry.
 #[inline]
 pub(crate) fn record_crc(hi: u32, expiry: Option<u64>, key: &[u8], value: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&hi.to_le_bytes());
-    if let Some(e) = expiry {
-        h.update(&e.to_le_bytes());
-    }
-    h.update(key);
-    h.update(value);
-    h.finalize()
+    crate::checksum::checksum(crc_seed(hi, expiry), &[key, value])
 }
 
 /// Unix time in milliseconds (the clock expiries are measured against: `CLOCK_REALTIME`,

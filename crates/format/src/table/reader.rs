@@ -197,11 +197,7 @@ impl TableReader {
             };
             let bytes = SharedBytes { words, byte_off: hit.value_off, len: hit.vlen };
             let out = f(&bytes);
-            let mut h = crc32fast::Hasher::new();
-            h.update(&hit.hi.to_le_bytes());
-            if let Some(e) = hit.expiry {
-                h.update(&e.to_le_bytes());
-            }
+            let mut h = crate::checksum::seeded(super::crc_seed(hit.hi, hit.expiry));
             h.update(key);
             bytes.crc_into(&mut h);
             if !self.still_valid(hit.seg, hit.state) {
