@@ -8,7 +8,7 @@
 //! |---------------:|------|
 //! | 0x100          | statistics, one word each: items, live bytes, puts, deletes, evictions, expirations, clears, next segment sequence |
 //! | 0x180          | segment table: 4 words per segment: `state` (`gen << 40 \| fill`), `seq` (FIFO order, 0 = free), `max_expiry` (unix ms; `u64::MAX` if an item never expires), `live` (bytes of live records) |
-//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes. Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 8-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
+//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes (home bucket: `(hash mod 2^32) × nbuckets >> 32`). Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 8-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
 //! | `data_offset`  | `nsegments` segments of `segment_size` bytes, filled with records in append order |
 //!
 //! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
@@ -95,7 +95,7 @@ pub struct TableParams {
     pub nsegments: u64,
     /// Bytes per segment (multiple of 8).
     pub segment_size: u64,
-    /// Index buckets (power of two), 7 slots each.
+    /// Index buckets (up to 2^32), 7 slots each.
     pub nbuckets: u64,
     /// Most items the table holds.
     pub max_items: u64,
@@ -146,7 +146,7 @@ impl TableParams {
         let seg = align_up(seg, 8);
         let nsegments = data_bytes.div_ceil(seg).max(2);
         // About 87% slot load at max_items: 7 slots per bucket.
-        let nbuckets = (max_items * 8 / 7).div_ceil(SLOTS as u64).next_power_of_two().max(1);
+        let nbuckets = (max_items * 8 / 7).div_ceil(SLOTS as u64).max(1);
         let index_offset = align_up(SEG_TABLE_OFFSET + nsegments * (SEG_WORDS as u64) * 8, 64);
         let data_offset = align_up(index_offset + nbuckets * 64, 4096);
         let p = TableParams { nsegments, segment_size: seg, nbuckets, max_items, hash_seed, index_offset, data_offset };
@@ -163,8 +163,8 @@ impl TableParams {
         if self.nsegments < 2 || self.nsegments > 1 << 24 {
             return bad(format!("{} segments (2 to 2^24)", self.nsegments));
         }
-        if !self.nbuckets.is_power_of_two() || self.nbuckets > 1 << 36 {
-            return bad(format!("{} buckets is not a power of two <= 2^36", self.nbuckets));
+        if self.nbuckets == 0 || self.nbuckets > 1 << 32 {
+            return bad(format!("{} buckets (1 to 2^32)", self.nbuckets));
         }
         if self.max_items == 0 || self.max_items > self.nbuckets * SLOTS as u64 {
             return bad(format!(
@@ -245,7 +245,7 @@ pub(crate) struct Geo {
     pub(crate) data_word: usize,
     pub(crate) nsegments: u64,
     pub(crate) seg_size: u64,
-    pub(crate) bucket_mask: u64,
+    pub(crate) nbuckets: u64,
     pub(crate) seed: u64,
     pub(crate) max_items: u64,
     pub(crate) max_probe: u64,
@@ -261,7 +261,7 @@ impl Geo {
             data_word: (p.data_offset / 8) as usize,
             nsegments: p.nsegments,
             seg_size: p.segment_size,
-            bucket_mask: p.nbuckets - 1,
+            nbuckets: p.nbuckets,
             seed: p.hash_seed,
             max_items: p.max_items,
             max_probe: MAX_PROBE.min(p.nbuckets),
@@ -296,7 +296,17 @@ impl Geo {
     #[inline]
     pub(crate) fn home(&self, h: u64) -> (u64, u64) {
         let tag = (h >> LOC_BITS) | 1;
-        (h & self.bucket_mask, tag)
+        // Multiply-shift of the low 32 bits: any bucket count, independent of the tag bits.
+        (((h & 0xffff_ffff) * self.nbuckets) >> 32, tag)
+    }
+
+    #[inline]
+    pub(crate) fn next_bucket(&self, b: u64) -> u64 {
+        if b + 1 == self.nbuckets {
+            0
+        } else {
+            b + 1
+        }
     }
 }
 

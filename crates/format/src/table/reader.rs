@@ -291,7 +291,7 @@ impl TableReader {
                 if words[base].load(Ordering::Acquire) == 0 {
                     break 'attempt;
                 }
-                b = (b + 1) & self.g.bucket_mask;
+                b = self.g.next_bucket(b);
             }
             // A probe chain longer than the bound only exists in a corrupt file.
             return Err(GetError::Corrupt { reason: "probe chain longer than the bound" });
@@ -422,7 +422,7 @@ impl Iterator for KeyIter<'_> {
     type Item = Result<Vec<u8>, GetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while self.bucket <= self.reader.g.bucket_mask {
+        while self.bucket < self.reader.g.nbuckets {
             self.slot += 1;
             if self.slot > super::SLOTS {
                 self.slot = 0;

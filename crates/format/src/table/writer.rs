@@ -232,7 +232,7 @@ impl TableWriter {
     /// Remove every item (readers see misses from now on; segments are recycled).
     pub fn clear(&mut self) {
         let words = self.region.words();
-        for b in 0..=self.g.bucket_mask {
+        for b in 0..self.g.nbuckets {
             for w in &words[self.g.bucket(b)..self.g.bucket(b) + super::BUCKET_WORDS] {
                 // SYNC: Release, pairs with the Acquire slot loads in TableReader::lookup.
                 w.store(0, Ordering::Release);
@@ -330,7 +330,7 @@ impl TableWriter {
             if words[base].load(Ordering::Relaxed) == 0 {
                 return None;
             }
-            b = (b + 1) & self.g.bucket_mask;
+            b = self.g.next_bucket(b);
         }
         None
     }
@@ -343,7 +343,7 @@ impl TableWriter {
             if words[base + 1..=base + SLOTS].iter().any(|s| s.load(Ordering::Relaxed) == 0) {
                 return true;
             }
-            b = (b + 1) & self.g.bucket_mask;
+            b = self.g.next_bucket(b);
         }
         false
     }
@@ -363,13 +363,13 @@ impl TableWriter {
                     // SYNC: Release, pairs with the Acquire load of the overflow word in
                     // TableReader::lookup.
                     words[o].store(words[o].load(Ordering::Relaxed) + 1, Ordering::Release);
-                    p = (p + 1) & self.g.bucket_mask;
+                    p = self.g.next_bucket(p);
                 }
                 // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
                 words[sw].store(val, Ordering::Release);
                 return;
             }
-            b = (b + 1) & self.g.bucket_mask;
+            b = self.g.next_bucket(b);
         }
         unreachable!("has_free_slot checked the probe sequence");
     }
@@ -385,7 +385,7 @@ impl TableWriter {
             let o = self.g.bucket(p);
             // Release: as in insert_slot (a count only ever over-states, never under-states).
             words[o].store(words[o].load(Ordering::Relaxed).saturating_sub(1), Ordering::Release);
-            p = (p + 1) & self.g.bucket_mask;
+            p = self.g.next_bucket(p);
         }
     }
 
@@ -479,7 +479,7 @@ impl TableWriter {
             if words[base].load(Ordering::Relaxed) == 0 {
                 return None;
             }
-            b = (b + 1) & self.g.bucket_mask;
+            b = self.g.next_bucket(b);
         }
         None
     }
@@ -546,9 +546,9 @@ impl TableWriter {
         }
         used.sort_unstable();
         // 2. Slots: keep only those pointing at a valid record of their own key, within reach.
-        let mut counts = vec![0u64; (g.bucket_mask + 1) as usize];
+        let mut counts = vec![0u64; g.nbuckets as usize];
         let mut live = vec![0u64; g.nsegments as usize];
-        for b in 0..=g.bucket_mask {
+        for b in 0..g.nbuckets {
             let base = g.bucket(b);
             for sw in base + 1..=base + SLOTS {
                 let s = words[sw].load(Ordering::Relaxed);
@@ -559,10 +559,10 @@ impl TableWriter {
                 let ok = starts.contains(&loc) && {
                     let key = me.key_at(loc, &mut kbuf);
                     let (home, tag) = g.home(hash(g.seed, key));
-                    let dist = b.wrapping_sub(home) & g.bucket_mask;
+                    let dist = if b >= home { b - home } else { b + g.nbuckets - home };
                     tag == s >> LOC_BITS && dist < g.max_probe && {
                         for i in 0..dist {
-                            counts[((home + i) & g.bucket_mask) as usize] += 1;
+                            counts[((home + i) % g.nbuckets) as usize] += 1;
                         }
                         true
                     }
