@@ -60,6 +60,7 @@ pub enum OpenError {
     },
 }
 
+#[cfg_attr(loom, allow(dead_code))]
 impl OpenError {
     pub(crate) fn from_header(path: PathBuf, e: HeaderError) -> OpenError {
         match e {

@@ -64,6 +64,8 @@ pub const MAX_KEY: usize = 255;
 /// Longest value the record format can describe (8 MiB − 1); a table's own limit is also
 /// bounded by its segment size.
 pub const MAX_VALUE_FORMAT: usize = (1 << 23) - 1;
+/// Smallest segment (loom models use tiny ones: every word is a modelled atomic).
+pub const MIN_SEGMENT: u64 = if cfg!(loom) { 64 } else { 4096 };
 /// Buckets a lookup visits at most (a longer chain is a corrupt file).
 pub const MAX_PROBE: u64 = 128;
 
@@ -157,8 +159,11 @@ impl TableParams {
     /// Validate the geometry (also for parameters read from an untrusted file).
     pub fn check(&self) -> Result<(), TableParamsError> {
         let bad = |m: String| Err(TableParamsError(m));
-        if self.segment_size < 4096 || self.segment_size % 8 != 0 || self.segment_size > FILL_MASK {
-            return bad(format!("segment size {} must be a multiple of 8 between 4096 and 2^40", self.segment_size));
+        if self.segment_size < MIN_SEGMENT || self.segment_size % 8 != 0 || self.segment_size > FILL_MASK {
+            return bad(format!(
+                "segment size {} must be a multiple of 8 between {MIN_SEGMENT} and 2^40",
+                self.segment_size
+            ));
         }
         if self.nsegments < 2 || self.nsegments > 1 << 24 {
             return bad(format!("{} segments (2 to 2^24)", self.nsegments));
