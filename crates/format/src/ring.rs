@@ -42,7 +42,9 @@
 use crate::checksum::{checksum, seeded};
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
-use crate::sync::{fence, spin_hint, AtomicU64, Ordering};
+#[cfg(not(loom))]
+use crate::sync::spin_hint;
+use crate::sync::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,6 +187,7 @@ impl WakePolicy {
         }
     }
 
+    #[cfg_attr(loom, allow(dead_code))]
     fn from_word(w: u64) -> WakePolicy {
         match w {
             0 => WakePolicy::Always,

@@ -15,6 +15,7 @@ pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Hint to the CPU that we are spinning (loom: yield to the model scheduler).
 #[inline]
+#[cfg_attr(loom, allow(dead_code))]
 pub(crate) fn spin_hint() {
     #[cfg(loom)]
     loom::thread::yield_now();
