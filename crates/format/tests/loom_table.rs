@@ -3,7 +3,6 @@
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p podcache-format --release --test loom_table`
 #![cfg(loom)]
 
-use loom::sync::Arc;
 use loom::thread;
 use podcache_format::region::Region;
 use podcache_format::table::{EvictionPolicy, TableParams, TableReader, TableWriter};
