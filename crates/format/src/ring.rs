@@ -65,6 +65,11 @@ pub const RECORD_HEADER: u64 = 16;
 const PAD_LEN: u32 = u32::MAX;
 /// Smallest ring capacity.
 pub const MIN_CAPACITY: u64 = 128;
+/// Largest sequence number a valid ring holds (a larger one is corrupt; 2^63 messages at a
+/// billion a second take three centuries).
+pub const MAX_SEQ: u64 = u64::MAX / 2;
+/// Largest position a valid ring reaches (2^62 bytes).
+pub const MAX_POS: u64 = u64::MAX / 4;
 /// Resyncs a single read may do before giving up with [`ReadError::Overrun`].
 const MAX_RESYNCS: u32 = 64;
 
@@ -95,6 +100,13 @@ pub enum ParamsError {
     },
     /// The data offset is not 8-aligned or overlaps the control block.
     BadDataOffset(u64),
+    /// The layout reaches past the end of the file.
+    BeyondFile {
+        /// Bytes the layout needs.
+        needed: u64,
+        /// Bytes the header says the file has.
+        file_size: u64,
+    },
 }
 
 impl std::fmt::Display for ParamsError {
@@ -107,6 +119,9 @@ impl std::fmt::Display for ParamsError {
                 write!(f, "max message {max_msg} B must be between 1 and {limit} B for this capacity")
             }
             ParamsError::BadDataOffset(o) => write!(f, "data offset {o} is invalid"),
+            ParamsError::BeyondFile { needed, file_size } => {
+                write!(f, "ring layout needs {needed} B but the file has {file_size} B")
+            }
         }
     }
 }
@@ -157,6 +172,9 @@ impl RingParams {
             .map_err(|_| ParamsError::BadMaxMessage { max_msg: u32::MAX, limit: Self::max_msg_limit(h.params[1]) })?;
         let p = RingParams { data_offset: h.params[0], capacity: h.params[1], max_msg };
         p.check()?;
+        if p.file_size() > h.file_size {
+            return Err(ParamsError::BeyondFile { needed: p.file_size(), file_size: h.file_size });
+        }
         Ok(p)
     }
 }
@@ -389,11 +407,15 @@ impl RingWriter {
             && lease >= tail
             && lease - tail <= g.cap
             && tail - head <= g.cap
-            && tail < u64::MAX / 4;
+            && lease < MAX_POS;
+        // `tail_seq` is only a hint (the walk below finds the real sequence); a hostile value
+        // starts the numbering again.
+        let tail_seq = if tail_seq > MAX_SEQ { 1 } else { tail_seq };
         let walked = if plausible { Self::walk(w, &g, head, tail) } else { None };
         match walked {
             Some((intact, last_seq)) => {
                 let next_seq = last_seq.map_or(tail_seq.max(1), |s| s + 1);
+                debug_assert!(next_seq <= MAX_SEQ + 1, "walk only accepts sequence numbers up to MAX_SEQ");
                 let me = Self::with_state(region, g, tail, next_seq, lease, head, policy);
                 me.region.words()[W_TAIL_SEQ].store(next_seq, Ordering::Relaxed);
                 (me, Recovery { intact, discarded: false })
@@ -402,7 +424,7 @@ impl RingWriter {
                 // Empty the ring: every reader behind the (rounded-up) tail sees the lease
                 // beyond its position + capacity, i.e. a lap, and resyncs to `head == tail`.
                 let tail = if plausible { tail } else { (tail.max(lease).max(head).min(u64::MAX / 8) + 7) & !7 };
-                let next_seq = tail_seq.clamp(1, u64::MAX / 2);
+                let next_seq = tail_seq.max(1);
                 let mut me = Self::with_state(region, g, tail, next_seq, tail + g.cap, tail, policy);
                 let w = me.region.words();
                 w[W_TAIL_SEQ].store(next_seq, Ordering::Relaxed);
@@ -440,7 +462,7 @@ impl RingWriter {
             let seq = w[g.word(pos) + 1].load(Ordering::Relaxed);
             buf.resize(len as usize, 0);
             copy_out(w, g.word(pos) + 2, &mut buf);
-            if record_crc(seq, &buf) != (w0 >> 32) as u32 || last.is_some_and(|l| l + 1 != seq) {
+            if seq > MAX_SEQ || record_crc(seq, &buf) != (w0 >> 32) as u32 || last.is_some_and(|l| l + 1 != seq) {
                 return None;
             }
             last = Some(seq);
@@ -856,6 +878,9 @@ impl RingReader {
                     continue;
                 }
             }
+            if self.pos > MAX_POS {
+                return Err(ReadError::Corrupt { pos: self.pos, reason: "position out of range" });
+            }
             if self.cached_tail - self.pos > self.g.cap || self.pos % 8 != 0 {
                 resyncs += 1;
                 self.on_lap();
@@ -905,7 +930,7 @@ impl RingReader {
                 continue;
             }
             // The copy is exactly what the writer committed; now check it is what it meant.
-            if self.expected.is_some_and(|e| e != seq) || self.gap_from.is_some_and(|g| seq < g) {
+            if seq > MAX_SEQ || self.expected.is_some_and(|e| e != seq) || self.gap_from.is_some_and(|g| seq < g) {
                 return Err(ReadError::Corrupt { pos, reason: "sequence number out of order" });
             }
             if record_crc(seq, &buf[..len]) != (w0 >> 32) as u32 {
