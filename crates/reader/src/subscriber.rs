@@ -178,8 +178,8 @@ impl Subscriber {
         self.reader.laps()
     }
 
-    /// Messages published and not yet read by this subscriber (approximate while the writer
-    /// runs; includes messages already overwritten).
+    /// Bytes of records published and not yet read by this subscriber (a snapshot; more than
+    /// the ring's capacity means this subscriber will be lapped).
     pub fn backlog_bytes(&self) -> u64 {
         self.reader.writer_tail().saturating_sub(self.reader.position())
     }
