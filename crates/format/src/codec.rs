@@ -1,6 +1,6 @@
 //! Typed messages: a small codec trait over serde.
 //!
-//! The default is [`Postcard`] (maintained, compact, `no_std`-friendly). [`Bincode1`] (cargo
+//! The default is [`Postcard`] (maintained, compact, `no_std`-friendly). `Bincode1` (cargo
 //! feature `bincode`) reads and writes bincode 1.3 for users whose data is already
 //! bincode-encoded; bincode itself is unmaintained (RUSTSEC-2025-0141).
 

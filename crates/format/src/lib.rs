@@ -7,7 +7,7 @@
 //! * [`header`]: the header every file starts with, and the attach protocol.
 //! * [`ring`]: the broadcast ring — one writer, many readers that never write, lapping.
 //! * [`table`]: the key-value table — lock-free gets from read-only readers, TTL, eviction.
-//! * [`file`]: creating, locking, preallocating and mapping files (not under loom).
+//! * [`mod@file`]: creating, locking, preallocating and mapping files (not under loom).
 //! * [`codec`]: the serde codec trait for typed messages.
 //!
 //! Everything in shared memory is accessed as 64-bit atomic words ([`region::Region`]); no

@@ -5,7 +5,7 @@
 //! atomics are for), and plain atomic loads are allowed on read-only memory (std's "atomic
 //! accesses to read-only memory"), so a reader's `PROT_READ` mapping is covered too. No `&[u8]`
 //! or `&T` is ever formed over shared bytes: payloads are copied word by word with
-//! [`copy_out`] / [`copy_in`].
+//! `copy_out` / `copy_in`.
 
 use crate::sync::{AtomicU64, Ordering};
 

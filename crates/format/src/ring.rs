@@ -20,12 +20,12 @@
 //! `len: u32 | crc: u32`, word 1: `seq: u64` — then the payload, padded to 8 bytes. A record
 //! never straddles the end of the data region: when it does not fit, the writer stores a
 //! padding marker (`len == u32::MAX`, 8 bytes) and starts the record at offset 0. The crc is
-//! crc32 (IEEE) of the payload, seeded with `seq` ([`crate::checksum`]).
+//! crc32 (IEEE) of the payload, seeded with `seq` (see docs/design.md, "Checksums").
 //!
 //! # Protocol
 //!
 //! Writer, per record: (1) if the record ends beyond `lease`, advance `head` past every record
-//! the new lease will overwrite, store `head` (Release) and the new `lease` (Relaxed); (2) store
+//! the new lease will overwrite, store `head` (Release) and the new `lease` (Release); (2) store
 //! the record's words with Release stores; (3) store `tail` with Release.
 //!
 //! Reader, per record: load `tail` (Acquire) when its cached copy is used up; copy the record
@@ -580,8 +580,10 @@ impl RingWriter {
         // SYNC: Release, pairs with the Acquire load of head in RingReader::resync: a reader
         // that sees the new head also sees the records below the tail that covered it.
         w[W_HEAD].store(self.head, Ordering::Release);
-        // Relaxed: ordered before the data it covers by those data's Release stores.
-        w[W_LEASE].store(new, Ordering::Relaxed);
+        // SYNC: Release, pairs with the Acquire load of lease in RingReader::resync (a reader
+        // lapped by this lease then sees the head stored before it). For the data it covers,
+        // the data's own Release stores order it.
+        w[W_LEASE].store(new, Ordering::Release);
         self.lease = new;
     }
 
@@ -831,6 +833,10 @@ impl RingReader {
     /// Jump to the oldest intact record after being lapped (or at start).
     fn resync(&mut self) {
         let w = self.region.words();
+        // SYNC: Acquire, pairs with the Release store of lease in RingWriter::extend_lease: a
+        // reader lapped by a lease it saw then sees the head stored before that lease, which is
+        // at least lease - capacity, so the same lease cannot lap it again.
+        let _ = w[W_LEASE].load(Ordering::Acquire);
         // SYNC: Acquire, pairs with the Release store of head in RingWriter::extend_lease:
         // the records from head up to the tail that covered them are visible.
         let head = w[W_HEAD].load(Ordering::Acquire);

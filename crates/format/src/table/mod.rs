@@ -14,7 +14,7 @@
 //! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
 //! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 8 bytes. The crc
 //! is crc32 (IEEE) of the key and the value, seeded with header bits 32–63 and the expiry
-//! ([`crate::checksum`]).
+//! (see docs/design.md, "Checksums").
 //!
 //! # Protocol
 //!
