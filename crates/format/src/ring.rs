@@ -256,7 +256,9 @@ pub struct Msg {
     pub len: usize,
     /// Sequence number (the first message of a ring has sequence 1).
     pub seq: u64,
-    /// Messages lost (overwritten before this reader got to them) just before this one.
+    /// Messages lost (overwritten before this reader got to them) just before this one. A
+    /// reader that starts at the oldest message counts from the oldest message there was when it
+    /// opened; one that starts at the newest, from its first message.
     pub lost: u64,
 }
 
@@ -771,7 +773,10 @@ impl RingReader {
         let mut r =
             RingReader { region, g, pos: 0, cached_tail: 0, expected: None, gap_from: None, lost_total: 0, laps: 0 };
         match start {
-            Start::Oldest => r.resync(),
+            Start::Oldest => {
+                r.resync();
+                r.gap_from = r.peek_seq();
+            }
             Start::Newest => r.skip_to_newest(),
         }
         r
@@ -847,6 +852,22 @@ impl RingReader {
             self.gap_from = self.expected;
         }
         self.expected = None;
+    }
+
+    /// The sequence number of the record at our position, if one is there and intact: the
+    /// baseline for counting losses when a reader is lapped before its first message.
+    fn peek_seq(&self) -> Option<u64> {
+        if self.pos >= self.cached_tail || self.pos > MAX_POS {
+            return None;
+        }
+        let w = self.region.words();
+        let first = self.g.word(self.pos);
+        let w0 = w[first].load(Ordering::Relaxed);
+        if w0 as u32 == PAD_LEN || (self.pos & self.g.mask) + RECORD_HEADER > self.g.cap {
+            return None;
+        }
+        let seq = w[first + 1].load(Ordering::Relaxed);
+        (!self.lapped(self.pos) && seq <= MAX_SEQ).then_some(seq)
     }
 
     #[inline]
