@@ -126,6 +126,7 @@ fn init_fresh(
     size: u64,
     mode: u32,
 ) -> Result<Arc<Region>, CreateError> {
+    let had_bytes = file.metadata().map_err(io_err(path))?.len() > 0;
     file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io_err(path))?;
     match rustix::fs::fallocate(file, FallocateFlags::empty(), 0, size) {
         Ok(()) => {}
@@ -141,6 +142,13 @@ fn init_fresh(
         Err(e) => return Err(CreateError::Io { path: path.to_path_buf(), source: e.into() }),
     }
     let region = map_rw(path, file, size)?;
+    if had_bytes {
+        // A creation that died half-way (or a foreign file): structures assume a zeroed file.
+        // No reader maps a file that is not ready, so plain stores are enough.
+        for w in region.words() {
+            w.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     header::write_fields(region.words(), kind, size, params, now_ns());
     Ok(region)
 }

@@ -178,13 +178,15 @@ impl TableParams {
                 self.nbuckets * SLOTS as u64
             ));
         }
+        // Every sum below is of values bounded above (segments <= 2^24, buckets <= 2^32,
+        // segment size <= 2^40) or checked, so nothing overflows on hostile parameters.
         let seg_end = SEG_TABLE_OFFSET + self.nsegments * SEG_WORDS as u64 * 8;
-        if self.index_offset % 64 != 0 || self.index_offset < seg_end {
-            return bad(format!("index offset {} overlaps the segment table", self.index_offset));
+        if self.index_offset % 64 != 0 || self.index_offset < seg_end || self.index_offset > 1 << 48 {
+            return bad(format!("index offset {} overlaps the segment table or is too large", self.index_offset));
         }
         let index_end = self.index_offset + self.nbuckets * 64;
-        if self.data_offset % 8 != 0 || self.data_offset < index_end {
-            return bad(format!("data offset {} overlaps the index", self.data_offset));
+        if self.data_offset % 8 != 0 || self.data_offset < index_end || self.data_offset > 1 << 50 {
+            return bad(format!("data offset {} overlaps the index or is too large", self.data_offset));
         }
         let data = self.nsegments.checked_mul(self.segment_size);
         match data.and_then(|d| d.checked_add(self.data_offset)) {

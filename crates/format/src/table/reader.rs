@@ -114,6 +114,13 @@ struct Hit {
     slot: u64,
 }
 
+/// What one pass over a probe chain found.
+enum Probe {
+    Hit(Hit),
+    Miss,
+    Retry,
+}
+
 /// What one look at a slot found.
 enum Step {
     /// The key's record.
@@ -257,47 +264,61 @@ impl TableReader {
         }
         let h = hash(self.g.seed, key);
         let (home, tag) = self.g.home(h);
-        let words = self.region.words();
-        'attempt: for _ in 0..MAX_RETRIES {
-            let mut b = home;
-            for _ in 0..self.g.max_probe {
-                let base = self.g.bucket(b);
-                for slot_word in base + 1..=base + super::SLOTS {
-                    // SYNC: Acquire, pairs with the Release slot store in TableWriter::put:
-                    // the record and the segment fill it points at are visible.
-                    let slot = words[slot_word].load(Ordering::Acquire);
-                    if slot >> super::LOC_BITS != tag {
-                        continue;
-                    }
-                    let step = self.read_record(slot & LOC_MASK, key, sink)?;
-                    if let Step::Found(mut hit) = step {
-                        self.hits.set(self.hits.get() + 1);
-                        (hit.slot_word, hit.slot) = (slot_word, slot);
-                        return Ok(Some(hit));
-                    }
-                    // SYNC: Acquire, as above.
-                    if matches!(step, Step::Recycled) || words[slot_word].load(Ordering::Acquire) != slot {
-                        self.retries.set(self.retries.get() + 1);
-                        continue 'attempt;
-                    }
-                    match step {
-                        Step::Other => {}
-                        Step::Expired => break 'attempt,
-                        Step::Anomaly(reason) => return Err(GetError::Corrupt { reason }),
-                        Step::Found(_) | Step::Recycled => unreachable!("handled above"),
-                    }
+        for _ in 0..MAX_RETRIES {
+            match self.probe(key, home, tag, sink)? {
+                Probe::Hit(hit) => {
+                    self.hits.set(self.hits.get() + 1);
+                    return Ok(Some(hit));
                 }
-                // SYNC: Acquire, pairs with the Release increment in TableWriter::insert_slot.
-                if words[base].load(Ordering::Acquire) == 0 {
-                    break 'attempt;
+                Probe::Miss => {
+                    self.misses.set(self.misses.get() + 1);
+                    return Ok(None);
                 }
-                b = self.g.next_bucket(b);
+                Probe::Retry => self.retries.set(self.retries.get() + 1),
             }
-            // A probe chain longer than the bound only exists in a corrupt file.
-            return Err(GetError::Corrupt { reason: "probe chain longer than the bound" });
         }
-        self.misses.set(self.misses.get() + 1);
-        Ok(None)
+        Err(GetError::Contended)
+    }
+
+    /// One pass over the key's probe chain.
+    #[inline]
+    fn probe(&self, key: &[u8], home: u64, tag: u64, sink: &mut Sink<'_>) -> Result<Probe, GetError> {
+        let words = self.region.words();
+        let mut b = home;
+        // The writer never places an item further than `max_probe` buckets from home, so
+        // the end of the bound is a miss (a hostile file cannot make this loop longer).
+        for _ in 0..self.g.max_probe {
+            let base = self.g.bucket(b);
+            for slot_word in base + 1..=base + super::SLOTS {
+                // SYNC: Acquire, pairs with the Release slot store in TableWriter::put: the
+                // record and the segment fill it points at are visible.
+                let slot = words[slot_word].load(Ordering::Acquire);
+                if slot >> super::LOC_BITS != tag {
+                    continue;
+                }
+                let step = self.read_record(slot & LOC_MASK, key, sink)?;
+                if let Step::Found(mut hit) = step {
+                    (hit.slot_word, hit.slot) = (slot_word, slot);
+                    return Ok(Probe::Hit(hit));
+                }
+                // SYNC: Acquire, as above.
+                if matches!(step, Step::Recycled) || words[slot_word].load(Ordering::Acquire) != slot {
+                    return Ok(Probe::Retry);
+                }
+                match step {
+                    Step::Other => {}
+                    Step::Expired => return Ok(Probe::Miss),
+                    Step::Anomaly(reason) => return Err(GetError::Corrupt { reason }),
+                    Step::Found(_) | Step::Recycled => unreachable!("handled above"),
+                }
+            }
+            // SYNC: Acquire, pairs with the Release increment in TableWriter::insert_slot.
+            if words[base].load(Ordering::Acquire) == 0 {
+                return Ok(Probe::Miss);
+            }
+            b = self.g.next_bucket(b);
+        }
+        Ok(Probe::Miss)
     }
 
     /// Read the record at `loc` if it is `key`'s.

@@ -206,7 +206,7 @@ impl TableWriter {
                 self.stats.items += 1;
             }
         }
-        self.stats.puts += 1;
+        self.stats.puts = self.stats.puts.wrapping_add(1);
         self.publish_stats();
         Ok(())
     }
@@ -223,8 +223,8 @@ impl TableWriter {
         self.remove_slot(home, slot_word);
         let len = self.record_len_at(loc);
         self.add_live(self.seg_of(loc), -(len as i64));
-        self.stats.items -= 1;
-        self.stats.deletes += 1;
+        self.stats.items = self.stats.items.saturating_sub(1);
+        self.stats.deletes = self.stats.deletes.wrapping_add(1);
         self.publish_stats();
         true
     }
@@ -247,7 +247,7 @@ impl TableWriter {
         self.cur_fill = 0;
         self.stats.items = 0;
         self.stats.bytes_used = 0;
-        self.stats.clears += 1;
+        self.stats.clears = self.stats.clears.wrapping_add(1);
         self.publish_stats();
     }
 
@@ -264,7 +264,7 @@ impl TableWriter {
             self.free.push(seg);
         }
         self.publish_stats();
-        self.stats.expirations - before
+        self.stats.expirations.wrapping_sub(before)
     }
 
     fn publish_stats(&self) {
@@ -454,11 +454,11 @@ impl TableWriter {
             if let Some(sw) = self.slot_pointing_at(home, (tag << LOC_BITS) | loc) {
                 let expired = hdr.has_expiry && words[self.g.rec_word(loc) + 1].load(Ordering::Relaxed) <= now;
                 self.remove_slot(home, sw);
-                self.stats.items -= 1;
+                self.stats.items = self.stats.items.saturating_sub(1);
                 if expired {
-                    self.stats.expirations += 1;
+                    self.stats.expirations = self.stats.expirations.wrapping_add(1);
                 } else {
-                    self.stats.evictions += 1;
+                    self.stats.evictions = self.stats.evictions.wrapping_add(1);
                 }
             }
             off += hdr.len();
@@ -545,9 +545,20 @@ impl TableWriter {
             me.live[seg as usize] = off; // temporarily: valid prefix
         }
         used.sort_unstable();
-        // 2. Slots: keep only those pointing at a valid record of their own key, within reach.
-        let mut counts = vec![0u64; g.nbuckets as usize];
-        let mut live = vec![0u64; g.nsegments as usize];
+        // Renumber 1..=n in FIFO order: sequence numbers stay small whatever the file held.
+        for (i, (seq, seg)) in used.iter_mut().enumerate() {
+            *seq = i as u64 + 1;
+            // Relaxed: writer-side bookkeeping.
+            words[g.seg_seq(*seg)].store(*seq, Ordering::Relaxed);
+        }
+        // 2. Slots: keep only those pointing at a valid record of their own key, within reach,
+        //    and only one per key (the newest record: highest segment sequence, then offset).
+        let order = |loc: u64| -> (u64, u64) {
+            let seg = me.seg_of(loc);
+            (words[g.seg_seq(seg)].load(Ordering::Relaxed), loc)
+        };
+        let mut keep: std::collections::HashMap<Vec<u8>, (usize, u64, u64)> = std::collections::HashMap::new();
+        let mut drop_slots = Vec::new();
         for b in 0..g.nbuckets {
             let base = g.bucket(b);
             for sw in base + 1..=base + SLOTS {
@@ -556,26 +567,44 @@ impl TableWriter {
                     continue;
                 }
                 let loc = s & LOC_MASK;
-                let ok = starts.contains(&loc) && {
+                let valid = starts.contains(&loc) && {
                     let key = me.key_at(loc, &mut kbuf);
                     let (home, tag) = g.home(hash(g.seed, key));
                     let dist = if b >= home { b - home } else { b + g.nbuckets - home };
-                    tag == s >> LOC_BITS && dist < g.max_probe && {
-                        for i in 0..dist {
-                            counts[((home + i) % g.nbuckets) as usize] += 1;
-                        }
-                        true
-                    }
+                    tag == s >> LOC_BITS && dist < g.max_probe
                 };
-                if ok {
-                    rec.items += 1;
-                    live[me.seg_of(loc) as usize] += me.record_len_at(loc);
-                } else {
-                    // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
-                    words[sw].store(0, Ordering::Release);
-                    rec.cleared_slots += 1;
+                if !valid {
+                    drop_slots.push(sw);
+                    continue;
+                }
+                let key = me.key_at(loc, &mut kbuf).to_vec();
+                match keep.get(&key) {
+                    Some(&(_, other_loc, _)) if order(other_loc) > order(loc) => drop_slots.push(sw),
+                    Some(&(other_sw, _, _)) => {
+                        drop_slots.push(other_sw);
+                        keep.insert(key, (sw, loc, b));
+                    }
+                    None => {
+                        keep.insert(key, (sw, loc, b));
+                    }
                 }
             }
+        }
+        for sw in drop_slots {
+            // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+            words[sw].store(0, Ordering::Release);
+            rec.cleared_slots += 1;
+        }
+        let mut counts = vec![0u64; g.nbuckets as usize];
+        let mut live = vec![0u64; g.nsegments as usize];
+        for (key, &(_, loc, b)) in &keep {
+            let (home, _) = g.home(hash(g.seed, key));
+            let dist = if b >= home { b - home } else { b + g.nbuckets - home };
+            for i in 0..dist {
+                counts[((home + i) % g.nbuckets) as usize] += 1;
+            }
+            rec.items += 1;
+            live[me.seg_of(loc) as usize] += me.record_len_at(loc);
         }
         for (b, c) in counts.iter().enumerate() {
             // SYNC: Release, as in insert_slot. The true count is right at any moment: no
