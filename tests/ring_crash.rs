@@ -125,7 +125,11 @@ fn killed_publishers_never_hand_readers_a_bad_message() {
         assert_eq!(r.get("errors"), 0, "subscriber {i} got read errors other than Overrun: {r:?}");
         assert_eq!(last, last_seq, "subscriber {i} read up to the last message");
         assert_eq!(received + lost, last - first + 1, "subscriber {i}: received + lost covers every message");
-        assert_eq!(r.get("sub_lost"), lost, "subscriber {i}: Subscriber::lost() is the sum of Msg::lost");
+        assert_eq!(
+            r.get("sub_lost"),
+            lost + r.get("first_lost"),
+            "subscriber {i}: Subscriber::lost() is the sum of Msg::lost"
+        );
         assert!(received >= FINAL_MESSAGES / 2, "subscriber {i} received only {received} messages");
         total_received += received;
         restarts_seen += r.get("restarts");
@@ -273,6 +277,9 @@ fn subscriber_child() {
     let mut buf = vec![0u8; sub.max_message()];
     let (mut received, mut lost, mut bad, mut errors, mut overruns, mut restarts) = (0u64, 0u64, 0u64, 0u64, 0, 0);
     let (mut first, mut last): (Option<u64>, u64) = (None, 0);
+    // Messages lost before the first one received (counted from the oldest message there was
+    // when the subscriber opened: it can be lapped before its first read).
+    let mut first_lost = 0u64;
     let mut epoch = sub.writer_epoch();
     loop {
         let stop_at = stop.load(Ordering::Acquire);
@@ -288,6 +295,7 @@ fn subscriber_child() {
                 }
                 if first.is_none() {
                     first = Some(m.seq);
+                    first_lost = m.lost;
                 } else {
                     lost += m.lost;
                 }
@@ -321,6 +329,7 @@ fn subscriber_child() {
             ("received", received),
             ("lost", lost),
             ("sub_lost", sub.lost()),
+            ("first_lost", first_lost),
             ("laps", sub.laps()),
             ("bad", bad),
             ("errors", errors),

@@ -9,10 +9,15 @@
 //!   `--exact`). Children report to the parent with [`report`] lines on stdout; the handle
 //!   kills and reaps the child when dropped, and [`die_with_parent`] makes a child die with
 //!   its parent.
-//! - [`Watchdog`] / [`bounded`]: abort the test binary when something hangs, so a hung test
-//!   fails instead of blocking CI. Tests never assert durations.
+//! - [`Watchdog`] / [`bounded`] / [`watched`]: abort the test binary when something hangs, so a
+//!   hung test fails instead of blocking CI. Tests never assert durations.
 //! - [`shm_tempdir`], [`map_perms`], [`MountGuard`]: files on `/dev/shm`, the permissions of
 //!   this process's mappings of a file, and tmpfs / read-only bind mounts removed on drop.
+//! - [`kv_key`] / [`kv_value`] / [`kv_check`]: table keys derived from a number, and values
+//!   that carry their own identity (key, version) and checksum, so a reader in another process
+//!   can tell a genuine value from a torn or mixed one without knowing what the writer did.
+//! - [`TableImage`]: a table file as bytes, with the byte map of docs/design.md §4.2, to read
+//!   and corrupt it at known offsets and to recompute what the writer keeps (overflow counts).
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
@@ -129,6 +134,283 @@ pub fn payload_matches(seq: u64, max: usize, bytes: &[u8]) -> bool {
         s = splitmix(s);
         chunk == &s.to_le_bytes()[..chunk.len()]
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table keys and self-checking values
+
+/// The key of item `id`: its decimal digits, a `.`, then 0..24 filler bytes (length derived
+/// from `id`); one id in 97 has the longest key a table allows (255 bytes). Unique per id.
+pub fn kv_key(id: u64) -> Vec<u8> {
+    let mut k = format!("{id}.").into_bytes();
+    let len = if id % 97 == 0 { 255 } else { k.len() + (splitmix(id ^ 0x004B_4559) % 24) as usize };
+    let mut i = 0u8;
+    while k.len() < len {
+        k.push(b'a' + i % 26);
+        i = i.wrapping_add(1);
+    }
+    k
+}
+
+/// The id of a key made by [`kv_key`], if `key` is one.
+pub fn kv_key_id(key: &[u8]) -> Option<u64> {
+    let digits = key.iter().position(|&b| b == b'.')?;
+    let id: u64 = std::str::from_utf8(&key[..digits]).ok()?.parse().ok()?;
+    (kv_key(id) == key).then_some(id)
+}
+
+/// Bytes of a [`kv_value`] before its payload: key id, version, checksum (u64 LE each).
+pub const KV_VALUE_HEADER: usize = 24;
+
+/// Length of the value of (`id`, `version`): mostly short, one in eight up to `max` bytes
+/// (`max >= KV_VALUE_HEADER`).
+pub fn kv_value_len(id: u64, version: u64, max: usize) -> usize {
+    assert!(max >= KV_VALUE_HEADER, "values need at least {KV_VALUE_HEADER} bytes");
+    let h = splitmix(id.rotate_left(32) ^ version ^ 0x0056_414C);
+    let room = (max - KV_VALUE_HEADER) as u64;
+    let limit = if h & 7 == 0 { room } else { room.min(48) };
+    KV_VALUE_HEADER + ((h >> 8) % (limit + 1)) as usize
+}
+
+fn kv_fold(id: u64, version: u64, payload: &[u8]) -> u64 {
+    let mut c = splitmix(id ^ splitmix(version ^ payload.len() as u64));
+    for chunk in payload.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        c = splitmix(c ^ u64::from_le_bytes(w));
+    }
+    c
+}
+
+/// Write the value of key `id` at `version` into `out` (cleared first): the id, the version,
+/// a checksum of everything, then a payload derived from (id, version). At most `max` bytes.
+pub fn kv_value_into(id: u64, version: u64, max: usize, out: &mut Vec<u8>) {
+    let len = kv_value_len(id, version, max);
+    out.clear();
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    let mut s = splitmix(id) ^ version;
+    while out.len() < len {
+        s = splitmix(s);
+        let n = (len - out.len()).min(8);
+        out.extend_from_slice(&s.to_le_bytes()[..n]);
+    }
+    let check = kv_fold(id, version, &out[KV_VALUE_HEADER..]);
+    out[16..24].copy_from_slice(&check.to_le_bytes());
+}
+
+/// The value of key `id` at `version`; see [`kv_value_into`].
+pub fn kv_value(id: u64, version: u64, max: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    kv_value_into(id, version, max, &mut v);
+    v
+}
+
+/// Check that `bytes` are a whole value of key `id` (as made by [`kv_value_into`] with the
+/// same `max`) and return its version; `Err` says what is wrong (torn, mixed, another key's).
+pub fn kv_check(id: u64, max: usize, bytes: &[u8]) -> Result<u64, &'static str> {
+    if bytes.len() < KV_VALUE_HEADER {
+        return Err("shorter than a value header");
+    }
+    let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let (vid, version, check) = (word(0), word(1), word(2));
+    if vid != id {
+        return Err("the value of another key");
+    }
+    if bytes.len() != kv_value_len(id, version, max) {
+        return Err("wrong length for its version");
+    }
+    if check != kv_fold(id, version, &bytes[KV_VALUE_HEADER..]) {
+        return Err("checksum mismatch");
+    }
+    let mut s = splitmix(id) ^ version;
+    let payload_ok = bytes[KV_VALUE_HEADER..].chunks(8).all(|chunk| {
+        s = splitmix(s);
+        chunk == &s.to_le_bytes()[..chunk.len()]
+    });
+    if !payload_ok {
+        return Err("payload differs from its version's");
+    }
+    Ok(version)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table file images
+
+/// Byte offset of the table statistics (items, bytes, puts, deletes, evictions, expirations,
+/// clears, next segment sequence).
+pub const TABLE_STATS: usize = 0x100;
+/// Byte offset of the segment table (4 words per segment: state, seq, max expiry, live bytes).
+pub const TABLE_SEGMENTS: usize = 0x180;
+/// Bits of `fill` in a segment's state word (`gen << 40 | fill`).
+pub const FILL_BITS: u32 = 40;
+/// Bits of `loc` in an index slot (`tag << 48 | loc`).
+pub const LOC_BITS: u32 = 48;
+
+/// The geometry in a table header's parameter words (at 0x40).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableLayout {
+    /// Segments.
+    pub nsegments: u64,
+    /// Bytes per segment.
+    pub segment_size: u64,
+    /// Index buckets (8 words: overflow count, 7 slots).
+    pub nbuckets: u64,
+    /// Item limit.
+    pub max_items: u64,
+    /// Seed of the key hash.
+    pub hash_seed: u64,
+    /// Byte offset of the index.
+    pub index_offset: u64,
+    /// Byte offset of the data region.
+    pub data_offset: u64,
+}
+
+/// A record's header as stored (see docs/design.md §4.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRecord {
+    /// Byte offset of the record in the file.
+    pub offset: usize,
+    /// Key length.
+    pub klen: usize,
+    /// Value length.
+    pub vlen: usize,
+    /// Whether an expiry word follows the header.
+    pub has_expiry: bool,
+    /// The key bytes.
+    pub key: Vec<u8>,
+    /// Bytes the record takes (8-aligned).
+    pub len: usize,
+}
+
+/// A table file read into memory, to inspect and corrupt at known offsets.
+#[derive(Clone, Debug)]
+pub struct TableImage {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl TableImage {
+    /// Read the file at `path`.
+    pub fn read(path: &Path) -> TableImage {
+        TableImage { bytes: std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())) }
+    }
+
+    /// Write the image to `path` (replacing any file there).
+    pub fn write(&self, path: &Path) {
+        std::fs::write(path, &self.bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// The little-endian word at byte offset `off`.
+    pub fn word(&self, off: usize) -> u64 {
+        u64::from_le_bytes(self.bytes[off..off + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Store `v` at byte offset `off`.
+    pub fn set_word(&mut self, off: usize, v: u64) {
+        self.bytes[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// The geometry from the header.
+    pub fn layout(&self) -> TableLayout {
+        let p = |i: usize| self.word(0x40 + 8 * i);
+        TableLayout {
+            nsegments: p(0),
+            segment_size: p(1),
+            nbuckets: p(2),
+            max_items: p(3),
+            hash_seed: p(4),
+            index_offset: p(5),
+            data_offset: p(6),
+        }
+    }
+
+    /// Byte offset of segment `seg`'s state word (`+8` seq, `+16` max expiry, `+24` live).
+    pub fn seg_state_off(&self, seg: u64) -> usize {
+        TABLE_SEGMENTS + 32 * seg as usize
+    }
+
+    /// Byte offset of bucket `b` (its overflow count; slots follow).
+    pub fn bucket_off(&self, b: u64) -> usize {
+        (self.layout().index_offset + 64 * b) as usize
+    }
+
+    /// Byte offset of slot `s` (0..7) of bucket `b`.
+    pub fn slot_off(&self, b: u64, s: usize) -> usize {
+        assert!(s < 7);
+        self.bucket_off(b) + 8 * (1 + s)
+    }
+
+    /// Byte offset of the record at `loc` (8-byte units into the data region).
+    pub fn loc_off(&self, loc: u64) -> usize {
+        (self.layout().data_offset + 8 * loc) as usize
+    }
+
+    /// Home bucket and tag of `key` (docs/design.md §4.2 and table/mod.rs `Geo::home`).
+    pub fn home_tag(&self, key: &[u8]) -> (u64, u64) {
+        let l = self.layout();
+        let h = podcache_format::hash::hash(l.hash_seed, key);
+        (((h & 0xffff_ffff) * l.nbuckets) >> 32, (h >> LOC_BITS) | 1)
+    }
+
+    /// The record at `loc`, if its header and key lie inside the image.
+    pub fn record(&self, loc: u64) -> Option<TableRecord> {
+        let offset = usize::try_from(self.layout().data_offset.checked_add(loc.checked_mul(8)?)?).ok()?;
+        if offset + 8 > self.bytes.len() {
+            return None;
+        }
+        let w = self.word(offset);
+        let (klen, vlen, has_expiry) = (((w >> 32) & 0xff) as usize, ((w >> 40) & 0x7f_ffff) as usize, w >> 63 == 1);
+        let key_at = offset + if has_expiry { 16 } else { 8 };
+        let key = self.bytes.get(key_at..key_at + klen)?.to_vec();
+        let len = (key_at - offset + klen + vlen).div_ceil(8) * 8;
+        Some(TableRecord { offset, klen, vlen, has_expiry, key, len })
+    }
+
+    /// Every used slot: (bucket, slot index, byte offset of the slot, slot value).
+    pub fn used_slots(&self) -> Vec<(u64, usize, usize, u64)> {
+        let mut out = Vec::new();
+        for b in 0..self.layout().nbuckets {
+            for s in 0..7 {
+                let off = self.slot_off(b, s);
+                let v = self.word(off);
+                if v != 0 {
+                    out.push((b, s, off, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// The slot (byte offset, value) that holds `key`, if any.
+    pub fn slot_of(&self, key: &[u8]) -> Option<(usize, u64)> {
+        self.used_slots().into_iter().find_map(|(_, _, off, v)| {
+            let rec = self.record(v & ((1 << LOC_BITS) - 1))?;
+            (rec.key == key).then_some((off, v))
+        })
+    }
+
+    /// The overflow counts stored in the index.
+    pub fn stored_overflow_counts(&self) -> Vec<u64> {
+        (0..self.layout().nbuckets).map(|b| self.word(self.bucket_off(b))).collect()
+    }
+
+    /// The overflow counts the index should have: for every used slot, +1 on each bucket from
+    /// its key's home up to (not including) the slot's bucket.
+    pub fn true_overflow_counts(&self) -> Vec<u64> {
+        let nb = self.layout().nbuckets;
+        let mut counts = vec![0u64; nb as usize];
+        for (b, _, _, v) in self.used_slots() {
+            let rec = self.record(v & ((1 << LOC_BITS) - 1)).expect("a slot of a valid table points at a record");
+            let (home, _) = self.home_tag(&rec.key);
+            let dist = (b + nb - home) % nb;
+            for i in 0..dist {
+                counts[((home + i) % nb) as usize] += 1;
+            }
+        }
+        counts
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,6 +626,13 @@ pub fn bounded<T: Send>(what: &str, secs: u64, f: impl FnOnce() -> T + Send) -> 
     })
 }
 
+/// Run `f` on this thread under a [`Watchdog`]: like [`bounded`], for closures that borrow
+/// something that cannot cross threads (a `TableReader` is `Send`, not `Sync`).
+pub fn watched<T>(what: &str, secs: u64, f: impl FnOnce() -> T) -> T {
+    let _watchdog = Watchdog::new(what, secs);
+    f()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files, mappings and mounts
 
@@ -427,6 +716,61 @@ impl MountGuard {
     }
 }
 
+/// A read-write shared mapping of a whole file as 64-bit atomic words: lets a test act as a
+/// hostile (or runaway) writer process that changes the file at memory speed while readers map
+/// it. Unmapped on drop.
+pub struct SharedWords {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is only accessed through `&[AtomicU64]` (which is `Sync`); the pointer
+// stays valid until drop.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Map the file at `path` (its length a multiple of 8, not 0) read-write, shared.
+    pub fn map(path: &Path) -> std::io::Result<SharedWords> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let len = usize::try_from(file.metadata()?.len()).expect("file size fits usize");
+        assert!(len > 0 && len % 8 == 0, "map a whole number of words");
+        // SAFETY: a new shared mapping of `len` bytes of an open file, at an address the kernel
+        // chooses; no existing memory is affected. The descriptor may be closed afterwards.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SharedWords { ptr, len })
+    }
+
+    /// The mapping as atomic words (byte offset `off` is word `off / 8`).
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: `ptr` is a page-aligned mapping of `len` bytes (a multiple of 8) that lives
+        // until drop; `AtomicU64` has the size and alignment of `u64` and allows shared
+        // mutation, also by other processes mapping the same file. The tests never shrink it.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<std::sync::atomic::AtomicU64>(), self.len / 8) }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; no reference from `words` outlives
+        // `self`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 impl Drop for MountGuard {
     fn drop(&mut self) {
         let t = cstr(&self.target);
@@ -454,5 +798,30 @@ mod tests {
             assert!(!payload_matches(seq, 1000, &bad));
         }
         assert!((1..5000u64).any(|s| payload_len(s, 1000) > 64), "some messages are long");
+    }
+
+    #[test]
+    fn kv_values_check_their_identity_and_bytes() {
+        let mut lens = std::collections::HashSet::new();
+        for id in 0..500u64 {
+            let key = kv_key(id);
+            assert!((2..=255).contains(&key.len()), "{id}: {} bytes", key.len());
+            assert_eq!(kv_key_id(&key), Some(id));
+            for version in [0, 1, id * 31 + 7, u64::MAX] {
+                let v = kv_value(id, version, 600);
+                assert!(v.len() >= KV_VALUE_HEADER && v.len() <= 600);
+                lens.insert(v.len());
+                assert_eq!(kv_check(id, 600, &v), Ok(version));
+                assert!(kv_check(id + 1, 600, &v).is_err(), "another key's value");
+                for at in [0, 8, 16, v.len() - 1] {
+                    let mut bad = v.clone();
+                    bad[at] ^= 0x10;
+                    assert!(kv_check(id, 600, &bad).is_err(), "{id}/{version}: flipped byte {at}");
+                }
+                assert!(kv_check(id, 600, &v[..v.len() - 1]).is_err(), "cut short");
+            }
+        }
+        assert!(kv_key(97).len() == 255 && kv_key_id(b"12.x").is_none() && kv_key_id(b"nope").is_none());
+        assert!(lens.iter().any(|&l| l > 100) && lens.len() > 40, "lengths vary");
     }
 }
