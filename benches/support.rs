@@ -1,6 +1,6 @@
 //! Helpers shared by the benchmarks.
 //!
-//! - [`criterion`]: the criterion configuration, short when `PODCACHE_BENCH_QUICK=1`.
+//! - [`criterion()`]: the criterion configuration, short when `PODCACHE_BENCH_QUICK=1`.
 //! - [`ShmDir`]: a temporary directory on `/dev/shm`, removed on drop.
 //! - [`Child`] / [`child_role`]: a bench binary re-executes itself as a child process
 //!   (`PODCACHE_BENCH_CHILD=<role>`); the child is killed and reaped when the handle drops, and
