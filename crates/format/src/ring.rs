@@ -186,7 +186,7 @@ pub enum WakePolicy {
     Always,
     /// Wake only after a quiet gap of at least this long. Blocking readers spin for twice the
     /// window before they sleep, so a reader can only be asleep if the writer was quiet that
-    /// long, and the writer then wakes it. Costs two clock reads per publish call and no
+    /// long, and the writer then wakes it. Costs one clock read per publish call and no
     /// syscall while messages flow faster than the window.
     Adaptive(Duration),
     /// Never wake: readers poll or spin (blocking waits sleep in short naps).
@@ -355,8 +355,9 @@ pub struct RingWriter {
     head: u64,
     chunk: u64,
     policy: WakePolicy,
-    /// Clock read just before the previous commit's tail store (adaptive waking).
-    prev_commit_start: Option<Instant>,
+    /// Clock reads just after the last two commits' tail stores, newest first (adaptive
+    /// waking).
+    commit_times: [Option<Instant>; 2],
     /// End position of the record last written (scratch for the commit that follows).
     tail_after: u64,
 }
@@ -385,7 +386,18 @@ impl RingWriter {
         policy: WakePolicy,
     ) -> RingWriter {
         let chunk = (g.cap / 16).max(8);
-        RingWriter { region, g, tail, next_seq, lease, head, chunk, policy, prev_commit_start: None, tail_after: tail }
+        RingWriter {
+            region,
+            g,
+            tail,
+            next_seq,
+            lease,
+            head,
+            chunk,
+            policy,
+            commit_times: [None, None],
+            tail_after: tail,
+        }
     }
 
     /// Take over a ring left by a previous writer (which may have been killed at any
@@ -491,9 +503,8 @@ impl RingWriter {
 
     /// Publish one message.
     pub fn publish(&mut self, msg: &[u8]) -> Result<u64, PublishError> {
-        let start = self.commit_start();
         let seq = self.write_record(self.tail, msg)?;
-        self.commit(self.tail_after, start);
+        self.commit(self.tail_after);
         Ok(seq)
     }
 
@@ -508,19 +519,18 @@ impl RingWriter {
         for m in iter.clone() {
             self.check_len(m.len())?;
         }
-        let start = self.commit_start();
         let mut pos = self.tail;
         let mut last = None;
         for m in iter {
             // Commit part-way so a batch never overwrites its own uncommitted records.
             if self.tail_after_pending(pos) > self.g.cap / 4 {
-                self.commit(pos, start);
+                self.commit(pos);
             }
             last = Some(self.write_record(pos, m)?);
             pos = self.tail_after;
         }
         if last.is_some() {
-            self.commit(pos, start);
+            self.commit(pos);
         }
         Ok(last)
     }
@@ -613,15 +623,9 @@ impl RingWriter {
         self.tail_after = start + record_len(u64::from(len));
     }
 
-    /// Clock read before a commit's tail store (adaptive waking only).
-    #[inline]
-    fn commit_start(&self) -> Option<Instant> {
-        matches!(self.policy, WakePolicy::Adaptive(_)).then(now)
-    }
-
     /// Publish everything up to `end`: store tail, then wake sleepers per the policy.
     #[inline]
-    fn commit(&mut self, end: u64, started: Option<Instant>) {
+    fn commit(&mut self, end: u64) {
         let w = self.region.words();
         // Relaxed: a hint for recovery and statistics, never used to validate data.
         w[W_TAIL_SEQ].store(self.next_seq, Ordering::Relaxed);
@@ -632,14 +636,17 @@ impl RingWriter {
             WakePolicy::Never => {}
             WakePolicy::Always => self.wake(),
             WakePolicy::Adaptive(window) => {
-                // `done` is read after the store and `prev` before the previous one, so
-                // `done - prev` bounds the true gap between the two stores from above: a
-                // reader that saw the old tail for 2 windows is asleep only if this is >= one.
+                // `done` is read after this tail store; the clock read two commits ago was
+                // taken after that commit's store and so before the previous commit's store.
+                // `done - two_ago` therefore bounds the true gap between the previous and this
+                // tail store from above: a reader that saw the old tail for 2 windows is asleep
+                // only if this is >= one window. One clock read per commit.
                 let done = now();
-                if self.prev_commit_start.is_none_or(|prev| done.duration_since(prev) >= window) {
+                let [last, two_ago] = self.commit_times;
+                if two_ago.is_none_or(|t| done.duration_since(t) >= window) {
                     self.wake();
                 }
-                self.prev_commit_start = started;
+                self.commit_times = [Some(done), last];
             }
         }
     }
@@ -719,11 +726,10 @@ impl Claim<'_> {
         if len == 0 {
             return Err(PublishError::Empty);
         }
-        let started = self.writer.commit_start();
         let seq = self.writer.next_seq;
         self.writer.finish_record(self.start, seq, len as u32, self.crc.finalize());
         let end = self.writer.tail_after;
-        self.writer.commit(end, started);
+        self.writer.commit(end);
         Ok(seq)
     }
 }

@@ -129,6 +129,9 @@ fn ring(policy: WakePolicy, prefill: u64) -> (Arc<Region>, RingWriter) {
 struct Seen {
     /// Sequence numbers received, in order.
     seqs: Vec<u64>,
+    /// `lost` of the first message: a reader that starts at the oldest message counts what it
+    /// lost before its first read from the oldest message there was when it opened.
+    first_lost: u64,
 }
 
 impl Seen {
@@ -141,6 +144,8 @@ impl Seen {
         if let Some(&prev) = self.seqs.last() {
             assert!(m.seq > prev, "seq went backwards: {prev} then {m:?}");
             assert_eq!(m.seq, prev + 1 + m.lost, "loss accounting: {prev} then {m:?}");
+        } else {
+            self.first_lost = m.lost;
         }
         self.seqs.push(m.seq);
     }
@@ -170,7 +175,11 @@ fn drain(mut r: RingReader, mut seen: Seen, last: u64) {
     }
     assert_eq!(seen.seqs.last().copied(), Some(last), "reader ends at the newest message");
     let first = seen.seqs[0];
-    assert_eq!(seen.seqs.len() as u64 + r.lost(), last - first + 1, "received + lost since the first");
+    assert_eq!(
+        seen.seqs.len() as u64 + r.lost(),
+        last - first + 1 + seen.first_lost,
+        "received + lost since the reader's baseline"
+    );
 }
 
 /// A reader still at message 1 when the writer starts: the writer overwrites what it is
