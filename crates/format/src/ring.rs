@@ -523,7 +523,7 @@ impl RingWriter {
         let mut last = None;
         for m in iter {
             // Commit part-way so a batch never overwrites its own uncommitted records.
-            if self.tail_after_pending(pos) > self.g.cap / 4 {
+            if pos - self.tail > self.g.cap / 4 {
                 self.commit(pos);
             }
             last = Some(self.write_record(pos, m)?);
@@ -533,11 +533,6 @@ impl RingWriter {
             self.commit(pos);
         }
         Ok(last)
-    }
-
-    #[inline]
-    fn tail_after_pending(&self, pos: u64) -> u64 {
-        pos - self.tail
     }
 
     #[inline]

@@ -197,7 +197,7 @@ impl TableReader {
     /// may therefore see bytes that turn out invalid and must tolerate that.
     pub fn get_with<R>(&self, key: &[u8], mut f: impl FnMut(&SharedBytes<'_>) -> R) -> Result<Option<R>, GetError> {
         let words = self.region.words();
-        for _ in 0..=super::reader::MAX_RETRIES {
+        for _ in 0..=MAX_RETRIES {
             let mut sink = Sink::Shared;
             let Some(hit) = self.lookup(key, &mut sink)? else {
                 return Ok(None);
@@ -381,7 +381,7 @@ impl TableReader {
         if kcopy != key {
             return Ok(Step::Other);
         }
-        let hi = (hdr.klen as u32) | ((vlen as u32) << 8) | (u32::from(hdr.has_expiry) << 31);
+        let hi = RecHeader::encode_hi(hdr.klen, vlen, hdr.has_expiry);
         if let Some(value) = value {
             if record_crc(hi, expiry, key, value) != hdr.crc {
                 return Ok(Step::Anomaly("record checksum mismatch"));
@@ -415,6 +415,7 @@ impl TableReader {
                 || off + hdr.len() > (state & FILL_MASK).min(self.g.seg_size)
                 || hdr.klen == 0
             {
+                // SYNC: Acquire, as in `lookup` (a changed slot means we raced the writer).
                 if !self.still_valid(seg, state) || words[self.g.bucket(b) + slot].load(Ordering::Acquire) != s {
                     continue;
                 }

@@ -154,17 +154,21 @@ impl TableWriter {
         let rec_len = hdr.len();
         let h = hash(self.g.seed, key);
         let (home, tag) = self.g.home(h);
-        // Make room first: eviction may remove this very key.
-        if self.find(key, home, tag).is_none() {
+        // Make room first (eviction may remove this very key); an overwrite needs no room.
+        if self.stats.items >= self.g.max_items && self.find(key, home, tag).is_none() {
             while self.stats.items >= self.g.max_items && self.evict_one() {}
         }
         if self.cur.is_none() || self.cur_fill + rec_len > self.g.seg_size {
             self.next_segment();
         }
         let existing = self.find(key, home, tag);
-        if existing.is_none() && !self.has_free_slot(home) {
-            return Err(PutError::IndexFull { value });
-        }
+        let free = match existing {
+            Some(_) => None,
+            None => match self.free_slot(home) {
+                Some(free) => Some(free),
+                None => return Err(PutError::IndexFull { value }),
+            },
+        };
         let seg = self.cur.expect("a current segment after next_segment");
         let byte = seg * self.g.seg_size + self.cur_fill;
         let loc = byte / 8;
@@ -202,7 +206,7 @@ impl TableWriter {
                 self.add_live(self.seg_of(old_loc), -(old_len as i64));
             }
             None => {
-                self.insert_slot(home, slot_val);
+                self.insert_slot(home, free.expect("a free slot for a new key"), slot_val);
                 self.stats.items += 1;
             }
         }
@@ -335,43 +339,36 @@ impl TableWriter {
         None
     }
 
-    fn has_free_slot(&self, home: u64) -> bool {
+    /// The first empty slot of the probe sequence from `home` (its word, and how many buckets
+    /// past home it is), if one is within the probe bound.
+    fn free_slot(&self, home: u64) -> Option<(usize, u64)> {
         let words = self.words();
-        let mut b = home;
-        for _ in 0..self.g.max_probe {
-            let base = self.g.bucket(b);
-            if words[base + 1..=base + SLOTS].iter().any(|s| s.load(Ordering::Relaxed) == 0) {
-                return true;
-            }
-            b = self.g.next_bucket(b);
-        }
-        false
-    }
-
-    /// Put `val` in the first empty slot of the probe sequence from `home`, counting it in the
-    /// overflow word of every bucket it passes (before the slot store, so a reader that sees
-    /// the slot also sees the counts that lead to it).
-    fn insert_slot(&mut self, home: u64, val: u64) {
-        let words = self.region.words();
         let mut b = home;
         for dist in 0..self.g.max_probe {
             let base = self.g.bucket(b);
             if let Some(sw) = (base + 1..=base + SLOTS).find(|&sw| words[sw].load(Ordering::Relaxed) == 0) {
-                let mut p = home;
-                for _ in 0..dist {
-                    let o = self.g.bucket(p);
-                    // SYNC: Release, pairs with the Acquire load of the overflow word in
-                    // TableReader::lookup.
-                    words[o].store(words[o].load(Ordering::Relaxed) + 1, Ordering::Release);
-                    p = self.g.next_bucket(p);
-                }
-                // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
-                words[sw].store(val, Ordering::Release);
-                return;
+                return Some((sw, dist));
             }
             b = self.g.next_bucket(b);
         }
-        unreachable!("has_free_slot checked the probe sequence");
+        None
+    }
+
+    /// Put `val` in the free slot `(slot_word, dist)` found by [`Self::free_slot`], counting it
+    /// in the overflow word of every bucket it passes (before the slot store, so a reader that
+    /// sees the slot also sees the counts that lead to it).
+    fn insert_slot(&mut self, home: u64, (slot_word, dist): (usize, u64), val: u64) {
+        let words = self.region.words();
+        let mut p = home;
+        for _ in 0..dist {
+            let o = self.g.bucket(p);
+            // SYNC: Release, pairs with the Acquire load of the overflow word in
+            // TableReader::lookup.
+            words[o].store(words[o].load(Ordering::Relaxed) + 1, Ordering::Release);
+            p = self.g.next_bucket(p);
+        }
+        // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+        words[slot_word].store(val, Ordering::Release);
     }
 
     /// Empty slot `slot_word` (whose key hashes to `home`) and undo its overflow counts.
