@@ -20,7 +20,6 @@ use crate::metrics::{GetLabels, RequestLabels, RouteLabels};
 use crate::names;
 use crate::server::{RingEntry, Shared, TableEntry};
 use crate::stats::{ring_stats, TableStatsJson};
-use crate::writers::{RingOp, TableOp};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
@@ -33,10 +32,10 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use podcache_format::table::MAX_KEY;
 use podcache_reader::{GetError, RecvError};
+use podcache_writer::{PublishError, PutError};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
 
 type St = State<Arc<Shared>>;
@@ -143,6 +142,20 @@ fn get_err(e: GetError) -> ApiError {
     }
 }
 
+fn put_err<V>(e: PutError<V>) -> ApiError {
+    match e {
+        PutError::BadKey { len, .. } => ApiError::new(Code::InvalidKey, format!("key of {len} bytes refused")),
+        PutError::TooLarge { len, max, .. } => ApiError::new(
+            Code::ValueTooLarge,
+            format!("value of {len} bytes exceeds this table's limit of {max} bytes for this key"),
+        ),
+        PutError::IndexFull { .. } => {
+            ApiError::new(Code::TableFull, "no free index slot for this key (configure more items for the table)")
+        }
+        _ => ApiError::new(Code::Internal, "put refused"),
+    }
+}
+
 fn shutting_down() -> ApiError {
     ApiError::new(Code::ShuttingDown, "the server is shutting down")
 }
@@ -234,10 +247,14 @@ async fn put_key(
     let t = table(&s, &name)?;
     check_key(&key)?;
     let ttl = ttl(q.ttl_ms)?;
-    let value = body.map_err(body_err)?;
-    let (reply, rx) = oneshot::channel();
-    t.tx.send(TableOp::Put { key, value, ttl, reply }).await.map_err(|_| shutting_down())?;
-    rx.await.map_err(|_| shutting_down())??;
+    let body = body.map_err(body_err)?;
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    match ttl {
+        Some(d) => w.put_with_ttl(key.as_bytes(), &body[..], d),
+        None => w.put(key.as_bytes(), &body[..]),
+    }
+    .map_err(put_err)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -245,9 +262,9 @@ async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejectio
     let Path((name, key)) = p.map_err(path_err)?;
     let t = table(&s, &name)?;
     check_key(&key)?;
-    let (reply, rx) = oneshot::channel();
-    t.tx.send(TableOp::Delete { key, reply }).await.map_err(|_| shutting_down())?;
-    if rx.await.map_err(|_| shutting_down())? {
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    if w.delete(key.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(Code::NotFound, "no such key"))
@@ -264,7 +281,8 @@ struct LoadLine {
     ttl_ms: Option<u64>,
 }
 
-use crate::writers::Item;
+/// A parsed, checked line: key, value, TTL.
+type Item = (String, Vec<u8>, Option<Duration>);
 
 /// Parse a whole NDJSON body; any bad line fails the whole load (nothing is stored).
 pub(crate) fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, ApiError> {
@@ -301,10 +319,35 @@ async fn load(
     let t = table(&s, &name)?;
     let body = body.map_err(body_err)?;
     let items = parse_ndjson(&body)?;
-    // One operation for the whole load: the writer applies it as a batch.
-    let (reply, rx) = oneshot::channel();
-    t.tx.send(TableOp::Load { items, reply }).await.map_err(|_| shutting_down())?;
-    let loaded = rx.await.map_err(|_| shutting_down())??;
+    // One lock for the whole load: it is applied as a batch.
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    for (i, (k, v, ttl)) in items.iter().enumerate() {
+        let max = w.max_value(k.len(), ttl.is_some());
+        if v.len() > max {
+            return Err(ApiError::new(
+                Code::ValueTooLarge,
+                format!(
+                    "item {}: value of {} bytes exceeds the table's limit of {max} (nothing was loaded)",
+                    i + 1,
+                    v.len()
+                ),
+            ));
+        }
+    }
+    let mut loaded = 0u64;
+    for (k, v, ttl) in &items {
+        let r = match ttl {
+            Some(d) => w.put_with_ttl(k.as_bytes(), &v[..], *d),
+            None => w.put(k.as_bytes(), &v[..]),
+        };
+        if let Err(e) = r {
+            let mut err = put_err(e);
+            err.message = format!("{} (after {loaded} items were loaded)", err.message);
+            return Err(err);
+        }
+        loaded += 1;
+    }
     Ok(Json(serde_json::json!({ "loaded": loaded })))
 }
 
@@ -325,11 +368,15 @@ async fn publish(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = p.map_err(path_err)?;
     let r = ring(&s, &name)?;
-    let msg = body.map_err(body_err)?;
-    let (reply, rx) = oneshot::channel();
-    r.tx.send(RingOp::Publish { msg, reply }).await.map_err(|_| shutting_down())?;
-    let seq = rx.await.map_err(|_| shutting_down())??;
-    Ok(Json(serde_json::json!({ "seq": seq })))
+    let body = body.map_err(body_err)?;
+    let mut guard = r.publisher();
+    let p = guard.as_mut().ok_or_else(shutting_down)?;
+    match p.publish(&body) {
+        Ok(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
+        Err(PublishError::Empty) => Err(ApiError::new(Code::BadRequest, "empty message (messages are 1 byte or more)")),
+        Err(e @ PublishError::TooLarge { .. }) => Err(ApiError::new(Code::MessageTooLarge, e.to_string())),
+        Err(e) => Err(ApiError::new(Code::Internal, e.to_string())),
+    }
 }
 
 #[derive(Deserialize)]

@@ -6,7 +6,7 @@
 //! **Who writes.** `podcache serve` is the single writer of every file it is configured with
 //! (the writer libraries take a `flock` on each file; the server also locks the directory, so a
 //! second `serve` on it fails at once). Writes that arrive over HTTP are serialised per file by a
-//! writer thread that owns the file's writer and applies queued writes in batches; gets over HTTP go through a lock-free reader per worker
+//! mutex around the file's writer; gets over HTTP go through a lock-free reader per worker
 //! thread and never wait for a write. App containers read the same files with the
 //! `podcache-reader` library at memory speed, or use the HTTP API.
 //!
@@ -41,7 +41,6 @@ pub mod ops;
 mod server;
 pub mod stats;
 pub mod tools;
-mod writers;
 
 pub use config::{Config, RingSpec, TableSpec};
 pub use error::{ApiError, Code, Error};

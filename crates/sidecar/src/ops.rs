@@ -25,9 +25,6 @@ async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Acquire) || s.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
     }
-    if s.tables.values().any(|t| t.tx.is_closed()) || s.rings.values().any(|r| r.tx.is_closed()) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: a writer thread stopped\n".to_string());
-    }
     let missing: Vec<String> = s
         .tables
         .values()

@@ -1,16 +1,15 @@
 //! `serve`: start-up (directory lock, free space, files, listeners), the background sweep, and
 //! graceful shutdown.
 //!
-//! Ownership: every configured file's single writer (`TableWriter`, `Publisher`) lives on a
-//! thread of its own (see `writers`), fed by a bounded channel, so writes to one file are
-//! serialised (and batched) and writes to different files run in parallel. Gets do not go there:
-//! each worker thread keeps its own lock-free `TableReader` on the same file, so HTTP gets scale
-//! with cores like any other reader.
+//! Ownership: the server owns every configured file's single writer (`TableWriter`,
+//! `Publisher`), each behind its own `Mutex`, so writes to one file are serialised and writes to
+//! different files run in parallel. The lock is held only for the synchronous put/publish (no
+//! `.await` inside). Gets do not take it: each worker thread keeps its own lock-free
+//! `TableReader` on the same file, so HTTP gets scale with cores like any other reader.
 
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::writers::{RingOp, TableOp};
 use podcache_format::ring::RingParams;
 use podcache_format::table::TableParams;
 use podcache_reader::{Subscriber, TableReader};
@@ -21,16 +20,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use thread_local::ThreadLocal;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 /// A table the server owns.
 pub(crate) struct TableEntry {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
-    /// The writer thread, owner of the file's single `TableWriter`.
-    pub(crate) tx: mpsc::Sender<TableOp>,
+    /// The single writer; `None` once shut down.
+    pub(crate) writer: Mutex<Option<TableWriter>>,
     /// One lock-free reader per worker thread.
     pub(crate) readers: ThreadLocal<TableReader>,
     pub(crate) max_items: u64,
@@ -38,6 +37,12 @@ pub(crate) struct TableEntry {
 }
 
 impl TableEntry {
+    pub(crate) fn writer(&self) -> MutexGuard<'_, Option<TableWriter>> {
+        // A panic while holding the lock cannot leave the table inconsistent for readers (the
+        // format's protocols are crash-safe at any instruction), so a poisoned lock is used on.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn reader(&self) -> Result<&TableReader, podcache_reader::OpenError> {
         self.readers.get_or_try(|| TableReader::open(&self.path))
     }
@@ -47,10 +52,16 @@ impl TableEntry {
 pub(crate) struct RingEntry {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
-    /// The writer thread, owner of the file's single `Publisher`.
-    pub(crate) tx: mpsc::Sender<RingOp>,
+    /// The single writer; `None` once shut down.
+    pub(crate) publisher: Mutex<Option<Publisher>>,
     pub(crate) capacity: u64,
     pub(crate) file_size: u64,
+}
+
+impl RingEntry {
+    pub(crate) fn publisher(&self) -> MutexGuard<'_, Option<Publisher>> {
+        self.publisher.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// State shared by every handler.
@@ -175,7 +186,7 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
             path,
             max_items: t.max_items,
             file_size: w.file_size(),
-            tx: crate::writers::spawn_table(t.name.clone(), w),
+            writer: Mutex::new(Some(w)),
             readers: ThreadLocal::new(),
         };
         tables.insert(t.name.clone(), Arc::new(entry));
@@ -199,13 +210,8 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
                 discarded = rec.discarded, "attached to existing ring"
             ),
         }
-        let entry = RingEntry {
-            name: r.name.clone(),
-            path,
-            capacity: p.capacity(),
-            file_size,
-            tx: crate::writers::spawn_ring(r.name.clone(), p),
-        };
+        let entry =
+            RingEntry { name: r.name.clone(), path, capacity: p.capacity(), file_size, publisher: Mutex::new(Some(p)) };
         rings.insert(r.name.clone(), Arc::new(entry));
     }
     Ok((tables, rings))
@@ -351,8 +357,10 @@ impl Server {
                         _ = rx.wait_for(|s| *s) => return Ok(()),
                     }
                     for t in shared.tables.values() {
-                        // Skipped when the writer is busy; the next tick tries again.
-                        let _ = t.tx.try_send(TableOp::Expire);
+                        let removed = t.writer().as_mut().map_or(0, |w| w.expire());
+                        if removed > 0 {
+                            tracing::debug!(table = %t.name, removed, "swept expired items");
+                        }
                     }
                 }
             });
@@ -378,23 +386,13 @@ impl Server {
                 tracing::warn!("listener ended with an error: {e}");
             }
         }
-        // Close the writers now (not when the last handler lets go of `shared`): each thread
-        // finishes what is queued, marks its file cleanly closed and releases the writer lock.
-        let mut closed = Vec::new();
+        // Drop the writers now (not when the last handler lets go of `shared`): marks every file
+        // cleanly closed and releases its writer lock.
         for t in shared.tables.values() {
-            let (done, rx) = oneshot::channel();
-            if t.tx.send(TableOp::Close { done }).await.is_ok() {
-                closed.push(rx);
-            }
+            drop(t.writer().take());
         }
         for r in shared.rings.values() {
-            let (done, rx) = oneshot::channel();
-            if r.tx.send(RingOp::Close { done }).await.is_ok() {
-                closed.push(rx);
-            }
-        }
-        for rx in closed {
-            let _ = rx.await;
+            drop(r.publisher().take());
         }
         if let Some(p) = socket_path {
             let _ = std::fs::remove_file(p);
