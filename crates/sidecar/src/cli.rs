@@ -206,7 +206,7 @@ pub struct ServeArgs {
     pub file_mode: Option<String>,
     /// Replace a file whose layout differs from the configuration (its data is lost; readers
     /// of the old file see it retired). Without it, start-up fails naming both layouts.
-    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED")]
+    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED", value_parser = clap::builder::BoolishValueParser::new())]
     pub replace_mismatched: bool,
     /// Largest request body (values, messages, loads) [default: 16MiB].
     #[arg(long, env = "PODCACHE_MAX_BODY")]
