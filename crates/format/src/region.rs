@@ -117,22 +117,22 @@ pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
 /// `ring`) happens-before any reader's Acquire fence that follows a load of these words.
 #[inline]
 pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
-    let dst = &words[first..first + src.len().div_ceil(8)];
-    let mut chunks = src.chunks_exact(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        let w = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+    let (chunks, rest) = src.as_chunks::<8>();
+    let dst = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
+    for (chunk, w) in chunks.iter().zip(dst) {
         // SYNC: Release, pairs with the Acquire fence in RingReader::validate.
-        dst[i].store(w, Ordering::Release);
-        i += 1;
+        w.store(u64::from_le_bytes(*chunk), Ordering::Release);
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
+    if let (false, Some(w)) = (rest.is_empty(), dst.last()) {
         // SYNC: Release, as above.
-        dst[i].store(u64::from_le_bytes(last), Ordering::Release);
+        w.store(le_word(rest), Ordering::Release);
     }
+}
+
+/// Up to 8 bytes as a little-endian word, zero-padded (a byte loop: cheaper than `memcpy`).
+#[inline]
+fn le_word(bytes: &[u8]) -> u64 {
+    bytes.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b))
 }
 
 /// Whether the bytes starting at word `first` equal `bytes`, compared a word at a time with
@@ -147,7 +147,7 @@ pub(crate) fn eq_words(words: &[AtomicU64], first: usize, bytes: &[u8]) -> bool 
         diff |= u64::from_le_bytes(*chunk) ^ w.load(Ordering::Relaxed);
     }
     if let (false, Some(w)) = (rest.is_empty(), src.last()) {
-        let last = rest.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+        let last = le_word(rest);
         let mask = u64::MAX >> (64 - 8 * rest.len());
         diff |= (last ^ w.load(Ordering::Relaxed)) & mask;
     }
