@@ -28,7 +28,7 @@ impl TableWriterBuilder {
     }
 
     /// Bytes of the data region (default: `max_items × 256`). Each item takes
-    /// `8 + key + value` bytes rounded up to 8 (16 more with a TTL).
+    /// `8 + key + value` bytes rounded up to 8 (8 more with a TTL).
     pub fn data_bytes(mut self, bytes: u64) -> Self {
         self.data_bytes = Some(bytes);
         self
