@@ -156,7 +156,7 @@ pub(crate) fn eq_words(words: &[AtomicU64], first: usize, bytes: &[u8]) -> bool 
 
 /// Copy `out.len()` bytes starting at byte `byte_off` (any alignment) out of `words` with
 /// Relaxed word loads. The caller has bounds-checked the range and validates afterwards.
-#[inline]
+#[inline(always)]
 pub(crate) fn copy_out_bytes(words: &[AtomicU64], byte_off: usize, out: &mut [u8]) {
     let lead = byte_off % 8;
     if lead == 0 {
