@@ -259,21 +259,44 @@ fn token(w: &WriteArgs) -> Result<Option<String>, String> {
         .transpose()
 }
 
-/// Send a request to the sidecar; `Ok(body)` on 2xx.
-fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-    let t = target(w)?;
-    let tok = token(w)?;
+/// Send a request to the sidecar: `Err` if it cannot be reached, else `Ok(Ok(body))` on 2xx and
+/// `Ok(Err(message))` otherwise.
+fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
+    let (t, tok) = match (target(w), token(w)) {
+        (Ok(t), Ok(tok)) => (t, tok),
+        (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
+    };
     let r = client::request(&t, method, path, tok.as_deref(), body).map_err(|e| {
         format!("the sidecar holds the file's writer lock but its API ({t:?}) cannot be reached: {e}; pass --url or --socket")
     })?;
     if (200..300).contains(&r.status) {
-        Ok(r.body)
-    } else {
-        let msg = serde_json::from_slice::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
-        Err(format!("sidecar answered {}: {msg}", r.status))
+        return Ok(Ok(r.body));
+    }
+    let msg = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+    Ok(Err(format!("sidecar answered {}: {msg}", r.status)))
+}
+
+/// Write directly when the file's writer lock is free, else through the sidecar. A lock held
+/// while the sidecar cannot be reached (a sidecar shutting down, another writer exiting) is
+/// tried again for up to two seconds.
+fn write_via<W, T>(
+    open: impl Fn() -> Result<Option<W>, String>,
+    direct: impl FnOnce(W) -> Result<T, String>,
+    sidecar: impl Fn() -> Result<Result<T, String>, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(w) = open()? {
+            return direct(w);
+        }
+        match sidecar() {
+            Ok(answer) => return answer,
+            Err(unreachable) if Instant::now() >= deadline => return Err(unreachable),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 
@@ -329,53 +352,52 @@ pub fn put(w: &WriteArgs, table: &str, key: &str, value: Option<&str>, ttl_ms: O
         return Err("--ttl-ms must be at least 1".into());
     }
     let value = read_input(value)?;
-    match direct_table(&table_path(&w.dir.dir, table))? {
-        Some(mut tw) => match ttl_ms {
-            Some(ms) => tw.put_with_ttl(key.as_bytes(), &value[..], Duration::from_millis(ms)),
-            None => tw.put(key.as_bytes(), &value[..]),
-        }
-        .map_err(|e| e.to_string()),
-        None => {
-            let q = ttl_ms.map(|t| format!("?ttl_ms={t}")).unwrap_or_default();
-            via_sidecar(w, "PUT", &format!("/v1/tables/{table}/keys/{}{q}", client::encode_segment(key)), &value)
-                .map(|_| ())
-        }
-    }
+    let path = table_path(&w.dir.dir, table);
+    let q = ttl_ms.map(|t| format!("?ttl_ms={t}")).unwrap_or_default();
+    let url = format!("/v1/tables/{table}/keys/{}{q}", client::encode_segment(key));
+    write_via(
+        || direct_table(&path),
+        |mut tw| {
+            match ttl_ms {
+                Some(ms) => tw.put_with_ttl(key.as_bytes(), &value[..], Duration::from_millis(ms)),
+                None => tw.put(key.as_bytes(), &value[..]),
+            }
+            .map_err(|e| e.to_string())
+        },
+        || Ok(via_sidecar(w, "PUT", &url, &value)?.map(|_| ())),
+    )
 }
 
 /// `podcache del`.
 pub fn del(w: &WriteArgs, table: &str, key: &str) -> ToolResult {
     check_name("table", table)?;
-    match direct_table(&table_path(&w.dir.dir, table))? {
-        Some(mut tw) => {
-            if tw.delete(key.as_bytes()) {
-                Ok(())
-            } else {
-                Err(format!("no key {key:?} in table {table}"))
-            }
-        }
-        None => via_sidecar(w, "DELETE", &format!("/v1/tables/{table}/keys/{}", client::encode_segment(key)), b"")
-            .map(|_| ()),
-    }
+    let path = table_path(&w.dir.dir, table);
+    let url = format!("/v1/tables/{table}/keys/{}", client::encode_segment(key));
+    write_via(
+        || direct_table(&path),
+        |mut tw| if tw.delete(key.as_bytes()) { Ok(()) } else { Err(format!("no key {key:?} in table {table}")) },
+        || Ok(via_sidecar(w, "DELETE", &url, b"")?.map(|_| ())),
+    )
 }
 
 /// `podcache publish`.
 pub fn publish(w: &WriteArgs, ring: &str, message: Option<&str>) -> ToolResult {
     check_name("ring", ring)?;
     let msg = read_input(message)?;
-    match direct_ring(&ring_path(&w.dir.dir, ring))? {
-        Some(mut p) => {
-            let seq = p.publish(&msg).map_err(|e| e.to_string())?;
-            println!("{seq}");
-            Ok(())
-        }
-        None => {
-            let body = via_sidecar(w, "POST", &format!("/v1/rings/{ring}/messages"), &msg)?;
-            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            println!("{}", v["seq"]);
-            Ok(())
-        }
-    }
+    let path = ring_path(&w.dir.dir, ring);
+    let url = format!("/v1/rings/{ring}/messages");
+    let seq = write_via(
+        || direct_ring(&path),
+        |mut p| p.publish(&msg).map_err(|e| e.to_string()),
+        || {
+            Ok(via_sidecar(w, "POST", &url, &msg)?.and_then(|body| {
+                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                v["seq"].as_u64().ok_or_else(|| "the sidecar's answer has no seq".to_string())
+            }))
+        },
+    )?;
+    println!("{seq}");
+    Ok(())
 }
 
 /// `podcache load`.
@@ -385,8 +407,11 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
         Some(p) if p.as_os_str() != "-" => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
         _ => read_input(None)?,
     };
-    match direct_table(&table_path(&w.dir.dir, table))? {
-        Some(mut tw) => {
+    let path = table_path(&w.dir.dir, table);
+    let url = format!("/v1/tables/{table}/load");
+    let loaded = write_via(
+        || direct_table(&path),
+        |mut tw| {
             let items = crate::api::parse_ndjson(&body).map_err(|e| e.message)?;
             for (i, (k, v, ttl)) in items.iter().enumerate() {
                 let max = tw.max_value(k.len(), ttl.is_some());
@@ -405,14 +430,15 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
                 }
                 .map_err(|e| format!("{e} (after {n} items were loaded)"))?;
             }
-            println!("{}", items.len());
-            Ok(())
-        }
-        None => {
-            let out = via_sidecar(w, "POST", &format!("/v1/tables/{table}/load"), &body)?;
-            let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
-            println!("{}", v["loaded"]);
-            Ok(())
-        }
-    }
+            Ok(items.len() as u64)
+        },
+        || {
+            Ok(via_sidecar(w, "POST", &url, &body)?.and_then(|out| {
+                let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
+                v["loaded"].as_u64().ok_or_else(|| "the sidecar's answer has no count".to_string())
+            }))
+        },
+    )?;
+    println!("{loaded}");
+    Ok(())
 }

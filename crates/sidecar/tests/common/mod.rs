@@ -50,8 +50,26 @@ pub fn config(dir: &Path) -> Config {
 }
 
 /// Start a sidecar (panics on a start-up error).
+///
+/// A lock still held is retried for a few seconds: a `flock` belongs to the open file, and a child
+/// process that another test of this binary is spawning at that moment holds a copy of every
+/// descriptor until its `exec`, so a lock released by a stopped in-process server can outlive it
+/// by that long. (The sidecar itself never forks.)
 pub async fn start(config: Config) -> Running {
-    try_start(config).await.expect("sidecar starts")
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match try_start(config.clone()).await {
+            Ok(r) => return r,
+            Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("sidecar starts: {e}"),
+        }
+    }
+}
+
+fn is_lock_error(e: &Error) -> bool {
+    matches!(e, Error::AlreadyServed { .. }) || e.to_string().contains("writer lock")
 }
 
 /// Start a sidecar.
