@@ -215,16 +215,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
             "roundtrip/64B/iceoryx2".into(),
             Unit::Nanos,
             64,
-            Box::new(|| {
-                let mut h = podcache_benches::ice::IcePingPong::new();
-                Box::new(move |iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        h.round_trip();
-                    }
-                    start.elapsed()
-                })
-            }),
+            Box::new(|| round_trips(podcache_benches::ice::IcePingPong::new())),
         ));
         g.push(row("roundtrip/64B/uds".into(), Unit::Nanos, 64, Box::new(|| round_trips(UdsPingPong::new()))));
         if let Some(sock) = &redis {
@@ -233,16 +224,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                 "roundtrip/64B/redis".into(),
                 Unit::Nanos,
                 64,
-                Box::new(move || {
-                    let mut h = RedisPingPong::new(&sock);
-                    Box::new(move |iters| {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            h.round_trip();
-                        }
-                        start.elapsed()
-                    })
-                }),
+                Box::new(move || round_trips(RedisPingPong::new(&sock))),
             ));
         }
         g.push(row("roundtrip/64B/cacheline".into(), Unit::Nanos, 64, Box::new(|| round_trips(LinePingPong::new()))));

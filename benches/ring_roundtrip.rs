@@ -20,7 +20,7 @@
 //! line: the median over block pairs of the p50 ratio (see [`paired`]).
 use criterion::{BenchmarkId, Criterion, Throughput};
 use podcache_benches::roundtrip::{
-    recv, LinePingPong, PodPingPong, RoundTrip, UdsPingPong, MSG, VAR_PING, VAR_PONG, VAR_SHARED,
+    echo_rings, recv, LinePingPong, PodPingPong, RoundTrip, UdsPingPong, MSG, VAR_PING, VAR_PONG, VAR_SHARED,
 };
 use podcache_benches::{
     child_role, child_var, histogram_samples, pin_parent, run_child, spin_until, test_mode, Child, Histogram, PodMode,
@@ -165,16 +165,7 @@ fn paired() {
 /// Child of [`paired`]: echo on the rings until [`FLAG_SWITCH`], then on the cache lines until
 /// [`LINE_SWITCH`], and so on; [`FLAG_EXIT`] ends it.
 fn pair_echo() {
-    let mut ping = Subscriber::builder(child_var(VAR_PING))
-        .wait_ready(Duration::from_secs(10))
-        .open()
-        .expect("open the ping ring");
-    let mut pong = Publisher::builder(child_var(VAR_PONG))
-        .capacity(1 << 20)
-        .max_message(MSG as u32)
-        .wake(WakePolicy::Never)
-        .create()
-        .expect("create the pong ring");
+    let (mut ping, mut pong) = echo_rings(WakePolicy::Never);
     let lines = SharedLines::open(std::path::Path::new(&child_var(VAR_SHARED)));
     let (line_ping, line_pong) = (lines.line(0), lines.line(1));
     let mut buf = vec![0u8; ping.max_message()];

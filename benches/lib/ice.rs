@@ -14,6 +14,7 @@
 //! subscriber), refreshes the publisher's connections, then exchanges a warm-up batch whose
 //! count must come back exact before anything is timed.
 
+use crate::roundtrip::RoundTrip;
 use crate::stream::payload;
 use crate::{
     accept_child, child_var, spin_until, Child, SharedLines, ShmDir, CHILD_TIMEOUT, FLAG_DATA, FLAG_END, FLAG_EXIT,
@@ -279,9 +280,10 @@ impl IcePingPong {
         }
         p
     }
+}
 
-    /// One round trip.
-    pub fn round_trip(&mut self) {
+impl RoundTrip for IcePingPong {
+    fn round_trip(&mut self) {
         send(&self.ping, &self.msg);
         let child = self.child.as_mut().expect("child");
         let n = receive(&self.pong, &mut self.buf, || child.check_alive());

@@ -11,6 +11,7 @@
 //! Round trip: this process PUBLISHes 64 B on `ping`; the child, subscribed to `ping`, PUBLISHes
 //! it on `pong`, to which this process is subscribed on a second connection.
 
+use crate::roundtrip::RoundTrip;
 use crate::stream::{payload, WINDOW};
 use crate::{accept_child, child_var, Child, ShmDir, CHILD_TIMEOUT, FLAG_DATA, FLAG_END, FLAG_EXIT};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -358,9 +359,10 @@ impl RedisPingPong {
         p.round_trip();
         p
     }
+}
 
-    /// One round trip.
-    pub fn round_trip(&mut self) {
+impl RoundTrip for RedisPingPong {
+    fn round_trip(&mut self) {
         self.publish.send(&[b"PUBLISH", b"ping", &self.msg]);
         self.publish.flush();
         assert_eq!(self.publish.read_integer(), 1, "the echo child is subscribed");

@@ -6,7 +6,7 @@ use crate::{
     accept_child, child_var, spin_until, Child, PodMode, SharedLines, ShmDir, CHILD_TIMEOUT, FLAG_DATA, FLAG_EXIT,
 };
 use podcache_reader::Subscriber;
-use podcache_writer::Publisher;
+use podcache_writer::{Publisher, WakePolicy};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
@@ -126,19 +126,25 @@ impl Drop for PodPingPong {
     }
 }
 
-/// Child: echo every ping of ring A on ring B.
-pub fn pod_echo() {
-    let mode = PodMode::from_name(&child_var(VAR_MODE));
-    let mut ping = Subscriber::builder(child_var(VAR_PING))
+/// In an echo child: open the ping ring ([`VAR_PING`]) and create the pong ring ([`VAR_PONG`]).
+pub fn echo_rings(policy: WakePolicy) -> (Subscriber, Publisher) {
+    let ping = Subscriber::builder(child_var(VAR_PING))
         .wait_ready(Duration::from_secs(10))
         .open()
         .expect("open the ping ring");
-    let mut pong = Publisher::builder(child_var(VAR_PONG))
+    let pong = Publisher::builder(child_var(VAR_PONG))
         .capacity(1 << 20)
         .max_message(MSG as u32)
-        .wake(mode.policy())
+        .wake(policy)
         .create()
         .expect("create the pong ring");
+    (ping, pong)
+}
+
+/// Child: echo every ping of ring A on ring B.
+pub fn pod_echo() {
+    let mode = PodMode::from_name(&child_var(VAR_MODE));
+    let (mut ping, mut pong) = echo_rings(mode.policy());
     let mut buf = vec![0u8; ping.max_message()];
     loop {
         let Some(len) = recv(mode, &mut ping, &mut buf, Duration::from_secs(1)) else { continue };
