@@ -270,6 +270,8 @@ pub fn spin_until(mut done: impl FnMut() -> bool, mut check: impl FnMut()) {
     while !done() {
         spins = spins.wrapping_add(1);
         if spins % 4096 == 0 {
+            // Let a peer that shares this vCPU run (a busy machine), then check on it.
+            std::thread::yield_now();
             check();
             let now = Instant::now();
             let d = *deadline.get_or_insert(now + CHILD_TIMEOUT);
