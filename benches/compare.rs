@@ -728,9 +728,22 @@ fn main() {
         gate(&o, &groups);
     }
     let efficiency = MemoryEfficiency::measure(&dir);
-    let (reps, infos) = run_reps(&o, &groups);
+    let (all, infos) = run_reps(&o, &groups);
     let took = started.elapsed();
-    let report = Report { reps: &reps, infos: &infos, groups: &groups, efficiency, took, redis: sock.is_some(), o: &o };
+    // Figures come from the uncontended repetitions when there are at least 3 of them.
+    let clean: Vec<Rep> = all.iter().zip(&infos).filter(|(_, i)| !i.contended()).map(|(r, _)| r.clone()).collect();
+    let used_clean = clean.len() >= 3;
+    let reps = if used_clean { clean } else { all.clone() };
+    let report = Report {
+        reps: &reps,
+        infos: &infos,
+        used_clean,
+        groups: &groups,
+        efficiency,
+        took,
+        redis: sock.is_some(),
+        o: &o,
+    };
     let md = report.markdown();
     if o.write {
         std::fs::write(&o.results, &md).expect("write RESULTS.md");
@@ -746,8 +759,11 @@ fn main() {
 }
 
 struct Report<'a> {
+    /// The repetitions the figures come from.
     reps: &'a [Rep],
     infos: &'a [RepInfo],
+    /// Whether `reps` holds only the uncontended repetitions.
+    used_clean: bool,
     groups: &'a [Vec<Row>],
     efficiency: MemoryEfficiency,
     took: Duration,
@@ -964,8 +980,18 @@ impl Report<'_> {
             out,
             "\nA round trip of {} or more means another process held one of the two vCPUs at that moment \
              (a spinning consumer then waits for a scheduler time slice); such repetitions are marked \
-             *contended* but still counted.",
-            fmt_ns(CONTENDED_NS)
+             *contended*. {}",
+            fmt_ns(CONTENDED_NS),
+            if self.used_clean {
+                format!(
+                    "**Every figure and ratio below comes from the {} uncontended repetitions only.**",
+                    self.reps.len()
+                )
+            } else {
+                "Fewer than 3 repetitions were uncontended, so every figure and ratio below comes from \
+                 all repetitions, contended ones included: treat the cross-process figures as noisy."
+                    .to_string()
+            }
         );
         let _ = writeln!(out, "\n## Targets (issues 2 and 3)\n");
         self.targets_table(&mut out);
@@ -1046,6 +1072,15 @@ impl Report<'_> {
         let mut s = String::new();
         let _ = writeln!(s, "{BEGIN}\n");
         self.header(&mut s);
+        let _ = writeln!(
+            s,
+            "- **Repetitions used:** {}.",
+            if self.used_clean {
+                format!("the {} of {} without another process on a vCPU", self.reps.len(), self.infos.len())
+            } else {
+                format!("all {} (fewer than 3 were free of other processes: noisy)", self.infos.len())
+            }
+        );
         let _ = writeln!(
             s,
             "- **Load:** load average before each repetition: {}.\n",
