@@ -251,16 +251,26 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                     if gate && peer == GetPeer::Lmdb && readers == 2 {
                         continue;
                     }
-                    let d = GetData { n: d.n, table: d.table.clone(), lmdb: d.lmdb.clone(), redis: d.redis.clone() };
-                    g.push(row(
-                        format!("get/{n}_{}_{readers}r/{}", dist.name(), peer.name()),
-                        Unit::PerSec,
-                        0,
-                        Box::new(move || {
-                            let mut r = Readers::spawn(&d, peer, dist, readers).cpu_time(gate);
-                            Box::new(move |iters| r.run(iters))
-                        }),
-                    ));
+                    // The gate times single-reader gets in CPU time too (rows `<peer>_cpu`).
+                    let clocks: &[bool] = if gate && readers == 1 { &[false, true] } else { &[false] };
+                    for &cpu in clocks {
+                        let d =
+                            GetData { n: d.n, table: d.table.clone(), lmdb: d.lmdb.clone(), redis: d.redis.clone() };
+                        g.push(row(
+                            format!(
+                                "get/{n}_{}_{readers}r/{}{}",
+                                dist.name(),
+                                peer.name(),
+                                if cpu { "_cpu" } else { "" }
+                            ),
+                            Unit::PerSec,
+                            0,
+                            Box::new(move || {
+                                let mut r = Readers::spawn(&d, peer, dist, readers).cpu_time(cpu);
+                                Box::new(move |iters| r.run(iters))
+                            }),
+                        ));
+                    }
                 }
             }
             out.push(g);
@@ -497,24 +507,38 @@ const TARGETS: &[Target] = &[
     },
 ];
 
-/// The CI gate's floors (below the targets, so noise does not fail CI). The ring floor is
-/// checked with the spinning consumer (`recv_spin`, the mode of the ring issue's targets); on
-/// a machine whose vCPUs are taken by other processes a spinning consumer measures the
-/// scheduler, so the gate repeats contended repetitions (see [`gate`]). The default adaptive
-/// mode is printed next to it.
-const FLOORS: &[(&str, &str, &str, f64)] = &[
+/// The CI gate's floors (below the targets, so noise does not fail CI): what, numerator,
+/// denominator, floor, and whether the ratio can only be measured when no other process holds
+/// a vCPU.
+///
+/// - The ring floor uses the spinning consumer (`recv_spin`, the mode of the ring issue's
+///   targets). A spinning consumer that shares a vCPU with another process measures the
+///   scheduler, so this floor needs uncontended repetitions.
+/// - KV gets vs LMDB: one reader process each, timed in the reader's CPU time, so it holds on a
+///   busy machine too.
+/// - 2 readers vs 1: the aggregate wall-clock rate of two reader processes, which needs both
+///   vCPUs (CPU time would hide readers that contend only while they run at the same time).
+const FLOORS: &[(&str, &str, &str, f64, bool)] = &[
     (
         "ring 64 B msgs/s (spin) vs Unix socket (flushed per message)",
         "stream/64B/podcache_spin",
         "stream/64B/uds_flush",
         10.0,
+        true,
     ),
-    ("KV gets/s vs LMDB (100,000 keys, uniform)", "get/100000_uniform_1r/podcache", "get/100000_uniform_1r/lmdb", 2.0),
     (
-        "KV 2 reader processes vs 1 (100,000 keys, uniform)",
+        "KV gets/s vs LMDB (100,000 keys, uniform, CPU time)",
+        "get/100000_uniform_1r/podcache_cpu",
+        "get/100000_uniform_1r/lmdb_cpu",
+        2.0,
+        false,
+    ),
+    (
+        "KV 2 reader processes vs 1 (100,000 keys, uniform, wall clock)",
         "get/100000_uniform_2r/podcache",
         "get/100000_uniform_1r/podcache",
         1.6,
+        true,
     ),
 ];
 
@@ -647,24 +671,28 @@ fn gate(o: &Options, groups: &[Vec<Row>]) -> ! {
         );
     }
     let clean: Vec<Rep> = reps.iter().zip(&infos).filter(|(_, i)| !i.contended()).map(|(r, _)| r.clone()).collect();
-    let used = if clean.is_empty() {
-        println!("warning: every repetition was contended; checking the floors on all of them");
-        reps.clone()
-    } else {
-        clean
-    };
-    let (mut passed, mut failed) = (0, 0);
-    for &(what, a, b, floor) in FLOORS {
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for &(what, a, b, floor, needs_quiet) in FLOORS {
+        let used = if needs_quiet { &clean } else { &reps };
+        if used.is_empty() {
+            println!(
+                "bench gate IGNORED: {what}: every repetition had another process on a vCPU, so this ratio \
+                 could not be measured (floor {floor:.1})"
+            );
+            ignored += 1;
+            continue;
+        }
         let per_rep: Vec<String> = used
             .iter()
             .map(|r| format!("{:.2}", r.get(a).copied().unwrap_or(f64::NAN) / r.get(b).copied().unwrap_or(f64::NAN)))
             .collect();
-        let s = ratio_stat(&used, a, b);
+        let s = ratio_stat(used, a, b);
         let ok = s.as_ref().is_some_and(|s| s.med >= floor);
         let med = s.as_ref().map_or(f64::NAN, |s| s.med);
         println!(
-            "bench gate {}: {what}: median ratio {med:.2} (per repetition {}) floor {floor:.1}",
+            "bench gate {}: {what}: median ratio {med:.2} (per {}repetition {}) floor {floor:.1}",
             if ok { "ok" } else { "FAILED" },
+            if needs_quiet { "uncontended " } else { "" },
             per_rep.join(", ")
         );
         if ok {
@@ -673,6 +701,7 @@ fn gate(o: &Options, groups: &[Vec<Row>]) -> ! {
             failed += 1;
         }
     }
+    let used = if clean.is_empty() { &reps } else { &clean };
     for (what, a, b) in [
         (
             "ring 64 B msgs/s (default adaptive wake) vs Unix socket (flushed per message)",
@@ -685,16 +714,12 @@ fn gate(o: &Options, groups: &[Vec<Row>]) -> ! {
             "stream/64B/uds_buffered",
         ),
     ] {
-        if let Some(s) = ratio_stat(&used, a, b) {
+        if let Some(s) = ratio_stat(used, a, b) {
             println!("bench gate info: {what}: median ratio {} (not gated)", fmt_ratio(&s));
         }
     }
-    println!(
-        "bench gate: KV gets are timed in each reader process's CPU time (CLOCK_THREAD_CPUTIME_ID), \
-         so time slices lost to other processes do not count"
-    );
     let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!("test result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out");
+    println!("test result: {verdict}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; 0 filtered out");
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
 
