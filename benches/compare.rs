@@ -404,7 +404,10 @@ const TARGETS: &[Target] = &[
         rate: true,
         a_bytes: 0.0,
         bound: 15.0,
-        note: "",
+        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
+               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
+               table), while blocking peers lose much less. Re-run on an idle machine before reading \
+               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
     },
     Target {
         issue: "2",
@@ -438,7 +441,10 @@ const TARGETS: &[Target] = &[
         rate: true,
         a_bytes: 65536.0,
         bound: 0.25,
-        note: "",
+        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
+               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
+               table), while blocking peers lose much less. Re-run on an idle machine before reading \
+               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
     },
     Target {
         issue: "2",
@@ -448,7 +454,10 @@ const TARGETS: &[Target] = &[
         rate: false,
         a_bytes: 0.0,
         bound: 4.0,
-        note: "",
+        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
+               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
+               table), while blocking peers lose much less. Re-run on an idle machine before reading \
+               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
     },
     Target {
         issue: "3",
@@ -577,7 +586,11 @@ fn run_rep(o: &Options, groups: &[Vec<Row>], rep: usize) -> (Rep, RepInfo) {
         rep + 1
     );
     let mut figures = Rep::new();
-    for g in groups {
+    for (i, g) in groups.iter().enumerate() {
+        // Each workload starts at a quiet moment if one comes within a few seconds.
+        if i > 0 && !o.gate {
+            wait_quiet(Duration::from_secs(4));
+        }
         // Rotate the order of the peers of one workload from one repetition to the next.
         for k in 0..g.len() {
             let r = &g[(k + rep) % g.len()];
