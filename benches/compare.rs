@@ -66,7 +66,7 @@ struct Options {
 fn parse_args() -> Options {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
     let mut o = Options {
-        reps: 9,
+        reps: 7,
         gate: false,
         batch: Duration::from_millis(40),
         results: root.join("benches/RESULTS.md"),
@@ -88,7 +88,7 @@ fn parse_args() -> Options {
             "-h" | "--help" => {
                 println!(
                     "compare [--reps N] [--batch-ms N] [--only SUBSTRING] [--no-write] [--gate]\n\
-                     Runs every workload against podcache and its peers N times (default 9) and writes\n\
+                     Runs every workload against podcache and its peers N times (default 7) and writes\n\
                      benches/RESULTS.md, benches/charts/*.svg and the README's benchmarks section.\n\
                      --gate: the CI bench gate (5 repetitions of the gated workloads, exit 1 below a floor)."
                 );
@@ -587,9 +587,9 @@ fn run_rep(o: &Options, groups: &[Vec<Row>], rep: usize) -> (Rep, RepInfo) {
     );
     let mut figures = Rep::new();
     for (i, g) in groups.iter().enumerate() {
-        // Each workload starts at a quiet moment if one comes within a few seconds.
+        // Each workload starts at a quiet moment if one comes within 2 s.
         if i > 0 && !o.gate {
-            wait_quiet(Duration::from_secs(4));
+            wait_quiet(Duration::from_secs(2));
         }
         // Rotate the order of the peers of one workload from one repetition to the next.
         for k in 0..g.len() {
@@ -1253,7 +1253,7 @@ fn svg_bars(title: &str, unit: &str, bars: &[(String, f64, bool)]) -> String {
         let _ = writeln!(
             s,
             r##"<line x1="{gx:.1}" y1="{top}" x2="{gx:.1}" y2="{y2:.1}" stroke="#ddd"/><text x="{gx:.1}" y="{ty:.1}" text-anchor="middle" fill="#555">{}</text>"##,
-            fmt_rate(10f64.powi(d)),
+            if d < 0 { format!("{}", 10f64.powi(d)) } else { fmt_rate(10f64.powi(d)) },
             y2 = height - 30.0,
             ty = height - 16.0
         );

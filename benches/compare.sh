@@ -5,7 +5,7 @@
 #
 # Installs what it needs if missing (redis-server, libclang-dev for iceoryx2; apt-get as root or
 # through sudo), builds the `compare` binary with the iceoryx2 peer, runs every workload against
-# podcache and its peers N times (default 9, repetitions interleaved), and writes
+# podcache and its peers N times (default 7, repetitions interleaved), and writes
 # benches/RESULTS.md, benches/charts/*.svg and the README's benchmarks section. About 10 minutes
 # on a 2-vCPU machine, most of it building.
 set -euo pipefail
