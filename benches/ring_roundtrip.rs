@@ -18,319 +18,20 @@
 //! and prints a `hist …` line with p50/p90/p99/p99.9. Then a paired measurement alternates
 //! blocks of podcache (spin) and cache-line round trips with one child and prints a `pair …`
 //! line: the median over block pairs of the p50 ratio (see [`paired`]).
-
 use criterion::{BenchmarkId, Criterion, Throughput};
+use podcache_benches::roundtrip::{
+    echo_rings, recv, LinePingPong, PodPingPong, RoundTrip, UdsPingPong, MSG, VAR_PING, VAR_PONG, VAR_SHARED,
+};
 use podcache_benches::{
-    accept_child, child_role, child_var, histogram_samples, pin_parent, spin_until, test_mode, Child, Histogram,
+    child_role, child_var, histogram_samples, pin_parent, run_child, spin_until, test_mode, Child, Histogram, PodMode,
     SharedLines, ShmDir, CHILD_TIMEOUT, FLAG_DATA, FLAG_EXIT,
 };
 use podcache_reader::Subscriber;
 use podcache_writer::{Publisher, WakePolicy};
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Payload bytes each way.
-const MSG: usize = 64;
-
-const ROLE_POD: &str = "pod-echo";
-const ROLE_LINE: &str = "cacheline-echo";
-const ROLE_UDS: &str = "uds-echo";
 const ROLE_PAIR: &str = "pair-echo";
-const VAR_PING: &str = "PODCACHE_BENCH_PING";
-const VAR_PONG: &str = "PODCACHE_BENCH_PONG";
-const VAR_MODE: &str = "PODCACHE_BENCH_MODE";
-const VAR_SHARED: &str = "PODCACHE_BENCH_SHARED";
-const VAR_SOCK: &str = "PODCACHE_BENCH_SOCK";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum PodMode {
-    /// `WakePolicy::Never`, `recv_spin`.
-    Spin,
-    /// `WakePolicy::Never`, `try_recv` polled in a loop (no clock read per call).
-    Poll,
-    /// `WakePolicy::DEFAULT`, `recv_timeout`.
-    Adaptive,
-    /// `WakePolicy::Always`, `recv_timeout`.
-    Always,
-}
-
-impl PodMode {
-    const ALL: [PodMode; 4] = [PodMode::Spin, PodMode::Poll, PodMode::Adaptive, PodMode::Always];
-
-    fn name(self) -> &'static str {
-        match self {
-            PodMode::Spin => "spin",
-            PodMode::Poll => "poll",
-            PodMode::Adaptive => "adaptive",
-            PodMode::Always => "always",
-        }
-    }
-
-    fn from_name(s: &str) -> PodMode {
-        PodMode::ALL.into_iter().find(|m| m.name() == s).unwrap_or_else(|| panic!("unknown mode {s}"))
-    }
-
-    fn policy(self) -> WakePolicy {
-        match self {
-            PodMode::Spin | PodMode::Poll => WakePolicy::Never,
-            PodMode::Adaptive => WakePolicy::DEFAULT,
-            PodMode::Always => WakePolicy::Always,
-        }
-    }
-}
-
-/// Receive one message in `mode`'s way, waiting at most `timeout`.
-fn recv(mode: PodMode, sub: &mut Subscriber, buf: &mut [u8], timeout: Duration) -> Option<usize> {
-    let got = match mode {
-        PodMode::Spin => sub.recv_spin(buf, timeout),
-        PodMode::Poll => {
-            // Read the clock only every 4096 empty polls, so the hot path has none.
-            let mut deadline = None;
-            let mut polls = 0u32;
-            loop {
-                if let Some(m) = sub.try_recv(buf).expect("read a ring") {
-                    break Ok(Some(m));
-                }
-                polls = polls.wrapping_add(1);
-                if polls.is_multiple_of(4096) && Instant::now() >= *deadline.get_or_insert(Instant::now() + timeout) {
-                    break Ok(None);
-                }
-                std::hint::spin_loop();
-            }
-        }
-        PodMode::Adaptive | PodMode::Always => sub.recv_timeout(buf, timeout),
-    };
-    let m = got.expect("read a ring")?;
-    assert_eq!(m.lost, 0, "a ping-pong reader is never lapped");
-    Some(m.len)
-}
-
-/// A round-trip harness: `round_trip` sends 64 B and waits for the echo.
-trait RoundTrip {
-    fn round_trip(&mut self);
-
-    fn run(&mut self, iters: u64) -> Duration {
-        let start = Instant::now();
-        for _ in 0..iters {
-            self.round_trip();
-        }
-        start.elapsed()
-    }
-}
-
-/// Ping on ring A (written here), pong on ring B (written by the child).
-struct PodPingPong {
-    child: Option<Child>,
-    mode: PodMode,
-    ping: Publisher,
-    pong: Subscriber,
-    msg: Vec<u8>,
-    buf: Vec<u8>,
-    _dir: ShmDir,
-}
-
-impl PodPingPong {
-    fn new(mode: PodMode) -> PodPingPong {
-        let dir = ShmDir::new();
-        let (a, b) = (dir.path("ping.ring"), dir.path("pong.ring"));
-        let ping = Publisher::builder(&a)
-            .capacity(1 << 20)
-            .max_message(MSG as u32)
-            .wake(mode.policy())
-            .create()
-            .expect("create the ping ring");
-        let mut child = Child::spawn(
-            ROLE_POD,
-            &[(VAR_PING, a.into_os_string()), (VAR_PONG, b.clone().into_os_string()), (VAR_MODE, mode.name().into())],
-        );
-        let deadline = Instant::now() + CHILD_TIMEOUT;
-        let pong = loop {
-            match Subscriber::builder(&b).wait_ready(Duration::from_millis(100)).open() {
-                Ok(s) => break s,
-                Err(e) => {
-                    child.check_alive();
-                    assert!(Instant::now() < deadline, "pong ring never became ready: {e}");
-                }
-            }
-        };
-        let mut msg = vec![0x5a; MSG];
-        msg[0] = FLAG_DATA;
-        let mut p = PodPingPong { child: Some(child), mode, ping, pong, msg, buf: vec![0; MSG], _dir: dir };
-        p.round_trip();
-        p
-    }
-}
-
-impl RoundTrip for PodPingPong {
-    #[inline]
-    fn round_trip(&mut self) {
-        self.ping.publish(&self.msg).expect("publish a ping");
-        // The clock is read only after a receive timed out: nothing but the ring's own work
-        // is on the timed path.
-        let mut deadline = None;
-        loop {
-            if let Some(len) = recv(self.mode, &mut self.pong, &mut self.buf, Duration::from_secs(1)) {
-                assert_eq!(len, MSG, "pong length");
-                return;
-            }
-            self.child.as_mut().expect("child").check_alive();
-            let now = Instant::now();
-            assert!(now < *deadline.get_or_insert(now + CHILD_TIMEOUT), "no pong within {CHILD_TIMEOUT:?}");
-        }
-    }
-}
-
-impl Drop for PodPingPong {
-    fn drop(&mut self) {
-        let mut bye = self.msg.clone();
-        bye[0] = FLAG_EXIT;
-        let _ = self.ping.publish(&bye);
-        if let Some(child) = self.child.take() {
-            child.finish(Duration::from_secs(2));
-        }
-    }
-}
-
-/// Child: echo every ping of ring A on ring B.
-fn pod_echo() {
-    let mode = PodMode::from_name(&child_var(VAR_MODE));
-    let mut ping = Subscriber::builder(child_var(VAR_PING))
-        .wait_ready(Duration::from_secs(10))
-        .open()
-        .expect("open the ping ring");
-    let mut pong = Publisher::builder(child_var(VAR_PONG))
-        .capacity(1 << 20)
-        .max_message(MSG as u32)
-        .wake(mode.policy())
-        .create()
-        .expect("create the pong ring");
-    let mut buf = vec![0u8; ping.max_message()];
-    loop {
-        let Some(len) = recv(mode, &mut ping, &mut buf, Duration::from_secs(1)) else { continue };
-        if buf[0] == FLAG_EXIT {
-            return;
-        }
-        pong.publish(&buf[..len]).expect("publish a pong");
-    }
-}
-
-/// Cache-line ping-pong over a shared mapping: line 0 written here, line 1 by the child.
-struct LinePingPong {
-    child: Option<Child>,
-    lines: SharedLines,
-    seq: u64,
-    _dir: ShmDir,
-}
-
-impl LinePingPong {
-    fn new() -> LinePingPong {
-        let dir = ShmDir::new();
-        let path = dir.path("lines");
-        let lines = SharedLines::open(&path);
-        let child = Child::spawn(ROLE_LINE, &[(VAR_SHARED, path.into_os_string())]);
-        let mut p = LinePingPong { child: Some(child), lines, seq: 0, _dir: dir };
-        p.round_trip();
-        p
-    }
-}
-
-impl RoundTrip for LinePingPong {
-    #[inline]
-    fn round_trip(&mut self) {
-        self.seq += 1;
-        let seq = self.seq;
-        let (ping, pong) = (self.lines.line(0), self.lines.line(1));
-        // SYNC: Release, pairs with the child's Acquire load of line 0.
-        ping.store(seq, Ordering::Release);
-        let child = self.child.as_mut().expect("child");
-        // SYNC: Acquire, pairs with the child's Release store of line 1.
-        spin_until(|| pong.load(Ordering::Acquire) == seq, || child.check_alive());
-    }
-}
-
-impl Drop for LinePingPong {
-    fn drop(&mut self) {
-        // SYNC: Release, as in round_trip.
-        self.lines.line(0).store(u64::MAX, Ordering::Release);
-        if let Some(child) = self.child.take() {
-            child.finish(Duration::from_secs(2));
-        }
-    }
-}
-
-/// Child: copy line 0 to line 1 whenever it changes; `u64::MAX` means exit.
-fn cacheline_echo() {
-    let lines = SharedLines::open(std::path::Path::new(&child_var(VAR_SHARED)));
-    let (ping, pong) = (lines.line(0), lines.line(1));
-    let mut last = 0;
-    loop {
-        // SYNC: Acquire, pairs with the parent's Release store of line 0.
-        let v = ping.load(Ordering::Acquire);
-        if v == last {
-            std::hint::spin_loop();
-            continue;
-        }
-        if v == u64::MAX {
-            return;
-        }
-        // SYNC: Release, pairs with the parent's Acquire load of line 1.
-        pong.store(v, Ordering::Release);
-        last = v;
-    }
-}
-
-/// 64 B each way over a Unix domain socket.
-struct UdsPingPong {
-    child: Option<Child>,
-    stream: UnixStream,
-    msg: [u8; MSG],
-    _dir: ShmDir,
-}
-
-impl UdsPingPong {
-    fn new() -> UdsPingPong {
-        let dir = ShmDir::new();
-        let sock = dir.path("echo.sock");
-        let listener = UnixListener::bind(&sock).expect("bind");
-        let mut child = Child::spawn(ROLE_UDS, &[(VAR_SOCK, sock.into_os_string())]);
-        let stream = accept_child(&listener, &mut child);
-        stream.set_read_timeout(Some(CHILD_TIMEOUT)).expect("read timeout");
-        let mut p = UdsPingPong { child: Some(child), stream, msg: [0x5a; MSG], _dir: dir };
-        p.round_trip();
-        p
-    }
-}
-
-impl RoundTrip for UdsPingPong {
-    #[inline]
-    fn round_trip(&mut self) {
-        self.stream.write_all(&self.msg).expect("send a ping");
-        let mut buf = [0u8; MSG];
-        self.stream.read_exact(&mut buf).expect("receive the pong");
-    }
-}
-
-impl Drop for UdsPingPong {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(child) = self.child.take() {
-            child.finish(Duration::from_secs(2));
-        }
-    }
-}
-
-/// Child: echo 64 B blocks until the parent closes the socket.
-fn uds_echo() {
-    let mut stream = UnixStream::connect(child_var(VAR_SOCK)).expect("connect");
-    let mut buf = [0u8; MSG];
-    while stream.read_exact(&mut buf).is_ok() {
-        if stream.write_all(&buf).is_err() {
-            return;
-        }
-    }
-}
 
 /// One round-trip bench: the harness is created on first use (criterion calls the closure once
 /// per sample), then a latency histogram is taken with it (outside `--test`), then it is
@@ -464,16 +165,7 @@ fn paired() {
 /// Child of [`paired`]: echo on the rings until [`FLAG_SWITCH`], then on the cache lines until
 /// [`LINE_SWITCH`], and so on; [`FLAG_EXIT`] ends it.
 fn pair_echo() {
-    let mut ping = Subscriber::builder(child_var(VAR_PING))
-        .wait_ready(Duration::from_secs(10))
-        .open()
-        .expect("open the ping ring");
-    let mut pong = Publisher::builder(child_var(VAR_PONG))
-        .capacity(1 << 20)
-        .max_message(MSG as u32)
-        .wake(WakePolicy::Never)
-        .create()
-        .expect("create the pong ring");
+    let (mut ping, mut pong) = echo_rings(WakePolicy::Never);
     let lines = SharedLines::open(std::path::Path::new(&child_var(VAR_SHARED)));
     let (line_ping, line_pong) = (lines.line(0), lines.line(1));
     let mut buf = vec![0u8; ping.max_message()];
@@ -504,12 +196,10 @@ fn pair_echo() {
 
 fn main() {
     if let Some(role) = child_role() {
-        match role.as_str() {
-            ROLE_POD => pod_echo(),
-            ROLE_LINE => cacheline_echo(),
-            ROLE_UDS => uds_echo(),
-            ROLE_PAIR => pair_echo(),
-            other => panic!("unknown child role {other}"),
+        if role == ROLE_PAIR {
+            pair_echo();
+        } else {
+            assert!(run_child(&role), "unknown child role {role}");
         }
         return;
     }

@@ -8,6 +8,27 @@
 //! - [`SharedLines`]: two 64-bit atomics on separate 128-byte lines of a `MAP_SHARED` file, for
 //!   the cache-line ping-pong baseline.
 //! - [`Histogram`]: per-operation latency percentiles printed next to criterion's means.
+//! - The workload harnesses shared by the criterion benches and the `compare` binary:
+//!   [`stream`] (cross-process streaming), [`roundtrip`] (64 B round trips), [`kv`] (key-value
+//!   gets and puts), [`redis`] (a `redis-server` the bench starts itself, spoken to in RESP),
+//!   and `ice` (iceoryx2, with the `iceoryx2` feature). [`run_child`] dispatches every child
+//!   role they use.
+
+#[cfg(feature = "iceoryx2")]
+#[path = "lib/ice.rs"]
+pub mod ice;
+#[path = "lib/kv.rs"]
+pub mod kv;
+#[path = "lib/mode.rs"]
+mod mode;
+#[path = "lib/redis.rs"]
+pub mod redis;
+#[path = "lib/roundtrip.rs"]
+pub mod roundtrip;
+#[path = "lib/stream.rs"]
+pub mod stream;
+
+pub use mode::PodMode;
 
 use criterion::Criterion;
 use std::ffi::OsString;
@@ -189,6 +210,27 @@ pub fn child_role() -> Option<String> {
     Some(role)
 }
 
+/// In a child process: run the child role `role` of any harness of this library. Returns
+/// `false` for a role the library does not know (a bench's own role).
+pub fn run_child(role: &str) -> bool {
+    match role {
+        stream::ROLE_POD => stream::pod_consumer(),
+        stream::ROLE_UDS => stream::uds_consumer(),
+        roundtrip::ROLE_POD => roundtrip::pod_echo(),
+        roundtrip::ROLE_LINE => roundtrip::cacheline_echo(),
+        roundtrip::ROLE_UDS => roundtrip::uds_echo(),
+        kv::ROLE_READER => kv::reader_child(),
+        redis::ROLE_SUB => redis::subscriber_child(),
+        redis::ROLE_ECHO => redis::echo_child(),
+        #[cfg(feature = "iceoryx2")]
+        ice::ROLE_SUB => ice::subscriber_child(),
+        #[cfg(feature = "iceoryx2")]
+        ice::ROLE_ECHO => ice::echo_child(),
+        _ => return false,
+    }
+    true
+}
+
 /// In a child process: the value of environment variable `name` (panics if missing).
 pub fn child_var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("child needs environment variable {name}"))
@@ -228,6 +270,8 @@ pub fn spin_until(mut done: impl FnMut() -> bool, mut check: impl FnMut()) {
     while !done() {
         spins = spins.wrapping_add(1);
         if spins.is_multiple_of(4096) {
+            // Let a peer that shares this vCPU run (a busy machine), then check on it.
+            std::thread::yield_now();
             check();
             let now = Instant::now();
             let d = *deadline.get_or_insert(now + CHILD_TIMEOUT);
