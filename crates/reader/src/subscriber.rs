@@ -191,6 +191,13 @@ impl Subscriber {
         self.reader.writer_tail().saturating_sub(self.reader.position())
     }
 
+    /// The writer's oldest intact position and committed end position (bytes since the ring
+    /// was created; a snapshot for statistics: `end - oldest` bytes are in the ring, `end`
+    /// bytes were ever published).
+    pub fn writer_span(&self) -> (u64, u64) {
+        (self.reader.writer_head(), self.reader.writer_tail())
+    }
+
     /// Sequence number the publisher will give its next message.
     pub fn writer_next_seq(&self) -> u64 {
         self.reader.writer_next_seq()

@@ -34,9 +34,13 @@
 //! recycled segment is a Release store sequenced after the generation bump.
 
 mod reader;
+#[cfg(not(loom))]
+mod verify;
 mod writer;
 
 pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, MAX_RETRIES};
+#[cfg(not(loom))]
+pub use verify::{verify, TableCheck};
 pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};
 
 use crate::header::{HeaderView, PARAM_WORDS};

@@ -1,0 +1,490 @@
+//! The HTTP API (on `--listen` and `--socket`).
+//!
+//! | method | path | success |
+//! |--------|------|---------|
+//! | GET    | `/v1/tables` | 200 JSON list with stats |
+//! | GET    | `/v1/tables/{table}` | 200 JSON stats of one table |
+//! | GET    | `/v1/tables/{table}/keys?limit=N` | 200 JSON list of live keys |
+//! | GET    | `/v1/tables/{table}/keys/{key}` | 200 raw value, 404 if absent |
+//! | PUT    | `/v1/tables/{table}/keys/{key}?ttl_ms=N` | 204 (body: raw value) |
+//! | DELETE | `/v1/tables/{table}/keys/{key}` | 204, 404 if absent |
+//! | POST   | `/v1/tables/{table}/load` | 200 `{"loaded": n}` (body: NDJSON) |
+//! | GET    | `/v1/rings` | 200 JSON list with stats |
+//! | POST   | `/v1/rings/{ring}/messages` | 200 `{"seq": n}` (body: raw message) |
+//! | GET    | `/v1/rings/{ring}/subscribe?from=oldest\|newest` | Server-Sent Events |
+//!
+//! Errors are `{"error": {"code": "...", "message": "..."}}`; see [`Code`].
+
+use crate::error::{ApiError, Code};
+use crate::metrics::{GetLabels, RequestLabels, RouteLabels};
+use crate::names;
+use crate::server::{RingEntry, Shared, TableEntry};
+use crate::stats::{ring_stats, TableStatsJson};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use podcache_format::table::MAX_KEY;
+use podcache_reader::{GetError, RecvError};
+use podcache_writer::{PublishError, PutError};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt as _;
+
+type St = State<Arc<Shared>>;
+
+/// The API router.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let max_body = shared.max_body;
+    Router::new()
+        .route("/v1/tables", get(list_tables))
+        .route("/v1/tables/{table}", get(table_info))
+        .route("/v1/tables/{table}/keys", get(list_keys))
+        .route("/v1/tables/{table}/keys/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/tables/{table}/load", post(load))
+        .route("/v1/rings", get(list_rings))
+        .route("/v1/rings/{ring}/messages", post(publish))
+        .route("/v1/rings/{ring}/subscribe", get(subscribe))
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such route (the API is under /v1/)") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), observe))
+        .with_state(shared)
+}
+
+/// Constant-time comparison (the time does not depend on where the inputs differ).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+async fn auth(State(s): St, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|t| t.trim_ascii());
+        if !given.is_some_and(|g| ct_eq(g, token)) {
+            return ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn observe(State(s): St, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    s.metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
+    s.metrics.latency.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn table<'s>(s: &'s Shared, name: &str) -> Result<&'s Arc<TableEntry>, ApiError> {
+    names::check(name).map_err(|e| ApiError::new(Code::InvalidName, format!("table name {name:?}: {e}")))?;
+    s.tables.get(name).ok_or_else(|| ApiError::new(Code::NotFound, format!("no table {name:?} (see GET /v1/tables)")))
+}
+
+fn ring<'s>(s: &'s Shared, name: &str) -> Result<&'s Arc<RingEntry>, ApiError> {
+    names::check(name).map_err(|e| ApiError::new(Code::InvalidName, format!("ring name {name:?}: {e}")))?;
+    s.rings.get(name).ok_or_else(|| ApiError::new(Code::NotFound, format!("no ring {name:?} (see GET /v1/rings)")))
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::new(Code::InvalidKey, "empty key"));
+    }
+    if key.len() > MAX_KEY {
+        return Err(ApiError::new(Code::KeyTooLarge, format!("key of {} bytes, at most {MAX_KEY} allowed", key.len())));
+    }
+    Ok(())
+}
+
+fn path_err(e: PathRejection) -> ApiError {
+    ApiError::new(Code::BadRequest, format!("bad path: {e}"))
+}
+
+fn query_err(e: QueryRejection) -> ApiError {
+    ApiError::new(Code::BadRequest, format!("bad query string: {e}"))
+}
+
+fn body_err(e: BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(Code::BodyTooLarge, "request body larger than the server's limit (--max-body)")
+    } else {
+        ApiError::new(Code::BadRequest, format!("cannot read the request body: {e}"))
+    }
+}
+
+fn get_err(e: GetError) -> ApiError {
+    match e {
+        GetError::Contended => ApiError::new(Code::Contended, e.to_string()),
+        GetError::Corrupt { .. } => ApiError::new(Code::Corrupt, e.to_string()),
+        _ => ApiError::new(Code::Internal, e.to_string()),
+    }
+}
+
+fn put_err<V>(e: PutError<V>) -> ApiError {
+    match e {
+        PutError::BadKey { len, .. } => ApiError::new(Code::InvalidKey, format!("key of {len} bytes refused")),
+        PutError::TooLarge { len, max, .. } => ApiError::new(
+            Code::ValueTooLarge,
+            format!("value of {len} bytes exceeds this table's limit of {max} bytes for this key"),
+        ),
+        PutError::IndexFull { .. } => {
+            ApiError::new(Code::TableFull, "no free index slot for this key (configure more items for the table)")
+        }
+        _ => ApiError::new(Code::Internal, "put refused"),
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(Code::ShuttingDown, "the server is shutting down")
+}
+
+fn table_json(t: &TableEntry) -> Result<serde_json::Value, ApiError> {
+    let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    Ok(serde_json::json!({
+        "name": t.name,
+        "path": t.path,
+        "file_bytes": t.file_size,
+        "epoch": r.writer_epoch(),
+        "stats": TableStatsJson::new(r.stats(), t.max_items),
+    }))
+}
+
+async fn list_tables(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = s.tables.values().map(|t| table_json(t)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(serde_json::json!({ "tables": list })))
+}
+
+async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    table_json(table(&s, &name)?).map(Json)
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    limit: Option<usize>,
+}
+
+async fn list_keys(
+    State(s): St,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<KeysQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    let Query(q) = q.map_err(query_err)?;
+    let t = table(&s, &name)?;
+    let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let limit = q.limit.unwrap_or(1000);
+    let mut keys = Vec::new();
+    let mut truncated = false;
+    for k in r.keys() {
+        let k = k.map_err(get_err)?;
+        if keys.len() == limit {
+            truncated = true;
+            break;
+        }
+        keys.push(String::from_utf8_lossy(&k).into_owned());
+    }
+    Ok(Json(serde_json::json!({ "keys": keys, "truncated": truncated })))
+}
+
+async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>) -> Result<Response, ApiError> {
+    let Path((name, key)) = p.map_err(path_err)?;
+    let t = table(&s, &name)?;
+    check_key(&key)?;
+    let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let got = r.get_vec(key.as_bytes()).map_err(get_err)?;
+    let result = if got.is_some() { "hit" } else { "miss" };
+    s.metrics.gets.get_or_create(&GetLabels { table: name, result }).inc();
+    match got {
+        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
+        None => Err(ApiError::new(Code::NotFound, "no such key (absent or expired)")),
+    }
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    ttl_ms: Option<u64>,
+}
+
+fn ttl(ttl_ms: Option<u64>) -> Result<Option<Duration>, ApiError> {
+    match ttl_ms {
+        Some(0) => Err(ApiError::new(Code::InvalidTtl, "ttl_ms must be at least 1 (omit it for no expiry)")),
+        Some(ms) => Ok(Some(Duration::from_millis(ms))),
+        None => Ok(None),
+    }
+}
+
+async fn put_key(
+    State(s): St,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<PutQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path((name, key)) = p.map_err(path_err)?;
+    let Query(q) = q.map_err(|e| ApiError::new(Code::InvalidTtl, format!("bad query string: {e}")))?;
+    let t = table(&s, &name)?;
+    check_key(&key)?;
+    let ttl = ttl(q.ttl_ms)?;
+    let body = body.map_err(body_err)?;
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    match ttl {
+        Some(d) => w.put_with_ttl(key.as_bytes(), &body[..], d),
+        None => w.put(key.as_bytes(), &body[..]),
+    }
+    .map_err(put_err)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>) -> Result<StatusCode, ApiError> {
+    let Path((name, key)) = p.map_err(path_err)?;
+    let t = table(&s, &name)?;
+    check_key(&key)?;
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    if w.delete(key.as_bytes()) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(Code::NotFound, "no such key"))
+    }
+}
+
+/// One line of a bulk load.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadLine {
+    key: String,
+    value: Option<String>,
+    value_base64: Option<String>,
+    ttl_ms: Option<u64>,
+}
+
+/// A parsed, checked line: key, value, TTL.
+type Item = (String, Vec<u8>, Option<Duration>);
+
+/// Parse a whole NDJSON body; any bad line fails the whole load (nothing is stored).
+pub(crate) fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, ApiError> {
+    let mut items = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let n = i + 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let bad = |m: String| ApiError::new(Code::InvalidNdjson, format!("line {n}: {m} (nothing was loaded)"));
+        let l: LoadLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
+        let value = match (l.value, l.value_base64) {
+            (Some(v), None) => v.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b.as_bytes())
+                .map_err(|e| bad(format!("value_base64: {e}")))?,
+            _ => return Err(bad("exactly one of \"value\" and \"value_base64\" is required".into())),
+        };
+        if l.key.is_empty() || l.key.len() > MAX_KEY {
+            return Err(bad(format!("key of {} bytes (1 to {MAX_KEY} allowed)", l.key.len())));
+        }
+        let ttl = ttl(l.ttl_ms).map_err(|e| bad(e.message))?;
+        items.push((l.key, value, ttl));
+    }
+    Ok(items)
+}
+
+async fn load(
+    State(s): St,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    let t = table(&s, &name)?;
+    let body = body.map_err(body_err)?;
+    let items = parse_ndjson(&body)?;
+    // One lock for the whole load: it is applied as a batch.
+    let mut guard = t.writer();
+    let w = guard.as_mut().ok_or_else(shutting_down)?;
+    for (i, (k, v, ttl)) in items.iter().enumerate() {
+        let max = w.max_value(k.len(), ttl.is_some());
+        if v.len() > max {
+            return Err(ApiError::new(
+                Code::ValueTooLarge,
+                format!(
+                    "item {}: value of {} bytes exceeds the table's limit of {max} (nothing was loaded)",
+                    i + 1,
+                    v.len()
+                ),
+            ));
+        }
+    }
+    let mut loaded = 0u64;
+    for (k, v, ttl) in &items {
+        let r = match ttl {
+            Some(d) => w.put_with_ttl(k.as_bytes(), &v[..], *d),
+            None => w.put(k.as_bytes(), &v[..]),
+        };
+        if let Err(e) = r {
+            let mut err = put_err(e);
+            err.message = format!("{} (after {loaded} items were loaded)", err.message);
+            return Err(err);
+        }
+        loaded += 1;
+    }
+    Ok(Json(serde_json::json!({ "loaded": loaded })))
+}
+
+async fn list_rings(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut list = Vec::new();
+    let mut buf = Vec::new();
+    for r in s.rings.values() {
+        let stats = ring_stats(&r.path, r.capacity, &mut buf).map_err(|e| ApiError::new(Code::Internal, e))?;
+        list.push(serde_json::json!({ "name": r.name, "path": r.path, "file_bytes": r.file_size, "stats": stats }));
+    }
+    Ok(Json(serde_json::json!({ "rings": list })))
+}
+
+async fn publish(
+    State(s): St,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    let r = ring(&s, &name)?;
+    let body = body.map_err(body_err)?;
+    let mut guard = r.publisher();
+    let p = guard.as_mut().ok_or_else(shutting_down)?;
+    match p.publish(&body) {
+        Ok(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
+        Err(PublishError::Empty) => Err(ApiError::new(Code::BadRequest, "empty message (messages are 1 byte or more)")),
+        Err(e @ PublishError::TooLarge { .. }) => Err(ApiError::new(Code::MessageTooLarge, e.to_string())),
+        Err(e) => Err(ApiError::new(Code::Internal, e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+struct SubQuery {
+    from: Option<String>,
+}
+
+fn message_event(seq: u64, lost: u64, payload: &[u8]) -> Event {
+    let data = match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::json!({ "seq": seq, "lost": lost, "value": text }),
+        Err(_) => serde_json::json!({
+            "seq": seq, "lost": lost,
+            "value_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+        }),
+    };
+    Event::default().event("message").id(seq.to_string()).data(data.to_string())
+}
+
+async fn subscribe(
+    State(s): St,
+    p: Result<Path<String>, PathRejection>,
+    q: Result<Query<SubQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    let Query(q) = q.map_err(query_err)?;
+    let r = ring(&s, &name)?;
+    let newest = match q.from.as_deref() {
+        None | Some("newest") => true,
+        Some("oldest") => false,
+        Some(other) => return Err(ApiError::new(Code::BadRequest, format!("from={other:?}: use oldest or newest"))),
+    };
+    let mut sub =
+        crate::server::open_subscriber(r, newest).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    let shared = Arc::clone(&s);
+    let ring_name = r.name.clone();
+    // The subscriber blocks (futex) between messages: it lives on a blocking thread and hands
+    // events to the response stream. A slow HTTP client fills the channel, the thread waits,
+    // and the ring laps it: the next event says how many messages it lost.
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; sub.max_message()];
+        loop {
+            if shared.is_shutting_down() || tx.is_closed() {
+                return;
+            }
+            match sub.recv_timeout(&mut buf, Duration::from_millis(100)) {
+                Ok(Some(m)) => {
+                    if m.lost > 0 {
+                        let lapped =
+                            serde_json::json!({ "lost": m.lost, "lost_total": sub.lost(), "laps": sub.laps() });
+                        if tx.blocking_send(Event::default().event("lapped").data(lapped.to_string())).is_err() {
+                            return;
+                        }
+                    }
+                    if tx.blocking_send(message_event(m.seq, m.lost, &buf[..m.len])).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(RecvError::Overrun) => {}
+                Err(e) => {
+                    tracing::warn!(ring = %ring_name, "subscription ended: {e}");
+                    let data = serde_json::json!({ "error": { "code": "corrupt", "message": e.to_string() } });
+                    let _ = tx.blocking_send(Event::default().event("error").data(data.to_string()));
+                    return;
+                }
+            }
+            if sub.is_retired() {
+                let _ = tx.blocking_send(Event::default().event("retired").data("{}"));
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(!ct_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn ndjson() {
+        let ok = parse_ndjson(
+            b"{\"key\":\"a\",\"value\":\"1\"}\n\n{\"key\":\"b\",\"value_base64\":\"AAE=\",\"ttl_ms\":5}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].1, vec![0, 1]);
+        assert_eq!(ok[1].2, Some(Duration::from_millis(5)));
+        for bad in [
+            &b"{\"key\":\"a\"}"[..],
+            b"{\"key\":\"a\",\"value\":\"1\",\"extra\":1}",
+            b"not json",
+            b"{\"key\":\"\",\"value\":\"1\"}",
+            b"{\"key\":\"a\",\"value\":\"1\",\"ttl_ms\":0}",
+            b"{\"key\":\"a\",\"value\":\"1\",\"value_base64\":\"AA==\"}",
+        ] {
+            let e = parse_ndjson(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidNdjson, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

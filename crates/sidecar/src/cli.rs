@@ -1,0 +1,307 @@
+//! The command line of `podcache` (clap).
+
+use crate::config::{self, Config, FileConfig, RingSpec, TableSpec};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// podcache: a shared-memory ring and key-value cache for the containers of a Kubernetes Pod.
+///
+/// `podcache serve` owns the files on the shared memory-backed volume (emptyDir with medium:
+/// Memory) and serves an HTTP API, health and metrics. The other commands work on the files
+/// directly with the read-only reader library (they work on a read-only mount), or write through
+/// the running sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "podcache", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: create or attach the files, serve the HTTP API, health and metrics.
+    ///
+    /// Every flag has a PODCACHE_* environment variable, and --config names a TOML file with the
+    /// same settings (flags win over the environment, the environment over the file).
+    /// Example: podcache serve --dir /run/podcache --table web=10000:64MiB --ring events=16MiB:64KiB
+    Serve(Box<ServeArgs>),
+    /// Show a file's header, layout and statistics.
+    Inspect {
+        /// A `.table` or `.ring` file.
+        path: PathBuf,
+        /// Print JSON instead of a table for people.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a file's integrity (header, layout, every record's checksum, the index); exit
+    /// status 1 if it is corrupt.
+    Verify {
+        /// A `.table` or `.ring` file.
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a key's value to stdout (exit status 1 if absent).
+    Get {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+    /// List a table's live keys, one per line.
+    Keys {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// The table.
+        table: String,
+    },
+    /// Print a ring's messages as they arrive, like `tail -f` (Ctrl-C to stop).
+    Tail {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// The ring.
+        ring: String,
+        /// Where to start.
+        #[arg(long, value_enum, default_value_t = From::Newest)]
+        from: From,
+        /// Stop after this many messages.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+        /// Stop when no message arrived for this many milliseconds.
+        #[arg(long)]
+        idle_ms: Option<u64>,
+    },
+    /// Put a key (through the sidecar if it holds the table, else directly into the file).
+    Put {
+        /// Where the files and the sidecar are.
+        #[command(flatten)]
+        w: WriteArgs,
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+        /// The value (`-` or absent: read stdin).
+        value: Option<String>,
+        /// Expire after this many milliseconds.
+        #[arg(long)]
+        ttl_ms: Option<u64>,
+    },
+    /// Delete a key (through the sidecar if it holds the table, else directly).
+    Del {
+        /// Where the files and the sidecar are.
+        #[command(flatten)]
+        w: WriteArgs,
+        /// The table.
+        table: String,
+        /// The key.
+        key: String,
+    },
+    /// Publish a message to a ring (through the sidecar if it holds the ring, else directly).
+    Publish {
+        /// Where the files and the sidecar are.
+        #[command(flatten)]
+        w: WriteArgs,
+        /// The ring.
+        ring: String,
+        /// The message (`-` or absent: read stdin).
+        message: Option<String>,
+    },
+    /// Load NDJSON lines `{"key": "...", "value": "...", "ttl_ms": N}` into a table (through the
+    /// sidecar if it holds the table, else directly). A bad line loads nothing.
+    Load {
+        /// Where the files and the sidecar are.
+        #[command(flatten)]
+        w: WriteArgs,
+        /// The table.
+        table: String,
+        /// The NDJSON file (`-` or absent: read stdin).
+        file: Option<PathBuf>,
+    },
+}
+
+/// Where a ring subscription starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum From {
+    /// The oldest message still in the ring.
+    Oldest,
+    /// The next message published.
+    Newest,
+}
+
+/// The directory of the files.
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// Directory of the podcache files.
+    #[arg(long, env = "PODCACHE_DIR", default_value = "/run/podcache")]
+    pub dir: PathBuf,
+}
+
+/// Options of the writing commands.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// The directory.
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The sidecar's API, used when it holds the file's writer lock (default: its socket in
+    /// --dir if --socket is given, else http://127.0.0.1:7070).
+    #[arg(long, env = "PODCACHE_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// Talk to the sidecar over this Unix socket in --dir instead of --url.
+    #[arg(long, env = "PODCACHE_SOCKET")]
+    pub socket: Option<String>,
+    /// File holding the sidecar's bearer token.
+    #[arg(long, env = "PODCACHE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+/// Flags of `podcache serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML file with the same settings as the flags.
+    #[arg(long, env = "PODCACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of the files (the shared volume's mount path) [default: /run/podcache].
+    #[arg(long, env = "PODCACHE_DIR")]
+    pub dir: Option<PathBuf>,
+    /// A table NAME=ITEMS:BYTES, e.g. web=10000:64MiB (repeatable; env: comma separated).
+    #[arg(long = "table", env = "PODCACHE_TABLES", value_delimiter = ',', value_parser = config::parse_table)]
+    pub tables: Vec<TableSpec>,
+    /// A ring NAME=BYTES[:MAX_MESSAGE], e.g. events=16MiB:64KiB (repeatable; BYTES a power of two).
+    #[arg(long = "ring", env = "PODCACHE_RINGS", value_delimiter = ',', value_parser = config::parse_ring)]
+    pub rings: Vec<RingSpec>,
+    /// Address of the HTTP API [default: 127.0.0.1:7070] ("none": no TCP listener).
+    #[arg(long, env = "PODCACHE_LISTEN")]
+    pub listen: Option<String>,
+    /// Also serve the API on a Unix socket of this name inside --dir.
+    #[arg(long, env = "PODCACHE_SOCKET")]
+    pub socket: Option<String>,
+    /// Address of /healthz, /readyz and /metrics [default: 0.0.0.0:7071] ("none": off).
+    #[arg(long, env = "PODCACHE_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+    /// File holding a bearer token the API requires (ops endpoints are open).
+    #[arg(long, env = "PODCACHE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Permission bits of created files, octal [default: 0640].
+    #[arg(long, env = "PODCACHE_FILE_MODE")]
+    pub file_mode: Option<String>,
+    /// Replace a file whose layout differs from the configuration (its data is lost; readers
+    /// of the old file see it retired). Without it, start-up fails naming both layouts.
+    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED")]
+    pub replace_mismatched: bool,
+    /// Largest request body (values, messages, loads) [default: 16MiB].
+    #[arg(long, env = "PODCACHE_MAX_BODY")]
+    pub max_body: Option<String>,
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "PODCACHE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| format!("{s:?} is not an address such as 127.0.0.1:7070"))
+}
+
+impl ServeArgs {
+    /// Merge the flags (and environment) over the TOML file and the defaults.
+    pub fn to_config(&self) -> Result<(Config, LogFormat), String> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+        if let Some(d) = self.dir.clone().or(file.dir) {
+            c.dir = d;
+        }
+        c.tables = if self.tables.is_empty() {
+            file.tables.iter().map(|s| config::parse_table(s)).collect::<Result<_, _>>()?
+        } else {
+            self.tables.clone()
+        };
+        c.rings = if self.rings.is_empty() {
+            file.rings.iter().map(|s| config::parse_ring(s)).collect::<Result<_, _>>()?
+        } else {
+            self.rings.clone()
+        };
+        if let Some(l) = self.listen.as_deref().or(file.listen.as_deref()) {
+            c.listen = parse_addr(l)?;
+        }
+        c.socket = self.socket.clone().or(file.socket);
+        if let Some(l) = self.ops_listen.as_deref().or(file.ops_listen.as_deref()) {
+            c.ops_listen = parse_addr(l)?;
+        }
+        c.token_file = self.token_file.clone().or(file.token_file);
+        if let Some(m) = self.file_mode.as_deref().or(file.file_mode.as_deref()) {
+            c.file_mode = config::parse_mode(m)?;
+        }
+        c.replace_mismatched = self.replace_mismatched || file.replace_mismatched.unwrap_or(false);
+        if let Some(b) = self.max_body.as_deref().or(file.max_body.as_deref()) {
+            c.max_body = usize::try_from(config::parse_size(b)?).map_err(|_| "max body too large".to_string())?;
+        }
+        let log = match (self.log_format, file.log_format.as_deref()) {
+            (Some(l), _) => l,
+            (None, Some("json")) => LogFormat::Json,
+            (None, Some("plain") | None) => LogFormat::Plain,
+            (None, Some(other)) => return Err(format!("log_format {other:?}: use plain or json")),
+        };
+        c.validate()?;
+        Ok((c, log))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "dir = \"/from-file\"\ntables = [\"a=10:1MiB\"]\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "podcache",
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:2",
+            "--ring",
+            "e=1MiB",
+            "--ops-listen",
+            "none",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let (c, _) = args.to_config().unwrap();
+        assert_eq!(c.dir, PathBuf::from("/from-file"));
+        assert_eq!(c.tables.len(), 1);
+        assert_eq!(c.rings[0].capacity, 1 << 20);
+        assert_eq!(c.listen, Some("127.0.0.1:2".parse().unwrap()));
+        assert_eq!(c.ops_listen, None);
+    }
+}

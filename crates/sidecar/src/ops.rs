@@ -1,0 +1,54 @@
+//! The operations listener (`--ops-listen`): `/healthz`, `/readyz`, `/metrics`. No token: it is
+//! for the kubelet and Prometheus.
+
+use crate::server::Shared;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The ops router.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// 200 once every file is created or attached and the API serves; 503 before and while shutting
+/// down, or if a file is no longer there.
+async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    if !s.ready.load(Ordering::Acquire) || s.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
+    }
+    let missing: Vec<String> = s
+        .tables
+        .values()
+        .map(|t| &t.path)
+        .chain(s.rings.values().map(|r| &r.path))
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: missing {}\n", missing.join(", ")))
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    match crate::metrics::render(&s) {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        ),
+        Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "encoding failed\n".to_string())
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! `serve`: start-up (directory lock, free space, files, listeners), the background sweep, and
+//! graceful shutdown.
+//!
+//! Ownership: the server owns every configured file's single writer (`TableWriter`,
+//! `Publisher`), each behind its own `Mutex`, so writes to one file are serialised and writes to
+//! different files run in parallel. The lock is held only for the synchronous put/publish (no
+//! `.await` inside). Gets do not take it: each worker thread keeps its own lock-free
+//! `TableReader` on the same file, so HTTP gets scale with cores like any other reader.
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use podcache_format::ring::RingParams;
+use podcache_format::table::TableParams;
+use podcache_reader::{Subscriber, TableReader};
+use podcache_writer::{CreateError, Publisher, TableWriter};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use thread_local::ThreadLocal;
+use tokio::sync::watch;
+
+/// A table the server owns.
+pub(crate) struct TableEntry {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    /// The single writer; `None` once shut down.
+    pub(crate) writer: Mutex<Option<TableWriter>>,
+    /// One lock-free reader per worker thread.
+    pub(crate) readers: ThreadLocal<TableReader>,
+    pub(crate) max_items: u64,
+    pub(crate) file_size: u64,
+}
+
+impl TableEntry {
+    pub(crate) fn writer(&self) -> MutexGuard<'_, Option<TableWriter>> {
+        // A panic while holding the lock cannot leave the table inconsistent for readers (the
+        // format's protocols are crash-safe at any instruction), so a poisoned lock is used on.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn reader(&self) -> Result<&TableReader, podcache_reader::OpenError> {
+        self.readers.get_or_try(|| TableReader::open(&self.path))
+    }
+}
+
+/// A ring the server owns.
+pub(crate) struct RingEntry {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    /// The single writer; `None` once shut down.
+    pub(crate) publisher: Mutex<Option<Publisher>>,
+    pub(crate) capacity: u64,
+    pub(crate) file_size: u64,
+}
+
+impl RingEntry {
+    pub(crate) fn publisher(&self) -> MutexGuard<'_, Option<Publisher>> {
+        self.publisher.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// State shared by every handler.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    pub(crate) tables: Tables,
+    pub(crate) rings: Rings,
+    pub(crate) token: Option<Vec<u8>>,
+    pub(crate) max_body: usize,
+    pub(crate) ready: AtomicBool,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) metrics: Metrics,
+    pub(crate) shutdown_rx: watch::Receiver<bool>,
+    _dir_lock: File,
+}
+
+impl Shared {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// The lock file that keeps a second `serve` off the directory.
+pub const LOCK_FILE: &str = ".podcache.lock";
+
+/// Path of table `name` in `dir`.
+pub fn table_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.table"))
+}
+
+/// Path of ring `name` in `dir`.
+pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.ring"))
+}
+
+/// The seed `TableWriter::builder` derives from the sizes (part of the layout).
+fn table_seed(max_items: u64, data_bytes: u64) -> u64 {
+    max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ data_bytes
+}
+
+fn lock_dir(dir: &Path) -> Result<File, Error> {
+    let lock = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|source| Error::Dir { dir: dir.to_path_buf(), source })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::AlreadyServed { lock }),
+        Err(e) => Err(Error::Dir { dir: dir.to_path_buf(), source: e.into() }),
+    }
+}
+
+/// Check that the volume has room for every file to create, before creating any.
+fn check_space(config: &Config) -> Result<(), Error> {
+    let mut files = Vec::new();
+    for t in &config.tables {
+        let p = TableParams::new(t.max_items, t.data_bytes, 0, table_seed(t.max_items, t.data_bytes))
+            .map_err(|e| Error::Config(format!("table {}: {e}", t.name)))?;
+        files.push((table_path(&config.dir, &t.name), p.file_size()));
+    }
+    for r in &config.rings {
+        let max = r.max_message.unwrap_or_else(|| RingParams::max_msg_limit(r.capacity).min(u32::MAX.into()) as u32);
+        let p = RingParams::new(r.capacity, max).map_err(|e| Error::Config(format!("ring {}: {e}", r.name)))?;
+        files.push((ring_path(&config.dir, &r.name), p.file_size()));
+    }
+    // A file already there with the same size is attached (no new space); anything else needs
+    // its full size (a new file, or a replacement built beside the old one).
+    let needed_files: Vec<(PathBuf, u64)> =
+        files.into_iter().filter(|(p, size)| std::fs::metadata(p).map(|m| m.len() != *size).unwrap_or(true)).collect();
+    let needed: u64 = needed_files.iter().map(|(_, s)| *s).fold(0u64, u64::saturating_add);
+    if needed == 0 {
+        return Ok(());
+    }
+    let st = rustix::fs::statvfs(&config.dir).map_err(|e| Error::Dir { dir: config.dir.clone(), source: e.into() })?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if needed > free {
+        return Err(Error::VolumeTooSmall { dir: config.dir.clone(), files: needed_files, needed, free });
+    }
+    Ok(())
+}
+
+fn read_token(path: &Path) -> Result<Vec<u8>, Error> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Token { path: path.to_path_buf(), reason: e.to_string() })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::Token { path: path.to_path_buf(), reason: "empty".into() });
+    }
+    Ok(token.as_bytes().to_vec())
+}
+
+type Tables = BTreeMap<String, Arc<TableEntry>>;
+type Rings = BTreeMap<String, Arc<RingEntry>>;
+
+fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
+    let mut tables = BTreeMap::new();
+    for t in &config.tables {
+        let path = table_path(&config.dir, &t.name);
+        let w = TableWriter::builder(&path)
+            .max_items(t.max_items)
+            .data_bytes(t.data_bytes)
+            .mode(config.file_mode)
+            .replace_mismatched(config.replace_mismatched)
+            .create()
+            .map_err(Error::File)?;
+        match w.recovery() {
+            None => {
+                tracing::info!(table = %t.name, path = %path.display(), file_bytes = w.file_size(), "created table")
+            }
+            Some(r) => tracing::info!(
+                table = %t.name, path = %path.display(), file_bytes = w.file_size(), epoch = w.epoch(),
+                items = r.items, cleared_slots = r.cleared_slots, damaged_segments = r.damaged_segments,
+                "attached to existing table"
+            ),
+        }
+        let entry = TableEntry {
+            name: t.name.clone(),
+            path,
+            max_items: t.max_items,
+            file_size: w.file_size(),
+            writer: Mutex::new(Some(w)),
+            readers: ThreadLocal::new(),
+        };
+        tables.insert(t.name.clone(), Arc::new(entry));
+    }
+    let mut rings = BTreeMap::new();
+    for r in &config.rings {
+        let path = ring_path(&config.dir, &r.name);
+        let mut b = Publisher::builder(&path)
+            .capacity(r.capacity)
+            .mode(config.file_mode)
+            .replace_mismatched(config.replace_mismatched);
+        if let Some(m) = r.max_message {
+            b = b.max_message(m);
+        }
+        let p = b.create().map_err(Error::File)?;
+        let file_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match p.recovery() {
+            None => tracing::info!(ring = %r.name, path = %path.display(), file_bytes = file_size, "created ring"),
+            Some(rec) => tracing::info!(
+                ring = %r.name, path = %path.display(), epoch = p.epoch(), intact = rec.intact,
+                discarded = rec.discarded, "attached to existing ring"
+            ),
+        }
+        let entry =
+            RingEntry { name: r.name.clone(), path, capacity: p.capacity(), file_size, publisher: Mutex::new(Some(p)) };
+        rings.insert(r.name.clone(), Arc::new(entry));
+    }
+    Ok((tables, rings))
+}
+
+/// A started server: files created or attached, listeners bound, not serving yet.
+pub struct Server {
+    shared: Arc<Shared>,
+    api: Option<tokio::net::TcpListener>,
+    socket: Option<(tokio::net::UnixListener, PathBuf)>,
+    ops: Option<tokio::net::TcpListener>,
+    shutdown_tx: watch::Sender<bool>,
+    sweep_interval: std::time::Duration,
+}
+
+impl Server {
+    /// Start-up: validate the configuration, lock the directory, check free space, create or
+    /// attach every file, bind the listeners. Any failure here is returned before a listener
+    /// accepts anything.
+    pub async fn start(config: Config) -> Result<Server, Error> {
+        config.validate().map_err(Error::Config)?;
+        std::fs::create_dir_all(&config.dir).map_err(|source| Error::Dir { dir: config.dir.clone(), source })?;
+        let dir_lock = lock_dir(&config.dir)?;
+        let token = config.token_file.as_deref().map(read_token).transpose()?;
+        check_space(&config)?;
+        let (tables, rings) = match open_files(&config) {
+            Ok(f) => f,
+            // The directory lock is ours, so a locked file is held by another program (a CLI
+            // writing directly, or another writer): say so.
+            Err(Error::File(CreateError::Locked { path })) => {
+                return Err(Error::Config(format!(
+                    "{}: another process holds this file's writer lock (a `podcache put` writing directly, or \
+                     another writer); stop it and start again",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let api = match config.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { what: addr.to_string(), source })?,
+            ),
+            None => None,
+        };
+        let socket = match &config.socket {
+            Some(name) => {
+                let path = config.dir.join(name);
+                // The directory lock is ours: a socket file left there is stale.
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| {
+                    use std::os::unix::fs::FileTypeExt;
+                    m.file_type().is_socket()
+                }) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let l = tokio::net::UnixListener::bind(&path)
+                    .map_err(|source| Error::Listen { what: path.display().to_string(), source })?;
+                Some((l, path))
+            }
+            None => None,
+        };
+        let ops = match config.ops_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { what: addr.to_string(), source })?,
+            ),
+            None => None,
+        };
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            dir: config.dir.clone(),
+            metrics: Metrics::new(),
+            tables,
+            rings,
+            token,
+            max_body: config.max_body,
+            ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            shutdown_rx,
+            _dir_lock: dir_lock,
+        });
+        Ok(Server { shared, api, socket, ops, shutdown_tx, sweep_interval: config.sweep_interval })
+    }
+
+    /// Address of the HTTP API listener.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Address of the health and metrics listener.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Path of the API's Unix socket.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Serve until `shutdown` completes, then shut down gracefully: stop accepting, end
+    /// subscriptions, finish requests in flight, mark every file cleanly closed and release the
+    /// writer locks.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Server { shared, api, socket, ops, shutdown_tx, sweep_interval } = self;
+        let api_router = crate::api::router(Arc::clone(&shared));
+        let mut tasks = tokio::task::JoinSet::new();
+        let stop = |rx: watch::Receiver<bool>| async move {
+            let mut rx = rx;
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Some(l) = api {
+            let app = api_router.clone();
+            let rx = shared.shutdown_rx.clone();
+            let addr = l.local_addr().ok();
+            tracing::info!(addr = ?addr, "HTTP API listening");
+            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+        }
+        let socket_path = socket.as_ref().map(|(_, p)| p.clone());
+        if let Some((l, path)) = socket {
+            let app = api_router.clone();
+            let rx = shared.shutdown_rx.clone();
+            tracing::info!(path = %path.display(), "HTTP API listening on Unix socket");
+            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+        }
+        if let Some(l) = ops {
+            let app = crate::ops::router(Arc::clone(&shared));
+            let rx = shared.shutdown_rx.clone();
+            tracing::info!(addr = ?l.local_addr().ok(), "ops listening (/healthz, /readyz, /metrics)");
+            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+        }
+        // Expiry sweep.
+        {
+            let shared = Arc::clone(&shared);
+            let mut rx = shared.shutdown_rx.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(sweep_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = rx.wait_for(|s| *s) => return Ok(()),
+                    }
+                    for t in shared.tables.values() {
+                        let removed = t.writer().as_mut().map_or(0, |w| w.expire());
+                        if removed > 0 {
+                            tracing::debug!(table = %t.name, removed, "swept expired items");
+                        }
+                    }
+                }
+            });
+        }
+        shared.ready.store(true, Ordering::Release);
+        tracing::info!(dir = %shared.dir.display(), tables = shared.tables.len(), rings = shared.rings.len(), "ready");
+
+        let mut failed = None;
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            Some(r) = tasks.join_next() => {
+                tracing::error!("a listener stopped unexpectedly: {r:?}");
+                if let Ok(Err(e)) = r {
+                    failed = Some(Error::Listen { what: "listener".into(), source: e });
+                }
+            }
+        }
+        shared.ready.store(false, Ordering::Release);
+        shared.shutting_down.store(true, Ordering::Release);
+        let _ = shutdown_tx.send(true);
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!("listener ended with an error: {e}");
+            }
+        }
+        // Drop the writers now (not when the last handler lets go of `shared`): marks every file
+        // cleanly closed and releases its writer lock.
+        for t in shared.tables.values() {
+            drop(t.writer().take());
+        }
+        for r in shared.rings.values() {
+            drop(r.publisher().take());
+        }
+        if let Some(p) = socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!("files closed");
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Run the sidecar until `shutdown` completes: [`Server::start`] then [`Server::serve`].
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    Server::start(config).await?.serve(shutdown).await
+}
+
+/// Open a subscriber for SSE (helper shared with the API).
+pub(crate) fn open_subscriber(entry: &RingEntry, newest: bool) -> Result<Subscriber, podcache_reader::OpenError> {
+    let start = if newest { podcache_reader::Start::Newest } else { podcache_reader::Start::Oldest };
+    Subscriber::builder(&entry.path).start(start).open()
+}

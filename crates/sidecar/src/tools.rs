@@ -1,0 +1,418 @@
+//! The CLI tools: `inspect`, `verify`, `get`, `keys`, `tail` (read-only, on the files), and
+//! `put`, `del`, `publish`, `load` (through the sidecar when it holds the file's writer lock,
+//! directly otherwise). Each returns the process exit status.
+
+use crate::cli::{From, WriteArgs};
+use crate::client::{self, Target};
+use crate::names;
+use crate::server::{ring_path, table_path};
+use crate::stats::{ring_stats, TableStatsJson};
+use podcache_format::header::{self, HeaderError, HeaderView, HEADER_BYTES, LAYOUT_VERSION};
+use podcache_format::ring::RingParams;
+use podcache_format::table::TableParams;
+use podcache_format::{file, Kind};
+use podcache_reader::{Start, Subscriber, TableReader};
+use podcache_writer::{CreateError, Publisher, TableWriter};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A failed tool: the message for stderr (exit status 1).
+pub type ToolResult = Result<(), String>;
+
+/// What kind of podcache file `path` is, from its header.
+fn kind_of(path: &Path) -> Result<Kind, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+    let mut bytes = vec![0u8; HEADER_BYTES as usize];
+    if len < HEADER_BYTES {
+        return Err(format!("{}: {len} bytes, too short for a podcache file", path.display()));
+    }
+    f.read_exact_at(&mut bytes, 0).map_err(|e| format!("{}: {e}", path.display()))?;
+    match header::validate_bytes(&bytes, len, Kind::Table) {
+        Ok(_) => Ok(Kind::Table),
+        Err(HeaderError::WrongKind { found, .. }) if found == Kind::Ring as u32 => Ok(Kind::Ring),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+fn writer_state(words: &[std::sync::atomic::AtomicU64]) -> &'static str {
+    match header::writer_state(words) {
+        header::WRITER_RUNNING => "running (or crashed)",
+        header::WRITER_CLOSED => "closed cleanly",
+        header::RETIRED => "retired (replaced by a new file)",
+        _ => "unknown",
+    }
+}
+
+fn header_json(view: &HeaderView, epoch: u64, state: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": view.kind.to_string(),
+        "version": LAYOUT_VERSION,
+        "file_bytes": view.file_size,
+        "created_unix_ns": view.created_ns,
+        "epoch": epoch,
+        "writer_state": state,
+    })
+}
+
+fn print_rows(rows: &[(String, String)]) {
+    let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        println!("{k:<w$}  {v}");
+    }
+}
+
+/// `podcache inspect PATH [--json]`.
+pub fn inspect(path: &Path, json: bool) -> ToolResult {
+    let kind = kind_of(path)?;
+    let (region, view) = file::open_read(path, kind).map_err(|e| e.to_string())?;
+    let epoch = header::epoch(region.words());
+    let state = writer_state(region.words());
+    let mut out = serde_json::json!({ "path": path, "header": header_json(&view, epoch, state) });
+    match kind {
+        Kind::Table => {
+            let p = TableParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
+            let r = TableReader::open(path).map_err(|e| e.to_string())?;
+            let s = TableStatsJson::new(r.stats(), p.max_items);
+            out["layout"] = serde_json::json!({
+                "max_items": p.max_items, "segments": p.nsegments, "segment_bytes": p.segment_size,
+                "buckets": p.nbuckets, "data_bytes": p.data_bytes(), "max_value_bytes": p.max_value(1),
+            });
+            out["stats"] = serde_json::to_value(s).map_err(|e| e.to_string())?;
+        }
+        Kind::Ring => {
+            let p = RingParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
+            let s = ring_stats(path, p.capacity, &mut Vec::new())?;
+            out["layout"] = serde_json::json!({ "capacity_bytes": p.capacity, "max_message_bytes": p.max_msg });
+            out["stats"] = serde_json::to_value(s).map_err(|e| e.to_string())?;
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let mut rows: Vec<(String, String)> = [
+        ("path", path.display().to_string()),
+        ("kind", kind.to_string()),
+        ("layout version", LAYOUT_VERSION.to_string()),
+        ("file bytes", view.file_size.to_string()),
+        ("writer epoch", epoch.to_string()),
+        ("writer state", state.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for section in ["layout", "stats"] {
+        if let Some(obj) = out[section].as_object() {
+            for (k, v) in obj {
+                rows.push((format!("{section}.{k}"), v.to_string()));
+            }
+        }
+    }
+    print_rows(&rows);
+    Ok(())
+}
+
+/// `podcache verify PATH [--json]`: `Err` (exit 1) if the file is corrupt.
+pub fn verify(path: &Path, json: bool) -> ToolResult {
+    let kind = kind_of(path).map_err(|e| format!("CORRUPT: {e}"))?;
+    let (region, view) = file::open_read(path, kind).map_err(|e| format!("CORRUPT: {e}"))?;
+    let (ok, report) = match kind {
+        Kind::Table => {
+            let p = TableParams::from_header(&view).map_err(|e| format!("CORRUPT: {}: {e}", path.display()))?;
+            let c = podcache_format::table::verify(&region, &p);
+            let report = serde_json::json!({
+                "path": path, "kind": "table", "ok": c.is_ok(), "records": c.records,
+                "indexed_items": c.indexed_items, "stats_items": c.stats.items,
+                "segments_used": c.segments_used, "segments_changed_during_check": c.segments_changed,
+                "problem_count": c.problem_count, "problems": c.problems,
+            });
+            (c.is_ok(), report)
+        }
+        Kind::Ring => {
+            let p = RingParams::from_header(&view).map_err(|e| format!("CORRUPT: {}: {e}", path.display()))?;
+            let mut sub = Subscriber::builder(path).start(Start::Oldest).open().map_err(|e| format!("CORRUPT: {e}"))?;
+            let mut buf = vec![0u8; p.max_msg as usize];
+            let (mut n, mut problem) = (0u64, None);
+            // Read every message from the oldest: each is bounds-, sequence- and crc-checked.
+            let until = sub.writer_next_seq();
+            loop {
+                match sub.try_recv(&mut buf) {
+                    Ok(Some(m)) => {
+                        n += 1;
+                        if m.seq + 1 >= until {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        problem = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let report = serde_json::json!({
+                "path": path, "kind": "ring", "ok": problem.is_none(), "messages_checked": n,
+                "lost_to_writer_during_check": sub.lost(), "problems": problem.iter().collect::<Vec<_>>(),
+            });
+            (problem.is_none(), report)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        println!("{}: {}", path.display(), if ok { "OK" } else { "CORRUPT" });
+        if let Some(obj) = report.as_object() {
+            for (k, v) in obj.iter().filter(|(k, _)| !matches!(k.as_str(), "path" | "ok" | "problems")) {
+                println!("  {k}: {v}");
+            }
+            for p in report["problems"].as_array().into_iter().flatten() {
+                println!("  problem: {}", p.as_str().unwrap_or_default());
+            }
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{}: integrity check failed", path.display()))
+    }
+}
+
+fn check_name(what: &str, name: &str) -> ToolResult {
+    names::check(name).map_err(|e| format!("{what} name {name:?}: {e}"))
+}
+
+/// `podcache get --dir DIR TABLE KEY`.
+pub fn get(dir: &Path, table: &str, key: &str) -> ToolResult {
+    check_name("table", table)?;
+    let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
+    match r.get_vec(key.as_bytes()).map_err(|e| e.to_string())? {
+        Some(v) => std::io::stdout().write_all(&v).map_err(|e| e.to_string()),
+        None => Err(format!("no key {key:?} in table {table} (absent or expired)")),
+    }
+}
+
+/// `podcache keys --dir DIR TABLE`.
+pub fn keys(dir: &Path, table: &str) -> ToolResult {
+    check_name("table", table)?;
+    let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for k in r.keys() {
+        let k = k.map_err(|e| e.to_string())?;
+        out.write_all(&k).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// `podcache tail --dir DIR RING`.
+pub fn tail(dir: &Path, ring: &str, from: From, count: Option<u64>, idle_ms: Option<u64>) -> ToolResult {
+    check_name("ring", ring)?;
+    let start = if from == From::Oldest { Start::Oldest } else { Start::Newest };
+    let mut sub = Subscriber::builder(ring_path(dir, ring)).start(start).open().map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; sub.max_message()];
+    let mut n = 0u64;
+    let mut last = Instant::now();
+    let stdout = std::io::stdout();
+    while count.is_none_or(|c| n < c) {
+        match sub.recv_timeout(&mut buf, Duration::from_millis(200)).map_err(|e| e.to_string())? {
+            Some(m) => {
+                if m.lost > 0 {
+                    eprintln!("podcache tail: lapped, {} messages lost", m.lost);
+                }
+                let mut out = stdout.lock();
+                out.write_all(&buf[..m.len])
+                    .and_then(|_| out.write_all(b"\n"))
+                    .and_then(|_| out.flush())
+                    .map_err(|e| e.to_string())?;
+                n += 1;
+                last = Instant::now();
+            }
+            None => {
+                if idle_ms.is_some_and(|ms| last.elapsed() >= Duration::from_millis(ms)) {
+                    break;
+                }
+                if sub.is_retired() {
+                    return Err(format!("{}: the file was replaced; run tail again", sub.path().display()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn target(w: &WriteArgs) -> Result<Target, String> {
+    match &w.socket {
+        Some(name) => {
+            names::check_socket(name)?;
+            Ok(Target::Unix(w.dir.dir.join(name)))
+        }
+        None => Target::from_url(&w.url),
+    }
+}
+
+fn token(w: &WriteArgs) -> Result<Option<String>, String> {
+    w.token_file
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).map(|t| t.trim().to_string()).map_err(|e| format!("{}: {e}", p.display())))
+        .transpose()
+}
+
+/// Send a request to the sidecar; `Ok(body)` on 2xx.
+fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    let t = target(w)?;
+    let tok = token(w)?;
+    let r = client::request(&t, method, path, tok.as_deref(), body).map_err(|e| {
+        format!("the sidecar holds the file's writer lock but its API ({t:?}) cannot be reached: {e}; pass --url or --socket")
+    })?;
+    if (200..300).contains(&r.status) {
+        Ok(r.body)
+    } else {
+        let msg = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&r.body).into_owned());
+        Err(format!("sidecar answered {}: {msg}", r.status))
+    }
+}
+
+fn missing(path: &Path, what: &str) -> String {
+    format!("{}: no such {what} (configure the sidecar with it, e.g. --{what} NAME=...)", path.display())
+}
+
+/// Attach directly to a table as its writer, with the layout the file has; `None` if another
+/// process (the sidecar) holds it.
+fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
+    let (_, view) = file::open_read(path, Kind::Table).map_err(|e| match e {
+        podcache_reader::OpenError::NotFound { .. } => missing(path, "table"),
+        e => e.to_string(),
+    })?;
+    let p = TableParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The writer library derives the hash seed from the sizes: recover the data size it used.
+    let data = p.hash_seed ^ p.max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    match TableWriter::builder(path).max_items(p.max_items).data_bytes(data).segment_size(p.segment_size).create() {
+        Ok(w) => Ok(Some(w)),
+        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn direct_ring(path: &Path) -> Result<Option<Publisher>, String> {
+    let (_, view) = file::open_read(path, Kind::Ring).map_err(|e| match e {
+        podcache_reader::OpenError::NotFound { .. } => missing(path, "ring"),
+        e => e.to_string(),
+    })?;
+    let p = RingParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
+    match Publisher::builder(path).capacity(p.capacity).max_message(p.max_msg).create() {
+        Ok(w) => Ok(Some(w)),
+        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn read_input(arg: Option<&str>) -> Result<Vec<u8>, String> {
+    match arg {
+        Some(v) if v != "-" => Ok(v.as_bytes().to_vec()),
+        _ => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v).map_err(|e| format!("stdin: {e}"))?;
+            Ok(v)
+        }
+    }
+}
+
+/// `podcache put`.
+pub fn put(w: &WriteArgs, table: &str, key: &str, value: Option<&str>, ttl_ms: Option<u64>) -> ToolResult {
+    check_name("table", table)?;
+    if ttl_ms == Some(0) {
+        return Err("--ttl-ms must be at least 1".into());
+    }
+    let value = read_input(value)?;
+    match direct_table(&table_path(&w.dir.dir, table))? {
+        Some(mut tw) => match ttl_ms {
+            Some(ms) => tw.put_with_ttl(key.as_bytes(), &value[..], Duration::from_millis(ms)),
+            None => tw.put(key.as_bytes(), &value[..]),
+        }
+        .map_err(|e| e.to_string()),
+        None => {
+            let q = ttl_ms.map(|t| format!("?ttl_ms={t}")).unwrap_or_default();
+            via_sidecar(w, "PUT", &format!("/v1/tables/{table}/keys/{}{q}", client::encode_segment(key)), &value)
+                .map(|_| ())
+        }
+    }
+}
+
+/// `podcache del`.
+pub fn del(w: &WriteArgs, table: &str, key: &str) -> ToolResult {
+    check_name("table", table)?;
+    match direct_table(&table_path(&w.dir.dir, table))? {
+        Some(mut tw) => {
+            if tw.delete(key.as_bytes()) {
+                Ok(())
+            } else {
+                Err(format!("no key {key:?} in table {table}"))
+            }
+        }
+        None => via_sidecar(w, "DELETE", &format!("/v1/tables/{table}/keys/{}", client::encode_segment(key)), b"")
+            .map(|_| ()),
+    }
+}
+
+/// `podcache publish`.
+pub fn publish(w: &WriteArgs, ring: &str, message: Option<&str>) -> ToolResult {
+    check_name("ring", ring)?;
+    let msg = read_input(message)?;
+    match direct_ring(&ring_path(&w.dir.dir, ring))? {
+        Some(mut p) => {
+            let seq = p.publish(&msg).map_err(|e| e.to_string())?;
+            println!("{seq}");
+            Ok(())
+        }
+        None => {
+            let body = via_sidecar(w, "POST", &format!("/v1/rings/{ring}/messages"), &msg)?;
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            println!("{}", v["seq"]);
+            Ok(())
+        }
+    }
+}
+
+/// `podcache load`.
+pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
+    check_name("table", table)?;
+    let body = match file {
+        Some(p) if p.as_os_str() != "-" => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        _ => read_input(None)?,
+    };
+    match direct_table(&table_path(&w.dir.dir, table))? {
+        Some(mut tw) => {
+            let items = crate::api::parse_ndjson(&body).map_err(|e| e.message)?;
+            for (i, (k, v, ttl)) in items.iter().enumerate() {
+                let max = tw.max_value(k.len(), ttl.is_some());
+                if v.len() > max {
+                    return Err(format!(
+                        "item {}: value of {} bytes exceeds the limit of {max} (nothing loaded)",
+                        i + 1,
+                        v.len()
+                    ));
+                }
+            }
+            for (n, (k, v, ttl)) in items.iter().enumerate() {
+                match ttl {
+                    Some(d) => tw.put_with_ttl(k.as_bytes(), &v[..], *d),
+                    None => tw.put(k.as_bytes(), &v[..]),
+                }
+                .map_err(|e| format!("{e} (after {n} items were loaded)"))?;
+            }
+            println!("{}", items.len());
+            Ok(())
+        }
+        None => {
+            let out = via_sidecar(w, "POST", &format!("/v1/tables/{table}/load"), &body)?;
+            let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
+            println!("{}", v["loaded"]);
+            Ok(())
+        }
+    }
+}
