@@ -12,9 +12,9 @@ sidecar, checks what schema validation and generic policy checks cannot know:
   - the sidecar is non-root with a read-only root filesystem, and the Pod has an fsGroup;
   - every other container that mounts the volume mounts it readOnly: true, unless the Pod
     annotation podcache.io/writers names it (a container that is the writer of its own file);
-  - sizeLimit and the sidecar's memory limit are at least the bytes of the tables and rings
-    configured in PODCACHE_TABLES / PODCACHE_RINGS (the files are a little larger: see
-    deploy/README.md), the memory limit with 16 MiB more for the process;
+  - the sizing rules of deploy/README.md for the tables and rings configured in
+    PODCACHE_TABLES / PODCACHE_RINGS: sizeLimit >= the files + the largest file again (room to
+    replace it), the sidecar's memory limit >= that + 32 MiB for the process;
   - Prometheus scrape annotations point at port 7071.
 
 Prints one line per check ("ok" or "FAILED: why") and a final count line
@@ -48,18 +48,19 @@ def k8s_bytes(text):
     return int(m.group(1)) * K8S_UNITS[m.group(2) or ""]
 
 
-def configured_bytes(env):
-    """Sum of the data bytes of PODCACHE_TABLES (NAME=ITEMS:BYTES) and PODCACHE_RINGS
-    (NAME=BYTES[:MAX_MESSAGE])."""
-    total = 0
+def file_sizes(env):
+    """Upper bounds of the file sizes of PODCACHE_TABLES (NAME=ITEMS:BYTES) and PODCACHE_RINGS
+    (NAME=BYTES[:MAX_MESSAGE]), by deploy/README.md's rules: a table is at most
+    BYTES + 11 x ITEMS + 16 KiB, a ring is BYTES + 4 KiB."""
+    sizes = []
     for spec in filter(None, (s.strip() for s in env.get("PODCACHE_TABLES", "").split(","))):
         _name, rest = spec.split("=", 1)
-        _items, size = rest.split(":", 1)
-        total += podcache_bytes(size)
+        items, size = rest.split(":", 1)
+        sizes.append(podcache_bytes(size) + 11 * int(items) + (16 << 10))
     for spec in filter(None, (s.strip() for s in env.get("PODCACHE_RINGS", "").split(","))):
         _name, rest = spec.split("=", 1)
-        total += podcache_bytes(rest.split(":", 1)[0])
-    return total
+        sizes.append(podcache_bytes(rest.split(":", 1)[0]) + (4 << 10))
+    return sizes
 
 
 def pod_spec(doc):
@@ -161,18 +162,20 @@ def check_file(path, c):
                         "envFrom names a ConfigMap the kustomization does not generate")
                 env = {**(data or {}), **env}
         try:
-            need = configured_bytes(env)
-            ok_syntax = True
+            sizes = file_sizes(env)
+            ok_syntax, why = True, ""
         except ValueError as e:
-            need, ok_syntax = 0, False
-            why = str(e)
-        c.check(f"{what}: PODCACHE_TABLES/PODCACHE_RINGS parse", ok_syntax, why if not ok_syntax else "")
+            sizes, ok_syntax, why = [], False, str(e)
+        c.check(f"{what}: PODCACHE_TABLES/PODCACHE_RINGS parse", ok_syntax, why)
+        # Room for every file plus a replacement of the largest (a layout change).
+        need = sum(sizes) + max(sizes, default=0)
+        mib = 1 << 20
         size_limit = k8s_bytes(empty.get("sizeLimit", 0)) if empty else 0
-        c.check(f"{what}: sizeLimit {size_limit >> 20} MiB >= configured {need >> 20} MiB", size_limit >= need,
-                "the sidecar would fail at start-up: the volume is smaller than its files")
+        c.check(f"{what}: sizeLimit {size_limit / mib:.1f} MiB >= files + largest {need / mib:.1f} MiB",
+                size_limit >= need, "the volume is too small for the files and a replacement of the largest")
         mem = k8s_bytes(((sc.get("resources") or {}).get("limits") or {}).get("memory", 0))
-        c.check(f"{what}: sidecar memory limit {mem >> 20} MiB >= configured {need >> 20} MiB + 16 MiB",
-                mem >= need + (16 << 20),
+        c.check(f"{what}: sidecar memory limit {mem / mib:.1f} MiB >= files + largest + 32 MiB "
+                f"{(need + 32 * mib) / mib:.1f} MiB", mem >= need + 32 * mib,
                 "tmpfs pages are charged to the sidecar, which preallocates them: raise limits.memory")
     c.check(f"{path.split('/')[-1]}: has at least one Pod with the podcache sidecar", pods > 0,
             "no workload with the podcache sidecar found")
