@@ -72,6 +72,43 @@ fn serves_keys_written_by_another_process() {
 }
 
 #[test]
+fn follows_a_replaced_table_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("web.table");
+    let mut writer = TableWriter::builder(&path).max_items(100).create().unwrap();
+    writer.put(b"index.html", b"old layout").unwrap();
+
+    let port = free_port();
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_webserve"))
+            .args(["--dir", dir.path().to_str().unwrap(), "--threads", "1"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--wait-secs", "5"])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "webserve did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(port, "/"), (200, b"old layout".to_vec()));
+
+    // A new layout: a new file renamed over the old one (the old one is retired).
+    drop(writer);
+    let mut writer = TableWriter::builder(&path).max_items(1000).replace_mismatched(true).create().unwrap();
+    writer.put(b"index.html", b"new layout").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(port, "/");
+        if status == 200 && body == b"new layout" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving the retired file: {status} {body:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn fails_clearly_when_the_table_never_appears() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_webserve"))

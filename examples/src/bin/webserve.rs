@@ -15,14 +15,17 @@
 //!
 //! Plain std HTTP/1.1 (one request per connection, `Connection: close`), `GET` and `HEAD` only,
 //! a fixed pool of threads that each own a reader (a [`TableReader`] is cheap and not `Sync`).
+//! When the sidecar replaces the table file (a new layout is a new file renamed into place),
+//! the workers notice within a second and serve the new file.
 
 use clap::Parser;
 use podcache_reader::TableReader;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Clone)]
 #[command(
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
     let path = args.dir.join(format!("{}.table", args.table));
     // Open once before listening: the port opens only when the table can be read.
     let mut first = match TableReader::open_wait(&path, Duration::from_secs(args.wait_secs)) {
-        Ok(reader) => Some(reader),
+        Ok(reader) => Some(Table::new(&path, reader, inode(&path))),
         Err(e) => {
             eprintln!("webserve: error: cannot open table {}: {e}", path.display());
             return ExitCode::FAILURE;
@@ -79,8 +82,8 @@ fn main() -> ExitCode {
     eprintln!(
         "webserve: serving table {} (writer epoch {}, {} items) on http://{}",
         path.display(),
-        first.as_ref().map_or(0, TableReader::writer_epoch),
-        first.as_ref().map_or(0, |r| r.stats().items),
+        first.as_ref().map_or(0, |t| t.reader.writer_epoch()),
+        first.as_ref().map_or(0, |t| t.reader.stats().items),
         args.listen
     );
     let mut workers = Vec::new();
@@ -93,15 +96,15 @@ fn main() -> ExitCode {
             }
         };
         // The first worker reuses the reader opened above; the others open their own.
-        let reader = match first.take().map_or_else(|| TableReader::open(&path), Ok) {
-            Ok(r) => r,
+        let table = match first.take().map_or_else(|| Table::open(&path), Ok) {
+            Ok(t) => t,
             Err(e) => {
                 eprintln!("webserve: error: cannot open table {}: {e}", path.display());
                 return ExitCode::FAILURE;
             }
         };
         let index = args.index.clone();
-        workers.push(std::thread::spawn(move || worker(&listener, &reader, &index)));
+        workers.push(std::thread::spawn(move || worker(&listener, table, &index)));
     }
     for w in workers {
         let _ = w.join();
@@ -109,11 +112,62 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn worker(listener: &TcpListener, reader: &TableReader, index: &str) {
+/// How often a worker checks whether the table file was replaced.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
+/// A worker's reader, following the file when it is replaced.
+///
+/// podcache never re-lays out a live file: a table with a new layout is a new file renamed
+/// over the old one (the old one is marked retired). The reader keeps the old mapping until it
+/// re-opens, so at most once per [`FOLLOW_EVERY`] the worker compares the inode at the path
+/// with the one it opened, and re-opens when they differ.
+struct Table {
+    path: PathBuf,
+    reader: TableReader,
+    inode: Option<u64>,
+    checked: Instant,
+}
+
+impl Table {
+    fn new(path: &Path, reader: TableReader, inode: Option<u64>) -> Table {
+        Table { path: path.to_path_buf(), reader, inode, checked: Instant::now() }
+    }
+
+    fn open(path: &Path) -> Result<Table, podcache_reader::OpenError> {
+        // The inode before opening: if the file is replaced in between, the next check sees
+        // a different inode and re-opens (never the other way round).
+        let inode = inode(path);
+        TableReader::open(path).map(|r| Table::new(path, r, inode))
+    }
+
+    /// The reader, re-opened first if the file at the path is not the one it reads.
+    fn current(&mut self) -> &TableReader {
+        if self.checked.elapsed() >= FOLLOW_EVERY {
+            self.checked = Instant::now();
+            let now = inode(&self.path);
+            if now.is_some() && now != self.inode {
+                match Table::open(&self.path) {
+                    Ok(t) => {
+                        eprintln!("webserve: {} was replaced; serving the new file", self.path.display());
+                        *self = t;
+                    }
+                    Err(e) => eprintln!("webserve: {} was replaced, re-opening failed: {e}", self.path.display()),
+                }
+            }
+        }
+        &self.reader
+    }
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+fn worker(listener: &TcpListener, mut table: Table, index: &str) {
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                match serve(stream, reader, index) {
+                match serve(stream, table.current(), index) {
                     Ok(()) => {}
                     // The client went away: nothing to tell it.
                     Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
