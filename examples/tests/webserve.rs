@@ -1,6 +1,6 @@
 //! The `webserve` example answers `GET /{key}` from a table another process writes.
 
-use podcache_writer::TableWriter;
+use podcache_writer::{CreateError, TableWriter};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command};
@@ -95,7 +95,18 @@ fn follows_a_replaced_table_file() {
 
     // A new layout: a new file renamed over the old one (the old one is retired).
     drop(writer);
-    let mut writer = TableWriter::builder(&path).max_items(1000).replace_mismatched(true).create().unwrap();
+    // Another test of this binary spawning a child at this moment holds a copy of the old
+    // writer's descriptor (and so its flock) until the child's exec: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut writer = loop {
+        match TableWriter::builder(&path).max_items(1000).replace_mismatched(true).create() {
+            Ok(w) => break w,
+            Err(CreateError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("replacing the table: {e}"),
+        }
+    };
     writer.put(b"index.html", b"new layout").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
