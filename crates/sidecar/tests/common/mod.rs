@@ -1,0 +1,92 @@
+//! Helpers: start a sidecar in-process on ephemeral ports, stop it, talk to it.
+#![allow(dead_code)]
+
+use podcache_sidecar::{Config, Error, RingSpec, Server, TableSpec};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running in-process sidecar.
+pub struct Running {
+    pub api: SocketAddr,
+    pub ops: SocketAddr,
+    pub socket: Option<PathBuf>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), Error>>>,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    pub fn ops_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ops)
+    }
+
+    /// Graceful shutdown; returns what `serve` returned.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        let _ = self.stop.take().expect("running").send(());
+        tokio::time::timeout(Duration::from_secs(30), self.task.take().expect("running"))
+            .await
+            .expect("shutdown finishes (watchdog)")
+            .expect("serve task did not panic")
+    }
+}
+
+/// A configuration on `dir` with ephemeral ports.
+pub fn config(dir: &Path) -> Config {
+    Config {
+        dir: dir.to_path_buf(),
+        tables: vec![TableSpec { name: "web".into(), max_items: 1000, data_bytes: 4 << 20 }],
+        rings: vec![RingSpec { name: "events".into(), capacity: 1 << 20, max_message: Some(64 << 10) }],
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ops_listen: Some("127.0.0.1:0".parse().unwrap()),
+        sweep_interval: Duration::from_millis(50),
+        ..Config::default()
+    }
+}
+
+/// Start a sidecar (panics on a start-up error).
+pub async fn start(config: Config) -> Running {
+    try_start(config).await.expect("sidecar starts")
+}
+
+/// Start a sidecar.
+pub async fn try_start(config: Config) -> Result<Running, Error> {
+    let server = Server::start(config).await?;
+    let api = server.api_addr().expect("api listener");
+    let ops = server.ops_addr().expect("ops listener");
+    let socket = server.socket_path().map(Path::to_path_buf);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = rx.await;
+    }));
+    Ok(Running { api, ops, socket, stop: Some(tx), task: Some(task) })
+}
+
+/// An HTTP client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// The `error.code` of a JSON error response.
+pub async fn error_code(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let v = json(resp).await;
+    (status, v["error"]["code"].as_str().expect("error.code").to_string())
+}
+
+/// Run `podcache ARGS` and return (status code, stdout, stderr).
+pub fn podcache(args: &[&str]) -> (i32, Vec<u8>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podcache")).args(args).output().expect("run podcache");
+    (out.status.code().unwrap_or(-1), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The body as JSON.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let bytes = resp.bytes().await.expect("a body");
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("JSON body ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
