@@ -184,8 +184,10 @@ pub struct ServeArgs {
     /// A table NAME=ITEMS:BYTES, e.g. web=10000:64MiB (repeatable; env: comma separated).
     #[arg(long = "table", env = "PODCACHE_TABLES", value_delimiter = ',', value_parser = config::parse_table)]
     pub tables: Vec<TableSpec>,
-    /// A ring NAME=BYTES[:MAX_MESSAGE], e.g. events=16MiB:64KiB (repeatable; BYTES a power of two).
-    #[arg(long = "ring", env = "PODCACHE_RINGS", value_delimiter = ',', value_parser = config::parse_ring)]
+    /// A ring `NAME=BYTES[:MAX_MESSAGE]` (repeatable).
+    #[arg(
+        help = "A ring NAME=BYTES[:MAX_MESSAGE], e.g. events=16MiB:64KiB (repeatable; BYTES a power of two)",
+        long = "ring", env = "PODCACHE_RINGS", value_delimiter = ',', value_parser = config::parse_ring)]
     pub rings: Vec<RingSpec>,
     /// Address of the HTTP API [default: 127.0.0.1:7070] ("none": no TCP listener).
     #[arg(long, env = "PODCACHE_LISTEN")]
@@ -204,7 +206,7 @@ pub struct ServeArgs {
     pub file_mode: Option<String>,
     /// Replace a file whose layout differs from the configuration (its data is lost; readers
     /// of the old file see it retired). Without it, start-up fails naming both layouts.
-    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED")]
+    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED", value_parser = clap::builder::BoolishValueParser::new())]
     pub replace_mismatched: bool,
     /// Largest request body (values, messages, loads) [default: 16MiB].
     #[arg(long, env = "PODCACHE_MAX_BODY")]

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -270,6 +271,11 @@ impl Server {
                 }
                 let l = tokio::net::UnixListener::bind(&path)
                     .map_err(|source| Error::Listen { what: path.display().to_string(), source })?;
+                // Connecting needs write permission on the socket: give it wherever the files give
+                // read permission (0640 -> 0660: the Pod's fsGroup may connect).
+                let mode = config.file_mode | ((config.file_mode & 0o444) >> 1);
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|source| Error::Listen { what: path.display().to_string(), source })?;
                 Some((l, path))
             }
             None => None,
@@ -327,8 +333,9 @@ impl Server {
         if let Some(l) = api {
             let app = api_router.clone();
             let rx = shared.shutdown_rx.clone();
-            let addr = l.local_addr().ok();
-            tracing::info!(addr = ?addr, "HTTP API listening");
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "HTTP API listening");
+            }
             tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
         }
         let socket_path = socket.as_ref().map(|(_, p)| p.clone());
@@ -341,7 +348,9 @@ impl Server {
         if let Some(l) = ops {
             let app = crate::ops::router(Arc::clone(&shared));
             let rx = shared.shutdown_rx.clone();
-            tracing::info!(addr = ?l.local_addr().ok(), "ops listening (/healthz, /readyz, /metrics)");
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!(%addr, "ops listening (/healthz, /readyz, /metrics)");
+            }
             tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
         }
         // Expiry sweep.

@@ -45,6 +45,11 @@ async fn every_endpoint_works() {
         let s = start(cfg).await;
         let c = client();
 
+        // Files and the socket: group-readable files, a group-connectable socket.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode("web.table"), mode("events.ring"), mode("podcache.sock")), (0o640, 0o640, 0o660));
+
         // Ops.
         assert_eq!(c.get(s.ops_url("/healthz")).send().await.unwrap().status(), 200);
         assert_eq!(c.get(s.ops_url("/readyz")).send().await.unwrap().status(), 200);
@@ -278,6 +283,68 @@ async fn bearer_token_protects_the_api_not_ops() {
         assert_eq!(c.get(&url).bearer_auth("s3cret-token").send().await.unwrap().text().await.unwrap(), "x");
         assert_eq!(c.get(s.ops_url("/metrics")).send().await.unwrap().status(), 200);
         assert_eq!(c.get(s.ops_url("/readyz")).send().await.unwrap().status(), 200);
+        s.stop().await.unwrap();
+    })
+    .await
+    .expect("watchdog");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_is_lapped_and_told_how_much_it_lost() {
+    timeout(WATCHDOG, async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        // A 64 KiB ring: far less than what is published while the client does not read.
+        cfg.rings[0].capacity = 64 << 10;
+        cfg.rings[0].max_message = Some(2048);
+        let s = start(cfg).await;
+        let c = client();
+        let mut sub = c.get(s.url("/v1/rings/events/subscribe?from=oldest")).send().await.unwrap();
+        assert_eq!(sub.status(), 200);
+        // A first message, received: the subscriber's baseline for counting losses.
+        c.post(s.url("/v1/rings/events/messages")).body("first").send().await.unwrap();
+        let mut buf = String::new();
+        let first = sse_events(&mut sub, &mut buf, 1).await;
+        assert_eq!(first[0].1["seq"], 1);
+        // Publish 40 MB without reading the stream: the channel and the socket buffers fill, the
+        // subscriber stops reading the ring, the ring laps it.
+        let flood = 40_000u64;
+        let total = flood + 1;
+        let mut tasks = Vec::new();
+        for t in 0..8u64 {
+            let (c, url) = (c.clone(), s.url("/v1/rings/events/messages"));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..flood / 8 {
+                    let body = format!("{t}-{i}-{}", "m".repeat(1000));
+                    assert_eq!(c.post(&url).body(body).send().await.unwrap().status(), 200);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Now read until the last message: a lapped event says what was lost, and the counts add up.
+        let (mut received, mut lost, mut lapped_events, mut last_seq) = (1u64, 0u64, 0u64, 1u64);
+        while last_seq < total {
+            for (event, data) in sse_events(&mut sub, &mut buf, 1).await {
+                match event.as_str() {
+                    "lapped" => {
+                        lapped_events += 1;
+                        assert!(data["lost"].as_u64().unwrap() > 0);
+                    }
+                    "message" => {
+                        let seq = data["seq"].as_u64().unwrap();
+                        assert!(seq > last_seq, "in order");
+                        lost += data["lost"].as_u64().unwrap();
+                        received += 1;
+                        last_seq = seq;
+                    }
+                    other => panic!("unexpected event {other}"),
+                }
+            }
+        }
+        assert!(lapped_events > 0, "the subscriber was lapped");
+        assert_eq!(received + lost, total, "every message was either received or counted as lost");
         s.stop().await.unwrap();
     })
     .await

@@ -176,3 +176,54 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
     }
     check
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{EvictionPolicy, TableWriter};
+    use std::sync::Arc;
+
+    fn table() -> (Arc<Region>, TableParams, TableWriter) {
+        let p = TableParams::new(64, 64 << 10, 8 << 10, 7).unwrap();
+        let region = Arc::new(Region::heap((p.file_size() / 8) as usize));
+        let w = TableWriter::create(Arc::clone(&region), &p, EvictionPolicy::default());
+        (region, p, w)
+    }
+
+    #[test]
+    fn intact_table_passes() {
+        let (region, p, mut w) = table();
+        for i in 0..40u32 {
+            w.put(format!("k{i}").as_bytes(), i.to_le_bytes(), (i % 3 == 0).then_some(u64::MAX / 2)).unwrap();
+        }
+        for i in 0..10u32 {
+            assert!(w.delete(format!("k{i}").as_bytes()));
+        }
+        w.put(b"k20", b"overwritten", None).unwrap();
+        let c = verify(&region, &p);
+        assert!(c.is_ok(), "{:?}", c.problems);
+        assert_eq!(c.indexed_items, 30);
+        assert_eq!(c.stats.items, 30);
+        assert_eq!(c.records, 41, "dead records stay intact until their segment is recycled");
+    }
+
+    #[test]
+    fn flipped_bits_are_found() {
+        let (region, p, mut w) = table();
+        for i in 0..20u32 {
+            w.put(format!("key{i}").as_bytes(), b"some value bytes", None).unwrap();
+        }
+        // A bit of the first record's value (after its header word and 4-byte key).
+        let data_word = (p.data_offset / 8) as usize;
+        region.words()[data_word + 1].fetch_xor(1 << 40, Ordering::Relaxed);
+        let c = verify(&region, &p);
+        assert!(!c.is_ok());
+        assert!(c.problems.iter().any(|m| m.contains("checksum")), "{:?}", c.problems);
+        assert!(c.problems.iter().any(|m| m.contains("no intact record")), "{:?}", c.problems);
+        // A slot pointing past the data region.
+        let idx = (p.index_offset / 8) as usize;
+        region.words()[idx + 1].store((1 << 48) | LOC_MASK, Ordering::Relaxed);
+        let c = verify(&region, &p);
+        assert!(c.problems.iter().any(|m| m.contains("outside the data region")), "{:?}", c.problems);
+    }
+}
