@@ -94,7 +94,7 @@ fn recv(mode: PodMode, sub: &mut Subscriber, buf: &mut [u8], timeout: Duration) 
                     break Ok(Some(m));
                 }
                 polls = polls.wrapping_add(1);
-                if polls % 4096 == 0 && Instant::now() >= *deadline.get_or_insert(Instant::now() + timeout) {
+                if polls.is_multiple_of(4096) && Instant::now() >= *deadline.get_or_insert(Instant::now() + timeout) {
                     break Ok(None);
                 }
                 std::hint::spin_loop();

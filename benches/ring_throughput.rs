@@ -121,7 +121,7 @@ impl PodMode {
                         return Ok(Some(m));
                     }
                     polls = polls.wrapping_add(1);
-                    if polls % 4096 == 0
+                    if polls.is_multiple_of(4096)
                         && Instant::now() >= *deadline.get_or_insert(Instant::now() + Duration::from_secs(1))
                     {
                         return Ok(None);

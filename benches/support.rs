@@ -227,7 +227,7 @@ pub fn spin_until(mut done: impl FnMut() -> bool, mut check: impl FnMut()) {
     let mut deadline: Option<Instant> = None;
     while !done() {
         spins = spins.wrapping_add(1);
-        if spins % 4096 == 0 {
+        if spins.is_multiple_of(4096) {
             check();
             let now = Instant::now();
             let d = *deadline.get_or_insert(now + CHILD_TIMEOUT);

@@ -143,7 +143,7 @@ pub fn payload_matches(seq: u64, max: usize, bytes: &[u8]) -> bool {
 /// from `id`); one id in 97 has the longest key a table allows (255 bytes). Unique per id.
 pub fn kv_key(id: u64) -> Vec<u8> {
     let mut k = format!("{id}.").into_bytes();
-    let len = if id % 97 == 0 { 255 } else { k.len() + (splitmix(id ^ 0x004B_4559) % 24) as usize };
+    let len = if id.is_multiple_of(97) { 255 } else { k.len() + (splitmix(id ^ 0x004B_4559) % 24) as usize };
     let mut i = 0u8;
     while k.len() < len {
         k.push(b'a' + i % 26);

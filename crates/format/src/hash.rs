@@ -25,10 +25,9 @@ pub fn hash(seed: u64, key: &[u8]) -> u64 {
     for c in &mut chunks {
         h = mix(h ^ u64::from_le_bytes(c.try_into().expect("8 bytes")), P1 ^ h.rotate_left(17));
     }
-    let rest = chunks.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    h = mix(h ^ u64::from_le_bytes(last), P2);
+    // The 0–7 bytes left, little-endian, zero-padded (a byte loop: cheaper than `memcpy`).
+    let last = chunks.remainder().iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+    h = mix(h ^ last, P2);
     mix(h ^ key.len() as u64, P3)
 }
 

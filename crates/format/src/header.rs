@@ -27,7 +27,7 @@ pub const HEADER_BYTES: u64 = 256;
 /// `b"PODCACHE"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PODCACHE");
 /// Layout version this build reads and writes. See "Version changes" in docs/design.md.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Value of the ready word once the creator finished initialising the file.
 pub const READY: u64 = u64::from_le_bytes(*b"READY!\0\x01");
 /// `writer_state`: a writer holds (or held, until it crashed) the file.
@@ -315,7 +315,10 @@ mod tests {
         r.words()[W_PARAMS + 1].store(9, Ordering::Relaxed);
         assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::Corrupt("header checksum mismatch")));
         r.words()[W_VERSION_KIND].store(7 | (1 << 32), Ordering::Relaxed);
-        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::VersionMismatch { found: 7, expected: 1 }));
+        assert_eq!(
+            validate(r.words(), 512, Kind::Ring),
+            Err(HeaderError::VersionMismatch { found: 7, expected: LAYOUT_VERSION })
+        );
         r.words()[W_MAGIC].store(5, Ordering::Relaxed);
         assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::BadMagic));
     }

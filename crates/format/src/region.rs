@@ -98,17 +98,16 @@ impl Region {
 /// caller validates the copy afterwards (Acquire fence, then a re-check of the writer's lease).
 #[inline]
 pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
-    let src = &words[first..first + out.len().div_ceil(8)];
-    let mut chunks = out.chunks_exact_mut(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        chunk.copy_from_slice(&src[i].load(Ordering::Relaxed).to_le_bytes());
-        i += 1;
+    let (chunks, rest) = out.as_chunks_mut::<8>();
+    let src = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
+    for (chunk, w) in chunks.iter_mut().zip(src) {
+        *chunk = w.load(Ordering::Relaxed).to_le_bytes();
     }
-    let rest = chunks.into_remainder();
-    if !rest.is_empty() {
-        let last = src[i].load(Ordering::Relaxed).to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
+    if let (false, Some(w)) = (rest.is_empty(), src.last()) {
+        // A byte loop: cheaper than `memcpy` for the 1–7 bytes left.
+        for (d, s) in rest.iter_mut().zip(w.load(Ordering::Relaxed).to_le_bytes()) {
+            *d = s;
+        }
     }
 }
 
@@ -118,27 +117,46 @@ pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
 /// `ring`) happens-before any reader's Acquire fence that follows a load of these words.
 #[inline]
 pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
-    let dst = &words[first..first + src.len().div_ceil(8)];
-    let mut chunks = src.chunks_exact(8);
-    let mut i = 0;
-    for chunk in &mut chunks {
-        let w = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+    let (chunks, rest) = src.as_chunks::<8>();
+    let dst = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
+    for (chunk, w) in chunks.iter().zip(dst) {
         // SYNC: Release, pairs with the Acquire fence in RingReader::validate.
-        dst[i].store(w, Ordering::Release);
-        i += 1;
+        w.store(u64::from_le_bytes(*chunk), Ordering::Release);
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
+    if let (false, Some(w)) = (rest.is_empty(), dst.last()) {
         // SYNC: Release, as above.
-        dst[i].store(u64::from_le_bytes(last), Ordering::Release);
+        w.store(le_word(rest), Ordering::Release);
     }
+}
+
+/// Up to 8 bytes as a little-endian word, zero-padded (a byte loop: cheaper than `memcpy`).
+#[inline]
+fn le_word(bytes: &[u8]) -> u64 {
+    bytes.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b))
+}
+
+/// Whether the bytes starting at word `first` equal `bytes`, compared a word at a time with
+/// Relaxed loads (the tail of the last word is ignored). The caller has bounds-checked the
+/// range and trusts the answer only after validating, as for [`copy_out`].
+#[inline]
+pub(crate) fn eq_words(words: &[AtomicU64], first: usize, bytes: &[u8]) -> bool {
+    let (chunks, rest) = bytes.as_chunks::<8>();
+    let src = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
+    let mut diff = 0;
+    for (chunk, w) in chunks.iter().zip(src) {
+        diff |= u64::from_le_bytes(*chunk) ^ w.load(Ordering::Relaxed);
+    }
+    if let (false, Some(w)) = (rest.is_empty(), src.last()) {
+        let last = le_word(rest);
+        let mask = u64::MAX >> (64 - 8 * rest.len());
+        diff |= (last ^ w.load(Ordering::Relaxed)) & mask;
+    }
+    diff == 0
 }
 
 /// Copy `out.len()` bytes starting at byte `byte_off` (any alignment) out of `words` with
 /// Relaxed word loads. The caller has bounds-checked the range and validates afterwards.
-#[inline]
+#[inline(always)]
 pub(crate) fn copy_out_bytes(words: &[AtomicU64], byte_off: usize, out: &mut [u8]) {
     let lead = byte_off % 8;
     if lead == 0 {
@@ -229,6 +247,24 @@ mod tests {
                 let mut out = vec![0u8; len];
                 copy_out_bytes(region.words(), 16 + start, &mut out);
                 assert_eq!(out, &stream[start..start + len]);
+            }
+        }
+    }
+
+    #[test]
+    fn eq_words_compares_exactly_the_given_bytes() {
+        let region = Region::heap(40);
+        for len in 1..=64usize {
+            let key: Vec<u8> = (0..len).map(|i| (i * 31 + 5) as u8).collect();
+            // The key, then bytes that differ from anything a key holds (as a value would).
+            let mut stored = key.clone();
+            stored.extend([0xEE; 9]);
+            copy_in(region.words(), 4, &stored);
+            assert!(eq_words(region.words(), 4, &key), "len {len}: equal");
+            for flip in 0..len {
+                let mut other = key.clone();
+                other[flip] ^= 0x40;
+                assert!(!eq_words(region.words(), 4, &other), "len {len}: byte {flip} differs");
             }
         }
     }

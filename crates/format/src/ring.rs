@@ -20,7 +20,7 @@
 //! `len: u32 | crc: u32`, word 1: `seq: u64` — then the payload, padded to 8 bytes. A record
 //! never straddles the end of the data region: when it does not fit, the writer stores a
 //! padding marker (`len == u32::MAX`, 8 bytes) and starts the record at offset 0. The crc is
-//! crc32 (IEEE) of the payload, seeded with `seq` (see docs/design.md, "Checksums").
+//! crc32 (IEEE) of the payload XORed with a mix of `seq` (see docs/design.md, "Checksums").
 //!
 //! # Protocol
 //!
@@ -39,7 +39,7 @@
 //! fence synchronises with it and the following load of `lease` sees the new lease. So either
 //! every copied word is from the committed record, or the lease check fails.
 
-use crate::checksum::{checksum, seeded};
+use crate::checksum::{checksum, Crc};
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
 #[cfg(not(loom))]
@@ -150,7 +150,7 @@ impl RingParams {
         if self.max_msg == 0 || u64::from(self.max_msg) > limit {
             return Err(ParamsError::BadMaxMessage { max_msg: self.max_msg, limit });
         }
-        if self.data_offset % 8 != 0 || self.data_offset < MIN_DATA_OFFSET || self.data_offset > 1 << 20 {
+        if !self.data_offset.is_multiple_of(8) || self.data_offset < MIN_DATA_OFFSET || self.data_offset > 1 << 20 {
             return Err(ParamsError::BadDataOffset(self.data_offset));
         }
         Ok(())
@@ -303,7 +303,7 @@ fn record_len(payload: u64) -> u64 {
     (RECORD_HEADER + payload + 7) & !7
 }
 
-/// The record checksum: crc32 of the payload seeded with the sequence number (see
+/// The record checksum: crc32 of the payload under the sequence number (see
 /// [`crate::checksum`]); a wrong `len` makes the reader hash other bytes, so it is caught too.
 #[inline]
 fn record_crc(seq: u64, payload: &[u8]) -> u32 {
@@ -415,8 +415,8 @@ impl RingWriter {
         let lease = w[W_LEASE].load(Ordering::Relaxed);
         let head = w[W_HEAD].load(Ordering::Relaxed);
         w[W_WAKE_WINDOW].store(policy.to_word(), Ordering::Relaxed);
-        let plausible = tail % 8 == 0
-            && head % 8 == 0
+        let plausible = tail.is_multiple_of(8)
+            && head.is_multiple_of(8)
             && head <= tail
             && lease >= tail
             && lease - tail <= g.cap
@@ -665,7 +665,7 @@ impl RingWriter {
         let out = WordWriter::new(self.g.word(start) + 2);
         // No other record can be written while the claim borrows the writer: `next_seq` is
         // the claim's sequence number.
-        let crc = seeded(self.next_seq);
+        let crc = Crc::new(self.next_seq);
         Ok(Claim { writer: self, start, cap: max_len, out, crc })
     }
 }
@@ -687,7 +687,7 @@ pub struct Claim<'w> {
     start: u64,
     cap: usize,
     out: WordWriter,
-    crc: crc32fast::Hasher,
+    crc: Crc,
 }
 
 impl Claim<'_> {
@@ -909,7 +909,7 @@ impl RingReader {
             if self.pos > MAX_POS {
                 return Err(ReadError::Corrupt { pos: self.pos, reason: "position out of range" });
             }
-            if self.cached_tail - self.pos > self.g.cap || self.pos % 8 != 0 {
+            if self.cached_tail - self.pos > self.g.cap || !self.pos.is_multiple_of(8) {
                 resyncs += 1;
                 self.on_lap();
                 continue;
@@ -1002,7 +1002,7 @@ impl RingReader {
                 break;
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 spin_hint();

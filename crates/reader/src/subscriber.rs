@@ -110,7 +110,7 @@ impl Subscriber {
                 return Ok(Some(m));
             }
             n = n.wrapping_add(1);
-            if n % 1024 == 0 && Instant::now() >= deadline {
+            if n.is_multiple_of(1024) && Instant::now() >= deadline {
                 return Ok(None);
             }
             std::hint::spin_loop();

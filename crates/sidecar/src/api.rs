@@ -379,6 +379,32 @@ async fn publish(
     }
 }
 
+/// Most ring subscriptions open at once (each holds a thread of the blocking pool).
+pub const MAX_SUBSCRIBERS: usize = 256;
+
+/// A counted subscription; released when the subscription's thread ends.
+struct SubscriberSlot(Arc<Shared>);
+
+impl SubscriberSlot {
+    fn take(s: &Arc<Shared>) -> Result<SubscriberSlot, ApiError> {
+        let n = s.subscribers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let slot = SubscriberSlot(Arc::clone(s));
+        if n >= MAX_SUBSCRIBERS {
+            return Err(ApiError::new(
+                Code::TooManySubscribers,
+                format!("{MAX_SUBSCRIBERS} subscriptions are open; close one or read the ring with the reader library"),
+            ));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 #[derive(Deserialize)]
 struct SubQuery {
     from: Option<String>,
@@ -408,6 +434,7 @@ async fn subscribe(
         Some("oldest") => false,
         Some(other) => return Err(ApiError::new(Code::BadRequest, format!("from={other:?}: use oldest or newest"))),
     };
+    let slot = SubscriberSlot::take(&s)?;
     let mut sub =
         crate::server::open_subscriber(r, newest).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
@@ -417,6 +444,7 @@ async fn subscribe(
     // events to the response stream. A slow HTTP client fills the channel, the thread waits,
     // and the ring laps it: the next event says how many messages it lost.
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let mut buf = vec![0u8; sub.max_message()];
         loop {
             if shared.is_shutting_down() || tx.is_closed() {

@@ -71,24 +71,45 @@ pub fn request(
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     head.push_str("\r\n");
-    let mut raw = Vec::new();
-    match target {
-        Target::Tcp(h) => {
-            let mut s = std::net::TcpStream::connect(h)?;
-            s.set_read_timeout(Some(Duration::from_secs(60)))?;
-            s.write_all(head.as_bytes())?;
-            s.write_all(body)?;
-            s.read_to_end(&mut raw)?;
-        }
-        Target::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p)?;
-            s.set_read_timeout(Some(Duration::from_secs(60)))?;
-            s.write_all(head.as_bytes())?;
-            s.write_all(body)?;
-            s.read_to_end(&mut raw)?;
-        }
-    }
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    let raw = match target {
+        Target::Tcp(h) => exchange(std::net::TcpStream::connect(h)?, &req)?,
+        Target::Unix(p) => exchange(std::os::unix::net::UnixStream::connect(p)?, &req)?,
+    };
     parse(&raw).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response"))
+}
+
+trait Stream: Read + Write {
+    fn set_timeout(&self, d: Duration) -> std::io::Result<()>;
+}
+
+impl Stream for std::net::TcpStream {
+    fn set_timeout(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+impl Stream for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, d: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(d))
+    }
+}
+
+/// Write the request, read the response. The server may answer before it read the whole body
+/// (a refused token, a body over the limit) and close: a failed write is then not the error,
+/// the response that was sent is what counts.
+fn exchange<S: Stream>(mut s: S, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.set_timeout(Duration::from_secs(60))?;
+    let written = s.write_all(req);
+    let mut raw = Vec::new();
+    let read = s.read_to_end(&mut raw);
+    if parse(&raw).is_some() {
+        return Ok(raw);
+    }
+    written?;
+    read?;
+    Ok(raw)
 }
 
 fn parse(raw: &[u8]) -> Option<Response> {

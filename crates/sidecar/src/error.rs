@@ -134,6 +134,8 @@ pub enum Code {
     Contended,
     /// 503: the server is shutting down.
     ShuttingDown,
+    /// 503: too many open ring subscriptions.
+    TooManySubscribers,
     /// 500: the file is corrupt.
     Corrupt,
     /// 500: anything else.
@@ -159,6 +161,7 @@ impl Code {
             Code::TableFull => "table_full",
             Code::Contended => "contended",
             Code::ShuttingDown => "shutting_down",
+            Code::TooManySubscribers => "too_many_subscribers",
             Code::Corrupt => "corrupt",
             Code::Internal => "internal",
         }
@@ -178,7 +181,7 @@ impl Code {
             | Code::BadRequest => StatusCode::BAD_REQUEST,
             Code::ValueTooLarge | Code::MessageTooLarge | Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TableFull => StatusCode::INSUFFICIENT_STORAGE,
-            Code::Contended | Code::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Contended | Code::ShuttingDown | Code::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
             Code::Corrupt | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -63,6 +63,7 @@ struct Snapshot {
     tables: Vec<(String, TableStats, u64, u64)>,
     rings: Vec<(String, RingStats, u64)>,
     ready: bool,
+    subscribers: usize,
 }
 
 fn family<M: EncodeMetric>(
@@ -86,6 +87,10 @@ impl Collector for Snapshot {
         {
             let m = enc.encode_descriptor("ready", "1 when every file is created or attached and ready", None, g)?;
             ConstGauge::new(i64::from(self.ready)).encode(m)?;
+        }
+        {
+            let m = enc.encode_descriptor("ring_subscriptions", "Open ring subscriptions (SSE)", None, g)?;
+            ConstGauge::new(self.subscribers as i64).encode(m)?;
         }
         let t = |f: fn(&TableStats, u64, u64) -> u64| {
             self.tables.iter().map(move |(n, s, mi, fs)| ([("table", n.clone())], f(s, *mi, *fs)))
@@ -217,7 +222,11 @@ impl Collector for Snapshot {
 
 /// Render every metric in the Prometheus text format.
 pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
-    let mut snap = Snapshot { ready: shared.ready.load(std::sync::atomic::Ordering::Acquire), ..Snapshot::default() };
+    let mut snap = Snapshot {
+        ready: shared.ready.load(std::sync::atomic::Ordering::Acquire),
+        subscribers: shared.subscribers.load(std::sync::atomic::Ordering::Acquire),
+        ..Snapshot::default()
+    };
     for t in shared.tables.values() {
         if let Ok(r) = t.reader() {
             snap.tables.push((t.name.clone(), r.stats(), t.max_items, t.file_size));

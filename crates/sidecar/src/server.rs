@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) max_body: usize,
     pub(crate) ready: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
+    /// Open ring subscriptions (each holds a blocking thread).
+    pub(crate) subscribers: std::sync::atomic::AtomicUsize,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown_rx: watch::Receiver<bool>,
     _dir_lock: File,
@@ -298,6 +300,7 @@ impl Server {
             max_body: config.max_body,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            subscribers: std::sync::atomic::AtomicUsize::new(0),
             shutdown_rx,
             _dir_lock: dir_lock,
         });

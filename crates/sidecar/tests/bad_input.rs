@@ -188,13 +188,14 @@ async fn wrong_kind_wrong_version_and_mismatched_files_are_reported_and_kept() {
         seed(&client(), &s).await;
         s.stop().await.unwrap();
         let mut bytes = std::fs::read(&table).unwrap();
+        let version = bytes[8];
         bytes[8] = 99; // low byte of the version word
         std::fs::write(&table, &bytes).unwrap();
         let err = try_start(config(dir.path())).await.err().expect("refused");
         let msg = err.to_string();
         assert!(msg.contains("version 99") && msg.contains("web.table"), "{msg}");
         assert_eq!(std::fs::read(&table).unwrap(), bytes, "kept for the operator");
-        bytes[8] = 1;
+        bytes[8] = version;
         std::fs::write(&table, &bytes).unwrap();
 
         // Another layout: refused without --replace-mismatched (data kept), replaced with it.

@@ -167,3 +167,36 @@ fn inspect_and_verify_find_corruption() {
     assert_eq!(code, 1);
     assert!(err.contains("No such file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_unix_socket_with_the_token() {
+    timeout(WATCHDOG, async {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let tok = dir.path().join("token");
+        std::fs::write(&tok, "t0ken\n").unwrap();
+        let mut cfg = config(&data);
+        cfg.socket = Some("api.sock".into());
+        cfg.token_file = Some(tok.clone());
+        let s = start(cfg).await;
+        let (d, t) = (data.to_str().unwrap().to_string(), tok.to_str().unwrap().to_string());
+        tokio::task::spawn_blocking(move || {
+            let (code, _, err) = podcache(&["put", "--dir", &d, "--socket", "api.sock", "web", "k", "v"]);
+            assert_eq!(code, 1, "no token");
+            assert!(err.contains("401"), "{err}");
+            let (code, _, err) =
+                podcache(&["put", "--dir", &d, "--socket", "api.sock", "--token-file", &t, "web", "k", "v"]);
+            assert_eq!(code, 0, "{err}");
+            let (code, out, err) =
+                podcache(&["publish", "--dir", &d, "--socket", "api.sock", "--token-file", &t, "events", "e"]);
+            assert_eq!((code, out), (0, b"1\n".to_vec()), "{err}");
+            let (code, out, _) = podcache(&["get", "--dir", &d, "web", "k"]);
+            assert_eq!((code, out), (0, b"v".to_vec()));
+        })
+        .await
+        .unwrap();
+        s.stop().await.unwrap();
+    })
+    .await
+    .expect("watchdog");
+}

@@ -157,6 +157,7 @@ async fn every_endpoint_works() {
             "podcache_http_request_duration_seconds_bucket",
             "podcache_table_gets_total{table=\"web\",result=\"hit\"}",
             "podcache_ready 1",
+            "podcache_ring_subscriptions 2",
         ] {
             assert!(m.contains(needle), "metrics lack {needle}:\n{m}");
         }

@@ -13,8 +13,8 @@
 //!
 //! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
 //! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 8 bytes. The crc
-//! is crc32 (IEEE) of the key and the value, seeded with header bits 32–63 and the expiry
-//! (see docs/design.md, "Checksums").
+//! is crc32 (IEEE) of the value XORed with a mix of header bits 32–63, the expiry and the key's
+//! hash (see docs/design.md, "Checksums").
 //!
 //! # Protocol
 //!
@@ -99,7 +99,7 @@ pub struct TableStats {
 pub struct TableParams {
     /// Number of segments.
     pub nsegments: u64,
-    /// Bytes per segment (multiple of 8).
+    /// Bytes per segment (a power of two).
     pub segment_size: u64,
     /// Index buckets (up to 2^32), 7 slots each.
     pub nbuckets: u64,
@@ -137,8 +137,9 @@ pub const RECORD_OVERHEAD: u64 = 8;
 impl TableParams {
     /// Geometry for up to `max_items` items in a data region of about `data_bytes` bytes
     /// (records take `8 + key + value` bytes rounded up to 8, +8 with a TTL), in segments of
-    /// `segment_size` bytes (0: choose: 1/32 of the data, between 64 KiB and 4 MiB). The
-    /// largest value is a segment minus the record header and key.
+    /// `segment_size` bytes rounded up to a power of two (0: choose: the power of two at or
+    /// below 1/32 of the data, between 64 KiB and 4 MiB). The largest value is a segment minus
+    /// the record header and key.
     pub fn new(
         max_items: u64,
         data_bytes: u64,
@@ -148,8 +149,13 @@ impl TableParams {
         if max_items == 0 || max_items > 1 << 36 {
             return Err(TableParamsError(format!("max_items {max_items} must be between 1 and 2^36")));
         }
-        let seg = if segment_size == 0 { (data_bytes / 32).clamp(64 << 10, 4 << 20) } else { segment_size };
-        let seg = align_up(seg, 8);
+        // A power of two, so a reader splits a record's location with a shift, not a division.
+        let seg = if segment_size == 0 {
+            let target = (data_bytes / 32).clamp(64 << 10, 4 << 20);
+            1 << (63 - target.leading_zeros())
+        } else {
+            segment_size.max(MIN_SEGMENT).next_power_of_two()
+        };
         let nsegments = data_bytes.div_ceil(seg).max(2);
         // About 87% slot load at max_items: 7 slots per bucket.
         let nbuckets = (max_items * 8 / 7).div_ceil(SLOTS as u64).max(1);
@@ -163,9 +169,9 @@ impl TableParams {
     /// Validate the geometry (also for parameters read from an untrusted file).
     pub fn check(&self) -> Result<(), TableParamsError> {
         let bad = |m: String| Err(TableParamsError(m));
-        if self.segment_size < MIN_SEGMENT || self.segment_size % 8 != 0 || self.segment_size > FILL_MASK {
+        if self.segment_size < MIN_SEGMENT || !self.segment_size.is_power_of_two() || self.segment_size > FILL_MASK {
             return bad(format!(
-                "segment size {} must be a multiple of 8 between {MIN_SEGMENT} and 2^40",
+                "segment size {} must be a power of two between {MIN_SEGMENT} and 2^39",
                 self.segment_size
             ));
         }
@@ -185,11 +191,11 @@ impl TableParams {
         // Every sum below is of values bounded above (segments <= 2^24, buckets <= 2^32,
         // segment size <= 2^40) or checked, so nothing overflows on hostile parameters.
         let seg_end = SEG_TABLE_OFFSET + self.nsegments * SEG_WORDS as u64 * 8;
-        if self.index_offset % 64 != 0 || self.index_offset < seg_end || self.index_offset > 1 << 48 {
+        if !self.index_offset.is_multiple_of(64) || self.index_offset < seg_end || self.index_offset > 1 << 48 {
             return bad(format!("index offset {} overlaps the segment table or is too large", self.index_offset));
         }
         let index_end = self.index_offset + self.nbuckets * 64;
-        if self.data_offset % 8 != 0 || self.data_offset < index_end || self.data_offset > 1 << 50 {
+        if !self.data_offset.is_multiple_of(8) || self.data_offset < index_end || self.data_offset > 1 << 50 {
             return bad(format!("data offset {} overlaps the index or is too large", self.data_offset));
         }
         let data = self.nsegments.checked_mul(self.segment_size);
@@ -256,6 +262,7 @@ pub(crate) struct Geo {
     pub(crate) data_word: usize,
     pub(crate) nsegments: u64,
     pub(crate) seg_size: u64,
+    seg_shift: u32,
     pub(crate) nbuckets: u64,
     pub(crate) seed: u64,
     pub(crate) max_items: u64,
@@ -272,6 +279,7 @@ impl Geo {
             data_word: (p.data_offset / 8) as usize,
             nsegments: p.nsegments,
             seg_size: p.segment_size,
+            seg_shift: p.segment_size.trailing_zeros(),
             nbuckets: p.nbuckets,
             seed: p.hash_seed,
             max_items: p.max_items,
@@ -298,6 +306,11 @@ impl Geo {
     #[inline]
     pub(crate) fn bucket(&self, b: u64) -> usize {
         self.index_word + b as usize * BUCKET_WORDS
+    }
+    /// The segment and the offset in it of data-region byte `byte`.
+    #[inline]
+    pub(crate) fn split(&self, byte: u64) -> (u64, u64) {
+        (byte >> self.seg_shift, byte & (self.seg_size - 1))
     }
     /// Word index of the record at `loc` (8-byte units into the data region).
     #[inline]
@@ -363,16 +376,18 @@ impl RecHeader {
     }
 }
 
-/// Seed of a record's checksum: the header's upper half and the expiry.
+/// The header a record's checksum is taken under: the header word's upper half, the expiry
+/// and the key's hash (so the key is covered without checksumming its bytes again: a reader
+/// compares them with the key it looks up anyway).
 #[inline]
-pub(crate) fn crc_seed(hi: u32, expiry: Option<u64>) -> u64 {
-    u64::from(hi) ^ expiry.unwrap_or(0).rotate_left(32)
+pub(crate) fn crc_header(hi: u32, expiry: Option<u64>, key_hash: u64) -> u64 {
+    u64::from(hi) ^ expiry.unwrap_or(0).rotate_left(32) ^ key_hash
 }
 
-/// The record checksum: crc32 of key then value, seeded with the header and expiry.
+/// The record checksum: crc32 of the value under [`crc_header`] (see [`crate::checksum`]).
 #[inline]
-pub(crate) fn record_crc(hi: u32, expiry: Option<u64>, key: &[u8], value: &[u8]) -> u32 {
-    crate::checksum::checksum(crc_seed(hi, expiry), &[key, value])
+pub(crate) fn record_crc(hi: u32, expiry: Option<u64>, key_hash: u64, value: &[u8]) -> u32 {
+    crate::checksum::checksum(crc_header(hi, expiry, key_hash), &[value])
 }
 
 /// Unix time in milliseconds (the clock expiries are measured against: `CLOCK_REALTIME`,

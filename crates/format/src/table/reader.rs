@@ -1,8 +1,11 @@
 //! The read side of a table: lock-free gets that never store to shared memory.
 
-use super::{now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY};
+use super::{
+    crc_header, now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY,
+};
+use crate::checksum::Crc;
 use crate::hash::hash;
-use crate::region::{copy_out_bytes, Region};
+use crate::region::{copy_out_bytes, eq_words, Region};
 use crate::sync::{fence, AtomicU64, Ordering};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -79,7 +82,7 @@ impl SharedBytes<'_> {
         v
     }
 
-    fn crc_into(&self, h: &mut crc32fast::Hasher) {
+    fn crc_into(&self, h: &mut Crc) {
         let mut chunk = [0u8; 512];
         let mut at = 0;
         while at < self.len {
@@ -109,6 +112,7 @@ struct Hit {
     value_off: usize,
     hi: u32,
     expiry: Option<u64>,
+    key_hash: u64,
     crc: u32,
     slot_word: usize,
     slot: u64,
@@ -204,8 +208,7 @@ impl TableReader {
             };
             let bytes = SharedBytes { words, byte_off: hit.value_off, len: hit.vlen };
             let out = f(&bytes);
-            let mut h = crate::checksum::seeded(super::crc_seed(hit.hi, hit.expiry));
-            h.update(key);
+            let mut h = Crc::new(crc_header(hit.hi, hit.expiry, hit.key_hash));
             bytes.crc_into(&mut h);
             if !self.still_valid(hit.seg, hit.state) {
                 self.retries.set(self.retries.get() + 1);
@@ -265,7 +268,7 @@ impl TableReader {
         let h = hash(self.g.seed, key);
         let (home, tag) = self.g.home(h);
         for _ in 0..MAX_RETRIES {
-            match self.probe(key, home, tag, sink)? {
+            match self.probe(key, h, home, tag, sink)? {
                 Probe::Hit(hit) => {
                     self.hits.set(self.hits.get() + 1);
                     return Ok(Some(hit));
@@ -282,21 +285,29 @@ impl TableReader {
 
     /// One pass over the key's probe chain.
     #[inline]
-    fn probe(&self, key: &[u8], home: u64, tag: u64, sink: &mut Sink<'_>) -> Result<Probe, GetError> {
+    fn probe(&self, key: &[u8], key_hash: u64, home: u64, tag: u64, sink: &mut Sink<'_>) -> Result<Probe, GetError> {
         let words = self.region.words();
         let mut b = home;
         // The writer never places an item further than `max_probe` buckets from home, so
         // the end of the bound is a miss (a hostile file cannot make this loop longer).
         for _ in 0..self.g.max_probe {
             let base = self.g.bucket(b);
-            for slot_word in base + 1..=base + super::SLOTS {
+            let bucket: &[AtomicU64; super::BUCKET_WORDS] =
+                words[base..base + super::BUCKET_WORDS].try_into().expect("a bucket is 8 words");
+            // Load the 7 slots, then visit those whose tag matches (branch-free scan).
+            let mut slots = [0u64; super::SLOTS];
+            let mut matches = 0u32;
+            for (i, s) in slots.iter_mut().enumerate() {
                 // SYNC: Acquire, pairs with the Release slot store in TableWriter::put: the
                 // record and the segment fill it points at are visible.
-                let slot = words[slot_word].load(Ordering::Acquire);
-                if slot >> super::LOC_BITS != tag {
-                    continue;
-                }
-                let step = self.read_record(slot & LOC_MASK, key, sink)?;
+                *s = bucket[i + 1].load(Ordering::Acquire);
+                matches |= u32::from(*s >> super::LOC_BITS == tag) << i;
+            }
+            while matches != 0 {
+                let i = matches.trailing_zeros() as usize;
+                matches &= matches - 1;
+                let (slot_word, slot) = (base + 1 + i, slots[i]);
+                let step = self.read_record(slot & LOC_MASK, key, key_hash, sink)?;
                 if let Step::Found(mut hit) = step {
                     (hit.slot_word, hit.slot) = (slot_word, slot);
                     return Ok(Probe::Hit(hit));
@@ -313,7 +324,7 @@ impl TableReader {
                 }
             }
             // SYNC: Acquire, pairs with the Release increment in TableWriter::insert_slot.
-            if words[base].load(Ordering::Acquire) == 0 {
+            if bucket[0].load(Ordering::Acquire) == 0 {
                 return Ok(Probe::Miss);
             }
             b = self.g.next_bucket(b);
@@ -323,12 +334,11 @@ impl TableReader {
 
     /// Read the record at `loc` if it is `key`'s.
     #[inline]
-    fn read_record(&self, loc: u64, key: &[u8], sink: &mut Sink<'_>) -> Result<Step, GetError> {
+    fn read_record(&self, loc: u64, key: &[u8], key_hash: u64, sink: &mut Sink<'_>) -> Result<Step, GetError> {
         let g = &self.g;
         let words = self.region.words();
         let byte = loc * 8;
-        let seg = byte / g.seg_size;
-        let off = byte % g.seg_size;
+        let (seg, off) = g.split(byte);
         if seg >= g.nsegments {
             return Err(GetError::Corrupt { reason: "slot points outside the data region" });
         }
@@ -347,24 +357,22 @@ impl TableReader {
             return Ok(Step::Other);
         }
         let expiry = hdr.has_expiry.then(|| words[rw + 1].load(Ordering::Relaxed));
-        let key_byte = rw * 8 + hdr.key_off();
-        let mut kbuf = [0u8; MAX_KEY];
-        let kcopy = &mut kbuf[..hdr.klen];
-        copy_out_bytes(words, key_byte, kcopy);
-        let value_off = key_byte + hdr.klen;
+        // The record lies below `fill` (checked above), so its words are in the mapping. What
+        // the loads below see is trusted only once `still_valid` says the segment was not
+        // recycled meanwhile.
+        let key_word = rw + hdr.key_off() / 8;
+        let same_key = eq_words(words, key_word, key);
+        let value_off = key_word * 8 + hdr.klen;
         let vlen = hdr.vlen;
-        // Copy the value before validating; the copy is only trusted after `still_valid`.
         let value: Option<&[u8]> = match sink {
-            Sink::Buf(buf) => {
-                if buf.len() < vlen {
-                    if !self.still_valid(seg, state) {
-                        return Ok(Step::Recycled);
-                    }
-                    if kcopy != key {
-                        return Ok(Step::Other);
-                    }
-                    return Err(GetError::BufferTooSmall { needed: vlen });
+            _ if !same_key => None,
+            Sink::Buf(buf) if buf.len() < vlen => {
+                if !self.still_valid(seg, state) {
+                    return Ok(Step::Recycled);
                 }
+                return Err(GetError::BufferTooSmall { needed: vlen });
+            }
+            Sink::Buf(buf) => {
                 copy_out_bytes(words, value_off, &mut buf[..vlen]);
                 Some(&buf[..vlen])
             }
@@ -378,19 +386,19 @@ impl TableReader {
         if !self.still_valid(seg, state) {
             return Ok(Step::Recycled);
         }
-        if kcopy != key {
+        if !same_key {
             return Ok(Step::Other);
         }
         let hi = RecHeader::encode_hi(hdr.klen, vlen, hdr.has_expiry);
         if let Some(value) = value {
-            if record_crc(hi, expiry, key, value) != hdr.crc {
+            if record_crc(hi, expiry, key_hash, value) != hdr.crc {
                 return Ok(Step::Anomaly("record checksum mismatch"));
             }
         }
         if expiry.is_some_and(|e| e <= now_ms()) {
             return Ok(Step::Expired);
         }
-        Ok(Step::Found(Hit { vlen, seg, state, value_off, hi, expiry, crc: hdr.crc, slot_word: 0, slot: 0 }))
+        Ok(Step::Found(Hit { vlen, seg, state, value_off, hi, expiry, key_hash, crc: hdr.crc, slot_word: 0, slot: 0 }))
     }
 
     /// Read the live key in slot `slot` of bucket `b`, if any.
@@ -404,7 +412,7 @@ impl TableReader {
             }
             let loc = s & LOC_MASK;
             let byte = loc * 8;
-            let (seg, off) = (byte / self.g.seg_size, byte % self.g.seg_size);
+            let (seg, off) = self.g.split(byte);
             if seg >= self.g.nsegments {
                 return Err(GetError::Corrupt { reason: "slot points outside the data region" });
             }

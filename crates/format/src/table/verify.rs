@@ -69,7 +69,7 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
             continue;
         }
         check.segments_used += 1;
-        if fill > g.seg_size || fill % 8 != 0 {
+        if fill > g.seg_size || !fill.is_multiple_of(8) {
             check.problem(format!("segment {seg}: fill {fill} beyond its size {} or unaligned", g.seg_size));
             continue;
         }
@@ -99,7 +99,9 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
             value.resize(hdr.vlen, 0);
             copy_out_bytes(words, rw * 8 + hdr.key_off() + hdr.klen, &mut value);
             let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
-            if record_crc(hi, expiry, key, &value) == hdr.crc {
+            // The crc covers the value, the header bits, the expiry and the key's hash; a changed
+            // key byte shows as a tag or home-bucket mismatch in the index check below.
+            if record_crc(hi, expiry, hash(g.seed, key), &value) == hdr.crc {
                 found.push(loc);
             } else {
                 bad.push(format!("segment {seg} offset {off}: record checksum mismatch"));

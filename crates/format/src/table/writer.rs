@@ -173,7 +173,7 @@ impl TableWriter {
         let byte = seg * self.g.seg_size + self.cur_fill;
         let loc = byte / 8;
         let hi = RecHeader::encode_hi(key.len(), v.len(), expiry_ms.is_some());
-        let crc = record_crc(hi, expiry_ms, key, v);
+        let crc = record_crc(hi, expiry_ms, h, v);
         let region = Arc::clone(&self.region);
         let words = region.words();
         // Record words: Release stores (SYNC: pair with the reader's Acquire fence in
@@ -299,7 +299,7 @@ impl TableWriter {
 
     #[inline]
     fn seg_of(&self, loc: u64) -> u64 {
-        loc * 8 / self.g.seg_size
+        self.g.split(loc * 8).0
     }
 
     fn header_at(&self, loc: u64) -> RecHeader {
@@ -644,6 +644,6 @@ impl TableWriter {
         let mut kv = vec![0u8; hdr.klen + hdr.vlen];
         copy_out_bytes(words, start, &mut kv);
         let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
-        record_crc(hi, expiry, &kv[..hdr.klen], &kv[hdr.klen..]) == hdr.crc
+        record_crc(hi, expiry, hash(self.g.seed, &kv[..hdr.klen]), &kv[hdr.klen..]) == hdr.crc
     }
 }
