@@ -207,8 +207,8 @@ impl GetData {
     }
 }
 
-/// Reader processes of one peer, driven over Unix sockets: each gets a line "<iterations>",
-/// does that many gets and answers "<wall ns> <checksum> <CPU ns>".
+/// Reader processes of one peer, driven over Unix sockets: each gets a line `"<iterations>"`,
+/// does that many gets and answers `"<wall ns> <checksum> <CPU ns>"`.
 pub struct Readers {
     streams: Vec<(BufReader<UnixStream>, UnixStream)>,
     cpu_time: bool,

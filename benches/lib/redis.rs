@@ -319,7 +319,7 @@ pub fn subscriber_child() {
             }
             _ => {
                 received += 1;
-                if received % ack_every == 0 {
+                if received.is_multiple_of(ack_every) {
                     acks.write_all(&received.to_le_bytes()).expect("ack");
                 }
             }
