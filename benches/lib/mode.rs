@@ -59,7 +59,8 @@ impl PodMode {
                         return Ok(Some(m));
                     }
                     polls = polls.wrapping_add(1);
-                    if polls.is_multiple_of(4096) && Instant::now() >= *deadline.get_or_insert(Instant::now() + timeout) {
+                    if polls.is_multiple_of(4096) && Instant::now() >= *deadline.get_or_insert(Instant::now() + timeout)
+                    {
                         return Ok(None);
                     }
                     std::hint::spin_loop();
