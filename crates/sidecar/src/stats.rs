@@ -53,42 +53,19 @@ pub fn ring_stats(path: &Path, capacity: u64, buf: &mut Vec<u8>) -> Result<RingS
     })
 }
 
-/// A table's statistics for JSON.
+/// A table's statistics for JSON: the file's statistics and the table's item limit.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct TableStatsJson {
-    /// Live items (expired ones not yet swept included).
-    pub items: u64,
+    /// The statistics the writer keeps in the file (flattened into this object).
+    #[serde(flatten)]
+    pub stats: TableStats,
     /// Most items.
     pub max_items: u64,
-    /// Bytes of live records.
-    pub bytes_used: u64,
-    /// Bytes of the data region.
-    pub bytes_capacity: u64,
-    /// Puts since creation.
-    pub puts: u64,
-    /// Deletes since creation.
-    pub deletes: u64,
-    /// Items evicted to make room.
-    pub evictions: u64,
-    /// Expired items swept.
-    pub expirations: u64,
-    /// `clear` calls.
-    pub clears: u64,
 }
 
 impl TableStatsJson {
     /// From the file's statistics.
-    pub fn new(s: TableStats, max_items: u64) -> TableStatsJson {
-        TableStatsJson {
-            items: s.items,
-            max_items,
-            bytes_used: s.bytes_used,
-            bytes_capacity: s.bytes_capacity,
-            puts: s.puts,
-            deletes: s.deletes,
-            evictions: s.evictions,
-            expirations: s.expirations,
-            clears: s.clears,
-        }
+    pub fn new(stats: TableStats, max_items: u64) -> TableStatsJson {
+        TableStatsJson { stats, max_items }
     }
 }

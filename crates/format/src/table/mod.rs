@@ -74,7 +74,7 @@ pub const MIN_SEGMENT: u64 = if cfg!(loom) { 64 } else { 4096 };
 pub const MAX_PROBE: u64 = 128;
 
 /// Statistics the writer keeps in the file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
     /// Live items (including expired ones not yet removed).
     pub items: u64,
