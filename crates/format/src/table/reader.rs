@@ -1,8 +1,6 @@
 //! The read side of a table: lock-free gets that never store to shared memory.
 
-use super::{
-    crc_header, now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY,
-};
+use super::{crc_header, now_ms, read_stats, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY};
 use crate::checksum::Crc;
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, eq_words, Region};
@@ -110,9 +108,8 @@ struct Hit {
     seg: u64,
     state: u64,
     value_off: usize,
-    hi: u32,
-    expiry: Option<u64>,
-    key_hash: u64,
+    /// What the record's checksum is taken under ([`crc_header`]).
+    crc_header: u64,
     crc: u32,
     slot_word: usize,
     slot: u64,
@@ -208,7 +205,7 @@ impl TableReader {
             };
             let bytes = SharedBytes { words, byte_off: hit.value_off, len: hit.vlen };
             let out = f(&bytes);
-            let mut h = Crc::new(crc_header(hit.hi, hit.expiry, hit.key_hash));
+            let mut h = Crc::new(hit.crc_header);
             bytes.crc_into(&mut h);
             if !self.still_valid(hit.seg, hit.state) {
                 self.retries.set(self.retries.get() + 1);
@@ -390,15 +387,16 @@ impl TableReader {
             return Ok(Step::Other);
         }
         let hi = RecHeader::encode_hi(hdr.klen, vlen, hdr.has_expiry);
+        let crc_header = crc_header(hi, expiry, key_hash);
         if let Some(value) = value {
-            if record_crc(hi, expiry, key_hash, value) != hdr.crc {
+            if crate::checksum::checksum(crc_header, &[value]) != hdr.crc {
                 return Ok(Step::Anomaly("record checksum mismatch"));
             }
         }
         if expiry.is_some_and(|e| e <= now_ms()) {
             return Ok(Step::Expired);
         }
-        Ok(Step::Found(Hit { vlen, seg, state, value_off, hi, expiry, key_hash, crc: hdr.crc, slot_word: 0, slot: 0 }))
+        Ok(Step::Found(Hit { vlen, seg, state, value_off, crc_header, crc: hdr.crc, slot_word: 0, slot: 0 }))
     }
 
     /// Read the live key in slot `slot` of bucket `b`, if any.
