@@ -395,6 +395,13 @@ struct Target {
     note: &'static str,
 }
 
+/// The note of the targets measured with a spinning consumer.
+const SPIN_NOTE: &str = "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
+                         the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
+                         table), while blocking peers lose much less. Re-run on an idle machine before reading \
+                         this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up \
+                         better.";
+
 const TARGETS: &[Target] = &[
     Target {
         issue: "2",
@@ -404,10 +411,7 @@ const TARGETS: &[Target] = &[
         rate: true,
         a_bytes: 0.0,
         bound: 15.0,
-        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
-               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
-               table), while blocking peers lose much less. Re-run on an idle machine before reading \
-               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
+        note: SPIN_NOTE,
     },
     Target {
         issue: "2",
@@ -441,10 +445,7 @@ const TARGETS: &[Target] = &[
         rate: true,
         a_bytes: 65536.0,
         bound: 0.25,
-        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
-               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
-               table), while blocking peers lose much less. Re-run on an idle machine before reading \
-               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
+        note: SPIN_NOTE,
     },
     Target {
         issue: "2",
@@ -454,10 +455,7 @@ const TARGETS: &[Target] = &[
         rate: false,
         a_bytes: 0.0,
         bound: 4.0,
-        note: "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
-               the two vCPUs, the spinning side waits for scheduler time slices (see the repetitions \
-               table), while blocking peers lose much less. Re-run on an idle machine before reading \
-               this as the ring's speed; on a busy machine the default adaptive (futex) wait holds up better.",
+        note: SPIN_NOTE,
     },
     Target {
         issue: "3",
