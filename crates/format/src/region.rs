@@ -92,6 +92,25 @@ impl Region {
     }
 }
 
+/// Ask the CPU to start loading the cache lines of words `first..first + words_ahead` (no
+/// effect on what any load returns; out-of-range words are skipped). A get issues it as soon as
+/// it knows where a record is, so the record's lines arrive together instead of one after the
+/// other as each load's address is computed from the last.
+#[inline(always)]
+pub(crate) fn prefetch(words: &[AtomicU64], first: usize, lines: usize) {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    for l in 0..lines {
+        if let Some(w) = words.get(first + l * 8) {
+            let p: *const AtomicU64 = w;
+            // SAFETY: SSE is part of the x86_64 baseline, so the instruction exists; a prefetch
+            // is a hint that reads nothing into the program and cannot fault.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    let _ = (words, first, lines);
+}
+
 /// Copy `out.len()` bytes starting at word `first` out of `words` with Relaxed word loads.
 ///
 /// The caller has bounds-checked `first..first + out.len().div_ceil(8)`. Relaxed is enough: the

@@ -43,6 +43,36 @@ fn put_get_overwrite_delete() {
     assert!(c.hits >= 4 && c.misses >= 2, "{c:?}");
 }
 
+/// Two keys whose 16-bit tags collide in one bucket: a get of the second sees the first's
+/// slot first, so it leaves the straight-line path for the full lookup, which must find it.
+#[test]
+fn tag_collisions_in_a_bucket_are_resolved_by_comparing_keys() {
+    let (p, r) = table(100, 1 << 18, 4096);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r, &p);
+    let place = |k: &[u8]| {
+        let h = podcache_format::hash::hash(p.hash_seed, k);
+        (((h & 0xffff_ffff) * p.nbuckets) >> 32, (h >> 48) | 1)
+    };
+    let mut seen = HashMap::new();
+    let (a, b) = (0u64..)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find_map(|k| seen.insert(place(&k), k.clone()).map(|other| (other, k)))
+        .unwrap();
+    assert_ne!(a, b);
+    w.put(&a, b"first", None).unwrap();
+    w.put(&b, b"second", None).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(rd.get(&b, &mut buf), Ok(Some(6)));
+    assert_eq!(&buf[..6], b"second");
+    assert_eq!(rd.get(&a, &mut buf), Ok(Some(5)));
+    assert_eq!(&buf[..5], b"first");
+    assert!(w.delete(&a));
+    assert_eq!(rd.get(&a, &mut buf), Ok(None));
+    assert_eq!(rd.get_vec(&b).unwrap().unwrap(), b"second");
+    assert_eq!((rd.counters().hits, rd.counters().misses, rd.counters().retries), (3, 1, 0));
+}
+
 #[test]
 fn refuses_bad_keys_and_oversized_values_handing_them_back() {
     let (p, r) = table(100, 1 << 18, 4096);
