@@ -19,6 +19,7 @@
 #![allow(clippy::needless_range_loop)]
 
 mod checksum;
+mod clock;
 pub mod codec;
 mod error;
 #[cfg(not(loom))]

@@ -40,6 +40,7 @@
 //! every copied word is from the committed record, or the lease check fails.
 
 use crate::checksum::{checksum, Crc};
+use crate::clock::{Stamp, WakeClock};
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
 #[cfg(not(loom))]
@@ -355,9 +356,11 @@ pub struct RingWriter {
     head: u64,
     chunk: u64,
     policy: WakePolicy,
+    /// The clock of adaptive waking (`None` for the other policies).
+    clock: Option<WakeClock>,
     /// Clock reads just after the last two commits' tail stores, newest first (adaptive
     /// waking).
-    commit_times: [Option<Instant>; 2],
+    commit_times: [Option<Stamp>; 2],
     /// End position of the record last written (scratch for the commit that follows).
     tail_after: u64,
 }
@@ -395,6 +398,10 @@ impl RingWriter {
             head,
             chunk,
             policy,
+            clock: match policy {
+                WakePolicy::Adaptive(window) => Some(WakeClock::new(window)),
+                WakePolicy::Always | WakePolicy::Never => None,
+            },
             commit_times: [None, None],
             tail_after: tail,
         }
@@ -630,15 +637,20 @@ impl RingWriter {
         match self.policy {
             WakePolicy::Never => {}
             WakePolicy::Always => self.wake(),
-            WakePolicy::Adaptive(window) => {
+            WakePolicy::Adaptive(_) => {
                 // `done` is read after this tail store; the clock read two commits ago was
                 // taken after that commit's store and so before the previous commit's store.
                 // `done - two_ago` therefore bounds the true gap between the previous and this
                 // tail store from above: a reader that saw the old tail for 2 windows is asleep
-                // only if this is >= one window. One clock read per commit.
-                let done = now();
+                // only if this is >= one window. One clock read per commit (the TSC where it
+                // can be trusted; see `clock` for what "after" means for a clock read).
+                let Some(clock) = self.clock.as_mut() else { return self.wake() };
+                let (done, new_units) = clock.stamp();
+                if new_units {
+                    self.commit_times = [None, None];
+                }
                 let [last, two_ago] = self.commit_times;
-                if two_ago.is_none_or(|t| done.duration_since(t) >= window) {
+                if two_ago.is_none_or(|t| clock.window_passed(t, done)) {
                     self.wake();
                 }
                 self.commit_times = [Some(done), last];
@@ -668,17 +680,6 @@ impl RingWriter {
         let crc = Crc::new(self.next_seq);
         Ok(Claim { writer: self, start, cap: max_len, out, crc })
     }
-}
-
-#[cfg(not(loom))]
-fn now() -> Instant {
-    Instant::now()
-}
-
-#[cfg(loom)]
-fn now() -> Instant {
-    // Loom cannot model the clock; the models use `Always`/`Never`.
-    Instant::now()
 }
 
 /// A message being written in place; see [`RingWriter::claim`].

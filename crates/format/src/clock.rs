@@ -1,0 +1,155 @@
+//! The ring writer's clock for adaptive waking: how long since a commit, read once per commit.
+//!
+//! `Instant::now()` costs about 130 instructions here (the vDSO's `clock_gettime`), a third of
+//! a 64-byte publish. Where the CPU's time-stamp counter is a trustworthy clock (x86_64 with
+//! an invariant TSC, and the kernel itself timing with it, so it is synchronised across cores),
+//! a commit reads the TSC instead (`rdtsc`, a few cycles). The TSC's rate is measured against
+//! `Instant` over the first [`CALIBRATE_FOR`] of commits, during which commits read both, so
+//! there is no start-up pause; on other machines `Instant` is used throughout.
+//!
+//! Neither clock read is ordered after the tail store that precedes it (`clock_gettime` uses
+//! `rdtscp` or `lfence; rdtsc`, which do not drain the store buffer either): a stamp can be
+//! early by the time a store takes to leave the core, tens of nanoseconds, against windows of
+//! microseconds. The TSC window is shortened by [`MARGIN`] to cover that and the calibration
+//! error, which only makes the writer wake a little more often.
+
+use std::time::{Duration, Instant};
+
+/// How long commits read both clocks before the TSC is trusted alone.
+pub(crate) const CALIBRATE_FOR: Duration = Duration::from_millis(20);
+/// Fraction of the window a TSC gap must reach to count as a whole window.
+const MARGIN: f64 = 0.9;
+
+/// A point in time in the clock's own units (see [`WakeClock`]).
+pub(crate) type Stamp = u64;
+
+enum Mode {
+    /// Nanoseconds since `origin` from `Instant`.
+    Instant,
+    /// As `Instant`, while measuring the TSC rate since (`at`, `tsc`).
+    Calibrating { at: Instant, tsc: u64 },
+    /// TSC ticks; `window` is the wake window in ticks.
+    Tsc { window: u64 },
+}
+
+/// Stamps commits and says whether a wake window passed between two stamps.
+pub(crate) struct WakeClock {
+    origin: Instant,
+    window: Duration,
+    mode: Mode,
+}
+
+impl WakeClock {
+    /// A clock for windows of `window`.
+    pub(crate) fn new(window: Duration) -> WakeClock {
+        let origin = Instant::now();
+        let mode = match tsc() {
+            Some(tsc) if tsc_is_a_clock() => Mode::Calibrating { at: origin, tsc },
+            _ => Mode::Instant,
+        };
+        WakeClock { origin, window, mode }
+    }
+
+    /// Now. Returns `true` as second value when the units changed (calibration finished):
+    /// earlier stamps must be dropped.
+    #[inline]
+    pub(crate) fn stamp(&mut self) -> (Stamp, bool) {
+        match self.mode {
+            Mode::Tsc { .. } => (tsc().unwrap_or(0), false),
+            Mode::Instant => (self.nanos(Instant::now()), false),
+            Mode::Calibrating { at, tsc: tsc0 } => self.calibrate(at, tsc0),
+        }
+    }
+
+    #[cold]
+    fn calibrate(&mut self, at: Instant, tsc0: u64) -> (Stamp, bool) {
+        let now = Instant::now();
+        let ticks = tsc().unwrap_or(0);
+        let took = now.duration_since(at);
+        if took < CALIBRATE_FOR {
+            return (self.nanos(now), false);
+        }
+        let per_ns = ticks.wrapping_sub(tsc0) as f64 / took.as_nanos() as f64;
+        self.mode = if per_ns.is_finite() && per_ns > 0.01 {
+            Mode::Tsc { window: (self.window.as_nanos() as f64 * per_ns * MARGIN) as u64 }
+        } else {
+            Mode::Instant
+        };
+        (self.stamp().0, true)
+    }
+
+    /// Whether at least a window passed from `earlier` to `later` (stamps of this clock).
+    #[inline]
+    pub(crate) fn window_passed(&self, earlier: Stamp, later: Stamp) -> bool {
+        let gap = later.saturating_sub(earlier);
+        match self.mode {
+            Mode::Tsc { window } => gap >= window,
+            Mode::Instant | Mode::Calibrating { .. } => gap >= self.window.as_nanos() as u64,
+        }
+    }
+
+    /// Whether stamps come from the TSC (for tests and docs).
+    #[cfg(test)]
+    fn on_tsc(&self) -> bool {
+        matches!(self.mode, Mode::Tsc { .. })
+    }
+
+    fn nanos(&self, t: Instant) -> Stamp {
+        t.duration_since(self.origin).as_nanos() as u64
+    }
+}
+
+/// The time-stamp counter, where there is one.
+#[inline]
+fn tsc() -> Option<u64> {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        // SAFETY: `rdtsc` exists on every x86_64 CPU and has no preconditions.
+        Some(unsafe { std::arch::x86_64::_rdtsc() })
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    None
+}
+
+/// Whether the TSC ticks at a constant rate in every power state (CPUID 0x8000_0007 EDX bit
+/// 8) and the kernel keeps time with it (so it found it synchronised across CPUs).
+fn tsc_is_a_clock() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    {
+        let invariant = std::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0007
+            && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0;
+        let source = std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+        invariant && source.is_ok_and(|s| s.trim() == "tsc")
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    false
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_measured_before_and_after_calibration() {
+        let window = Duration::from_millis(2);
+        let mut c = WakeClock::new(window);
+        let (a, _) = c.stamp();
+        let (b, _) = c.stamp();
+        assert!(!c.window_passed(a, b), "back-to-back stamps are within a window");
+        // Run until calibration ends (or forever on Instant: then a few windows).
+        let start = Instant::now();
+        let mut changed = false;
+        let mut last = a;
+        while start.elapsed() < CALIBRATE_FOR * 2 {
+            let (s, ch) = c.stamp();
+            changed |= ch;
+            last = s;
+        }
+        assert_eq!(changed, c.on_tsc(), "the units change exactly when the TSC takes over");
+        std::thread::sleep(window * 2);
+        let (after, _) = c.stamp();
+        assert!(c.window_passed(last, after), "two windows of sleep count as a window");
+        let (again, _) = c.stamp();
+        assert!(!c.window_passed(after, again), "no time is not a window");
+    }
+}
