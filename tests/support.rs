@@ -247,6 +247,8 @@ pub const TABLE_SEGMENTS: usize = 0x180;
 pub const FILL_BITS: u32 = 40;
 /// Bits of `loc` in an index slot (`tag << 48 | loc`).
 pub const LOC_BITS: u32 = 48;
+/// Bytes per unit of `loc`: records start at multiples of 4 bytes of the data region.
+pub const REC_ALIGN: u64 = 4;
 
 /// The geometry in a table header's parameter words (at 0x40).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +282,7 @@ pub struct TableRecord {
     pub has_expiry: bool,
     /// The key bytes.
     pub key: Vec<u8>,
-    /// Bytes the record takes (8-aligned).
+    /// Bytes the record takes (4-aligned).
     pub len: usize,
 }
 
@@ -342,9 +344,19 @@ impl TableImage {
         self.bucket_off(b) + 8 * (1 + s)
     }
 
-    /// Byte offset of the record at `loc` (8-byte units into the data region).
+    /// Byte offset of the record at `loc` (4-byte units into the data region).
     pub fn loc_off(&self, loc: u64) -> usize {
-        (self.layout().data_offset + 8 * loc) as usize
+        (self.layout().data_offset + REC_ALIGN * loc) as usize
+    }
+
+    /// The segment of the record at `loc`.
+    pub fn seg_of_loc(&self, loc: u64) -> u64 {
+        loc * REC_ALIGN / self.layout().segment_size
+    }
+
+    /// The `loc` of byte `off` of the data region.
+    pub fn loc_at(off: u64) -> u64 {
+        off / REC_ALIGN
     }
 
     /// Home bucket and tag of `key` (docs/design.md §4.2 and table/mod.rs `Geo::home`).
@@ -356,7 +368,7 @@ impl TableImage {
 
     /// The record at `loc`, if its header and key lie inside the image.
     pub fn record(&self, loc: u64) -> Option<TableRecord> {
-        let offset = usize::try_from(self.layout().data_offset.checked_add(loc.checked_mul(8)?)?).ok()?;
+        let offset = usize::try_from(self.layout().data_offset.checked_add(loc.checked_mul(REC_ALIGN)?)?).ok()?;
         if offset + 8 > self.bytes.len() {
             return None;
         }
@@ -364,7 +376,7 @@ impl TableImage {
         let (klen, vlen, has_expiry) = (((w >> 32) & 0xff) as usize, ((w >> 40) & 0x7f_ffff) as usize, w >> 63 == 1);
         let key_at = offset + if has_expiry { 16 } else { 8 };
         let key = self.bytes.get(key_at..key_at + klen)?.to_vec();
-        let len = (key_at - offset + klen + vlen).div_ceil(8) * 8;
+        let len = (key_at - offset + klen + vlen).next_multiple_of(REC_ALIGN as usize);
         Some(TableRecord { offset, klen, vlen, has_expiry, key, len })
     }
 

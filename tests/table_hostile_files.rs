@@ -14,7 +14,7 @@ use podcache_format::header::{self, HEADER_BYTES, PARAM_WORDS};
 use podcache_reader::{GetError, Kind, OpenError, Subscriber, TableReader};
 use podcache_tests::{
     kv_key, kv_key_id, kv_value, shm_tempdir, watched, Rng, SharedWords, TableImage, TableLayout, Watchdog, FILL_BITS,
-    LOC_BITS, TABLE_STATS,
+    LOC_BITS, REC_ALIGN, TABLE_STATS,
 };
 use podcache_writer::{CreateError, Publisher, TableRecovery, TableWriter};
 use std::collections::{HashMap, HashSet};
@@ -255,7 +255,7 @@ fn present_in_segment(img: &TableImage, written: &Written, seg: u64) -> (u64, us
     ids.into_iter()
         .find_map(|id| {
             let (off, v) = key_slot(img, id);
-            ((v & LOC_MASK) * 8 / SEGMENT == seg).then_some((id, off, v))
+            (img.seg_of_loc(v & LOC_MASK) == seg).then_some((id, off, v))
         })
         .expect("a key in that segment")
 }
@@ -290,7 +290,7 @@ fn an_empty_or_unfinished_table_file_is_not_ready() {
 /// writing, a flipped bit, a hostile file) then shows readers the old keys — which the new
 /// writer does not count and overwrites under the same generation —, noise in the index makes
 /// every put fail with `IndexFull`, and a stale slot reaches the writer's own unchecked
-/// lookup (`find` → `key_at` → `header_at`, writer.rs: `self.words()[self.g.rec_word(loc)]`):
+/// lookup (`find` → `key_at` → `header_at`, which indexed the mapping with the slot's `loc`):
 /// a put whose tag matches a slot pointing beyond the mapping panics with an out-of-bounds
 /// index.
 #[test]
@@ -519,7 +519,7 @@ fn slots_pointing_outside_the_data_region_or_past_fill_are_corrupt_and_a_writer_
     let dir = shm_tempdir();
     let (_, img, written) = real_table(dir.path(), "real.table", SMALL);
     let l = img.layout();
-    let data_locs = l.nsegments * l.segment_size / 8;
+    let data_locs = l.nsegments * l.segment_size / REC_ALIGN;
     // The last used segment is only partly filled: a loc just past its fill.
     let used: Vec<u64> = (0..l.nsegments).filter(|&s| img.word(img.seg_state_off(s) + 8) != 0).collect();
     let last = *used.last().unwrap();
@@ -529,9 +529,10 @@ fn slots_pointing_outside_the_data_region_or_past_fill_are_corrupt_and_a_writer_
     let cases: Vec<(&str, u64)> = vec![
         ("just past the data region", data_locs),
         ("the largest loc", LOC_MASK),
-        ("past the fill of the last segment", (last * SEGMENT + fill) / 8),
-        ("far past the fill of the last segment", (last * SEGMENT + SEGMENT - 8) / 8),
-        ("into a free segment", free * SEGMENT / 8),
+        ("past the fill of the last segment", (last * SEGMENT + fill) / REC_ALIGN),
+        ("far past the fill of the last segment", (last * SEGMENT + SEGMENT - 8) / REC_ALIGN),
+        ("the last 4 bytes of the last segment", (last * SEGMENT + SEGMENT - 4) / REC_ALIGN),
+        ("into a free segment", free * SEGMENT / REC_ALIGN),
     ];
     let id = *written.current.keys().min().unwrap();
     for (what, loc) in cases {
@@ -561,12 +562,12 @@ fn slots_pointing_into_the_middle_of_a_record_never_yield_a_value() {
         let mut b = img.clone();
         let (off, v) = key_slot(&b, id);
         let rec = b.record(v & LOC_MASK).unwrap();
-        for shift in (1..(rec.len / 8) as u64).take(3) {
+        for shift in (1..rec.len as u64 / REC_ALIGN).take(5) {
             b.set_word(off, v + shift);
             let path = put_file(dir.path(), "mid.table", &b.bytes);
             let rd = TableReader::open(&path).unwrap();
             let r = watched("mid-record slot", BOUND_SECS, || rd.get_vec(&kv_key(id)));
-            assert!(matches!(r, Ok(None) | Err(GetError::Corrupt { .. })), "key {id}, +{shift} words: {r:?}");
+            assert!(matches!(r, Ok(None) | Err(GetError::Corrupt { .. })), "key {id}, +{shift} units: {r:?}");
             let o = watched("mid-record slot", BOUND_SECS, || read_all(&rd, SMALL, &written));
             assert!(o.hits >= 3 * (written.current.len() as u64 - 1), "{o:?}");
         }
@@ -767,7 +768,7 @@ fn a_record_at_the_end_of_the_file_claiming_more_bytes_is_corrupt() {
     b.set_word(st + 8, 1000);
     let id = *written.current.keys().min().unwrap();
     let key = kv_key(id);
-    let end_loc = l.nsegments * SEGMENT / 8 - 1;
+    let end_loc = l.nsegments * SEGMENT / REC_ALIGN - 2;
     let at = b.loc_off(end_loc);
     assert_eq!(at + 8, b.bytes.len(), "the last word of the file");
     for vlen in [1u64, 100, 0x7F_FFFF] {
@@ -835,7 +836,7 @@ fn a_used_segment_marked_free_is_freed_by_a_writer() {
     let mut b = img.clone();
     let st = b.seg_state_off(0);
     b.set_word(st + 8, 0);
-    let in_seg0 = b.used_slots().iter().filter(|(_, _, _, v)| (v & LOC_MASK) * 8 / SEGMENT == 0).count() as u64;
+    let in_seg0 = b.used_slots().iter().filter(|(_, _, _, v)| b.seg_of_loc(v & LOC_MASK) == 0).count() as u64;
     assert!(in_seg0 > 0);
     let path = put_file(dir.path(), "freed.table", &b.bytes);
     let o = open_and_read(&path, SMALL, &written).expect("the header is intact");
@@ -900,7 +901,7 @@ fn churn(
     gets: Gets,
     done: impl Fn(&Churn) -> bool + Sync,
 ) -> Churn {
-    let seg_of = |id: u64| (img.slot_of(&kv_key(id)).expect("the key has a slot").1 & LOC_MASK) * 8 / SEGMENT;
+    let seg_of = |id: u64| img.seg_of_loc(img.slot_of(&kv_key(id)).expect("the key has a slot").1 & LOC_MASK);
     let seg = seg_of(keys[0].0);
     assert!(keys.iter().all(|(id, _)| seg_of(*id) == seg), "the keys share a segment");
     let st = img.seg_state_off(seg) / 8;

@@ -611,9 +611,12 @@ fn reader_child() {
 #[test]
 fn a_get_of_an_absent_key_in_a_churned_valid_table_is_a_miss() {
     let dir = shm_tempdir();
-    // (item limit, data bytes, key space, steps)
+    // (item limit, data bytes, key space, steps). Whether a checkpoint finds a whole-bound walk
+    // depends on the churn's trajectory: the small table gets a data region small enough that
+    // eviction by bytes keeps reshuffling its slots (with 12 segments and 4-byte-aligned records
+    // no checkpoint of this seed found one).
     for (max_items, data_bytes, nkeys, steps) in
-        [(200u64, 12 * 4096u64, 2000u64, 20_000u64), (2000, 96 * 4096, 20_000, 60_000)]
+        [(200u64, 8 * 4096u64, 2000u64, 20_000u64), (2000, 96 * 4096, 20_000, 60_000)]
     {
         let path = dir.path().join(format!("churned-{max_items}.table"));
         let mut w = TableWriter::builder(&path)

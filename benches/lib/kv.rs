@@ -10,7 +10,7 @@ use crate::{accept_child, child_var, Child, ShmDir};
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
 use podcache_reader::TableReader;
-use podcache_writer::TableWriter;
+use podcache_writer::{record_size, TableWriter};
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -512,7 +512,7 @@ impl Puts {
 }
 
 /// File bytes per byte of keys and values, for a table sized for 100,000 items of 16 + 100
-/// bytes (by the sizing rule: 8 + key + value rounded up to 8 per item) and filled to 90%.
+/// bytes (by the sizing rule: [`record_size`] per item) and filled to 90%.
 pub struct MemoryEfficiency {
     /// Size of the table file.
     pub file_bytes: u64,
@@ -529,7 +529,7 @@ impl MemoryEfficiency {
     pub fn measure(dir: &ShmDir) -> MemoryEfficiency {
         let (items, kv) = (100_000u64, 16 + VALUE_LEN as u64);
         let path = dir.path("efficiency.table");
-        let per_item = (8 + kv).div_ceil(8) * 8;
+        let per_item = record_size(16, VALUE_LEN, false);
         let mut w = TableWriter::builder(&path).max_items(items).data_bytes(items * per_item).create().expect("table");
         let fill = items * 9 / 10;
         for i in 0..fill {

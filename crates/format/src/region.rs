@@ -148,6 +148,16 @@ pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
     }
 }
 
+/// The last `n` (1–7) bytes of `bytes` as a little-endian word, zero-padded: one 8-byte load
+/// when `bytes` has 8, else a byte loop.
+#[inline]
+fn le_tail(bytes: &[u8], n: usize) -> u64 {
+    match bytes.last_chunk::<8>() {
+        Some(c) => u64::from_le_bytes(*c) >> (64 - 8 * n),
+        None => le_word(&bytes[bytes.len() - n..]),
+    }
+}
+
 /// Up to 8 bytes as a little-endian word, zero-padded (a byte loop: cheaper than `memcpy`).
 #[inline]
 fn le_word(bytes: &[u8]) -> u64 {
@@ -166,7 +176,7 @@ pub(crate) fn eq_words(words: &[AtomicU64], first: usize, bytes: &[u8]) -> bool 
         diff |= u64::from_le_bytes(*chunk) ^ w.load(Ordering::Relaxed);
     }
     if let (false, Some(w)) = (rest.is_empty(), src.last()) {
-        let last = le_word(rest);
+        let last = le_tail(bytes, rest.len());
         let mask = u64::MAX >> (64 - 8 * rest.len());
         diff |= (last ^ w.load(Ordering::Relaxed)) & mask;
     }
@@ -184,18 +194,54 @@ pub(crate) fn copy_out_bytes(words: &[AtomicU64], byte_off: usize, out: &mut [u8
     let first = byte_off / 8;
     let w = words[first].load(Ordering::Relaxed).to_le_bytes();
     let n = (8 - lead).min(out.len());
-    out[..n].copy_from_slice(&w[lead..lead + n]);
+    // A byte loop: cheaper than `memcpy` for the 1–7 bytes.
+    for (d, s) in out[..n].iter_mut().zip(&w[lead..]) {
+        *d = *s;
+    }
     if n < out.len() {
         copy_out(words, first + 1, &mut out[n..]);
     }
 }
 
-/// Appends a byte stream to shared words starting at a word boundary, one Release store per
-/// word (SYNC: pairs with the Acquire fence of the reader's validation). A word is stored
-/// each time it fills, and the partial last word (zero-padded) at once, so what was written
-/// is in shared memory when `write` returns.
+/// The 8 bytes at byte `byte` (any alignment) as a little-endian word, with one or two Relaxed
+/// word loads. The caller has bounds-checked `byte..byte + 8` and validates afterwards.
+#[inline(always)]
+pub(crate) fn load_at(words: &[AtomicU64], byte: usize) -> u64 {
+    let (first, lead) = (byte / 8, byte % 8);
+    let lo = words[first].load(Ordering::Relaxed);
+    if lead == 0 {
+        return lo;
+    }
+    let hi = words[first + 1].load(Ordering::Relaxed);
+    (lo >> (8 * lead)) | (hi << (64 - 8 * lead))
+}
+
+/// Whether the bytes at byte `byte` (any alignment) equal `bytes`; as [`eq_words`].
+#[inline(always)]
+pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
+    let (first, lead) = (byte / 8, byte % 8);
+    if lead == 0 {
+        return eq_words(words, first, bytes);
+    }
+    let n = (8 - lead).min(bytes.len());
+    let w = words[first].load(Ordering::Relaxed) >> (8 * lead);
+    let head = match bytes.first_chunk::<8>() {
+        Some(c) => u64::from_le_bytes(*c),
+        None => le_word(&bytes[..n]),
+    };
+    let mask = u64::MAX >> (64 - 8 * n);
+    (w ^ head) & mask == 0 && eq_words(words, first + 1, &bytes[n..])
+}
+
+/// Appends a byte stream to shared words, one Release store per word (SYNC: pairs with the
+/// Acquire fence of the reader's validation). A word is stored each time it fills, and the
+/// partial last word (zero-padded) at once, so what was written is in shared memory when
+/// `write` returns.
 pub(crate) struct WordWriter {
     first: usize,
+    /// Bytes of the first word before the stream (kept as they are).
+    lead: usize,
+    /// `lead` + bytes written.
     len: usize,
     partial: [u8; 8],
 }
@@ -203,12 +249,26 @@ pub(crate) struct WordWriter {
 impl WordWriter {
     /// A writer at word `first`.
     pub(crate) fn new(first: usize) -> WordWriter {
-        WordWriter { first, len: 0, partial: [0; 8] }
+        WordWriter { first, lead: 0, len: 0, partial: [0; 8] }
+    }
+
+    /// A writer at byte `byte` (any alignment). The bytes of its first word before `byte` are
+    /// stored again unchanged with the stream's first bytes: whoever reads them concurrently
+    /// sees the same values before and after.
+    pub(crate) fn at_byte(words: &[AtomicU64], byte: usize) -> WordWriter {
+        let (first, lead) = (byte / 8, byte % 8);
+        let mut partial = [0u8; 8];
+        if lead != 0 {
+            // Relaxed: the writer's own earlier store.
+            let keep = words[first].load(Ordering::Relaxed).to_le_bytes();
+            partial[..lead].copy_from_slice(&keep[..lead]);
+        }
+        WordWriter { first, lead, len: lead, partial }
     }
 
     /// Bytes written so far.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len - self.lead
     }
 
     /// Append `src`; the caller has bounds-checked the room.
@@ -266,6 +326,36 @@ mod tests {
                 let mut out = vec![0u8; len];
                 copy_out_bytes(region.words(), 16 + start, &mut out);
                 assert_eq!(out, &stream[start..start + len]);
+            }
+        }
+    }
+
+    #[test]
+    fn byte_addressed_writes_loads_and_compares_agree() {
+        let region = Region::heap(64);
+        let w = region.words();
+        // Streams laid end to end at every 4-byte-aligned and odd offset: earlier bytes survive.
+        let mut at = 3usize;
+        let mut placed = Vec::new();
+        for n in [1usize, 4, 8, 9, 13, 20, 31] {
+            let bytes: Vec<u8> = (0..n).map(|i| (i * 29 + n + at) as u8 | 1).collect();
+            let mut ww = WordWriter::at_byte(w, at);
+            ww.write(w, &bytes[..n / 2]);
+            ww.write(w, &bytes[n / 2..]);
+            assert_eq!(ww.len(), n);
+            placed.push((at, bytes));
+            at += n;
+        }
+        for (at, bytes) in &placed {
+            let mut out = vec![0u8; bytes.len()];
+            copy_out_bytes(w, *at, &mut out);
+            assert_eq!(&out, bytes, "at {at}");
+            assert!(eq_bytes(w, *at, bytes), "at {at}: equal");
+            let mut other = bytes.clone();
+            *other.last_mut().unwrap() ^= 0x80;
+            assert!(!eq_bytes(w, *at, &other), "at {at}: last byte differs");
+            if bytes.len() >= 8 {
+                assert_eq!(load_at(w, *at).to_le_bytes(), bytes[..8], "at {at}");
             }
         }
     }

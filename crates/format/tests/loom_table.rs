@@ -7,7 +7,8 @@ use loom::thread;
 use podcache_format::region::Region;
 use podcache_format::table::{EvictionPolicy, TableParams, TableReader, TableWriter};
 
-/// Two tiny segments (64 bytes: two records each), so a few puts force eviction and reuse.
+/// Two tiny segments (64 bytes: two 28-byte records each, the second starting mid-word), so
+/// a few puts force eviction and reuse.
 fn tiny() -> (TableParams, std::sync::Arc<Region>) {
     let p = TableParams {
         nsegments: 2,
@@ -22,14 +23,26 @@ fn tiny() -> (TableParams, std::sync::Arc<Region>) {
     (p, std::sync::Arc::new(Region::heap((p.file_size() / 8) as usize)))
 }
 
-fn value(v: u8) -> [u8; 9] {
-    [v; 9]
+const VLEN: usize = 19;
+
+fn value(v: u8) -> [u8; VLEN] {
+    [v; VLEN]
+}
+
+/// A get through the reader's straight-line path (`get`, `which == 0`) or its general lookup.
+fn get(r: &TableReader, key: &[u8], which: usize) -> Option<Vec<u8>> {
+    if which == 0 {
+        let mut buf = [0u8; VLEN];
+        r.get(key, &mut buf).unwrap().map(|n| buf[..n].to_vec())
+    } else {
+        r.get_vec(key).unwrap()
+    }
 }
 
 /// What a reader may see for key "a": nothing, or one whole value the writer put.
 fn check(got: Option<Vec<u8>>, allowed: &[u8]) {
     if let Some(v) = got {
-        assert_eq!(v.len(), 9, "partial value {v:?}");
+        assert_eq!(v.len(), VLEN, "partial value {v:?}");
         assert!(v.iter().all(|b| *b == v[0]), "mixed value {v:?}");
         assert!(allowed.contains(&v[0]), "value {} never put", v[0]);
     }
@@ -53,11 +66,11 @@ fn get_races_overwrite_delete_and_eviction() {
         let mut w = TableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
         w.put(b"a", value(1), None).unwrap();
         let readers: Vec<_> = (0..2)
-            .map(|_| {
+            .map(|which| {
                 let region = region.clone();
                 thread::spawn(move || {
                     let r = TableReader::new(region, &p);
-                    check(r.get_vec(b"a").unwrap(), &[1, 2, 3]);
+                    check(get(&r, b"a", which), &[1, 2, 3]);
                 })
             })
             .collect();
@@ -88,8 +101,8 @@ fn get_races_segment_recycling() {
             let region = region.clone();
             thread::spawn(move || {
                 let r = TableReader::new(region, &p);
-                check(r.get_vec(b"a").unwrap(), &[1]);
-                if let Some(v) = r.get_vec(b"b").unwrap() {
+                check(get(&r, b"a", 0), &[1]);
+                if let Some(v) = get(&r, b"b", 1) {
                     assert_eq!(v, value(2));
                 }
             })

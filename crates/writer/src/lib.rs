@@ -49,7 +49,7 @@
 //! # let path = dir.path().join("features.table");
 //! let mut table = TableWriter::builder(&path)
 //!     .max_items(10_000)          // most items
-//!     .data_bytes(4 << 20)        // bytes of records (8 + key + value each, rounded to 8)
+//!     .data_bytes(4 << 20)        // bytes of records (see `record_size`)
 //!     .create()?;
 //! table.put(b"user:42", b"{\"tier\":\"gold\"}")?;
 //! table.put_with_ttl(b"session:9", b"token", Duration::from_secs(30))?;
@@ -72,7 +72,7 @@ mod table;
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
 pub use podcache_format::ring::{Claim, PublishError, Recovery, WakePolicy};
-pub use podcache_format::table::{EvictionPolicy, PutError, TableRecovery, TableStats, MAX_KEY};
+pub use podcache_format::table::{record_size, EvictionPolicy, PutError, TableRecovery, TableStats, MAX_KEY};
 pub use podcache_format::{CreateError, Kind};
 pub use publisher::{Publisher, PublisherBuilder, TypedPublishError};
 pub use table::{TableWriter, TableWriterBuilder, TypedPutError};

@@ -28,7 +28,8 @@ impl TableWriterBuilder {
     }
 
     /// Bytes of the data region (default: `max_items × 256`). Each item takes
-    /// `8 + key + value` bytes rounded up to 8 (8 more with a TTL).
+    /// [`record_size`](crate::record_size) bytes: `8 + key + value` rounded up to 4 (8 more
+    /// with a TTL).
     pub fn data_bytes(mut self, bytes: u64) -> Self {
         self.data_bytes = Some(bytes);
         self
@@ -36,7 +37,7 @@ impl TableWriterBuilder {
 
     /// Bytes per segment, the unit of eviction, rounded up to a power of two; the largest value
     /// is a segment minus the record header and the key (default: the power of two at or below
-    /// a 32nd of the data, between 64 KiB and 4 MiB).
+    /// a 64th of the data, between 64 KiB and 4 MiB).
     pub fn segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
         self

@@ -8,11 +8,12 @@
 //! |---------------:|------|
 //! | 0x100          | statistics, one word each: items, live bytes, puts, deletes, evictions, expirations, clears, next segment sequence |
 //! | 0x180          | segment table: 4 words per segment: `state` (`gen << 40 \| fill`), `seq` (FIFO order, 0 = free), `max_expiry` (unix ms; `u64::MAX` if an item never expires), `live` (bytes of live records) |
-//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes (home bucket: `(hash mod 2^32) × nbuckets >> 32`). Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 8-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
+//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes (home bucket: `(hash mod 2^32) × nbuckets >> 32`). Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 4-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
 //! | `data_offset`  | `nsegments` segments of `segment_size` bytes, filled with records in append order |
 //!
-//! A record is 8-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
-//! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 8 bytes. The crc
+//! A record is 4-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
+//! the expiry (unix ms) if `has_expiry`, the key, the value, zero padding to 4 bytes (so two
+//! records can share a word; see [`record_size`]). The crc
 //! is crc32 (IEEE) of the value XORed with a mix of header bits 32–63, the expiry and the key's
 //! hash (see docs/design.md, "Checksums").
 //!
@@ -61,6 +62,8 @@ pub(crate) const SLOTS: usize = 7;
 pub(crate) const BUCKET_WORDS: usize = 8;
 pub(crate) const LOC_BITS: u32 = 48;
 pub(crate) const LOC_MASK: u64 = (1 << LOC_BITS) - 1;
+/// Records start at multiples of this many bytes (the unit of a slot's `loc`).
+pub(crate) const REC_ALIGN: u64 = 4;
 pub(crate) const FILL_BITS: u32 = 40;
 pub(crate) const FILL_MASK: u64 = (1 << FILL_BITS) - 1;
 /// Longest key in bytes.
@@ -130,16 +133,20 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Per-item overhead of a record without expiry: the header word, and on average half a word of
-/// padding (used for sizing).
-pub const RECORD_OVERHEAD: u64 = 8;
+/// Bytes a record takes in the data region: the 8-byte header, 8 more for an expiry, the key,
+/// the value, rounded up to 4. Size a table's data region as the sum of its items' records
+/// (a segment also leaves unused the tail too short for the next record).
+pub const fn record_size(klen: usize, vlen: usize, with_ttl: bool) -> u64 {
+    let hdr = if with_ttl { 16 } else { 8 };
+    (hdr + klen as u64 + vlen as u64).next_multiple_of(REC_ALIGN)
+}
 
 impl TableParams {
-    /// Geometry for up to `max_items` items in a data region of about `data_bytes` bytes
-    /// (records take `8 + key + value` bytes rounded up to 8, +8 with a TTL), in segments of
-    /// `segment_size` bytes rounded up to a power of two (0: choose: the power of two at or
-    /// below 1/32 of the data, between 64 KiB and 4 MiB). The largest value is a segment minus
-    /// the record header and key.
+    /// Geometry for up to `max_items` items in a data region of at least `data_bytes` bytes
+    /// (see [`record_size`]), in segments of `segment_size` bytes rounded up to a power of two
+    /// (0: choose: the power of two at or below 1/64 of the data, between 64 KiB and 4 MiB, so
+    /// rounding the data up to whole segments adds under 1/64). The largest value is a segment
+    /// minus the record header and key.
     pub fn new(
         max_items: u64,
         data_bytes: u64,
@@ -151,7 +158,7 @@ impl TableParams {
         }
         // A power of two, so a reader splits a record's location with a shift, not a division.
         let seg = if segment_size == 0 {
-            let target = (data_bytes / 32).clamp(64 << 10, 4 << 20);
+            let target = (data_bytes / 64).clamp(64 << 10, 4 << 20);
             1 << (63 - target.leading_zeros())
         } else {
             segment_size.max(MIN_SEGMENT).next_power_of_two()
@@ -200,7 +207,7 @@ impl TableParams {
         }
         let data = self.nsegments.checked_mul(self.segment_size);
         match data.and_then(|d| d.checked_add(self.data_offset)) {
-            Some(end) if end / 8 <= LOC_MASK && end < 1 << 50 => Ok(()),
+            Some(end) if end / REC_ALIGN <= LOC_MASK && end < 1 << 50 => Ok(()),
             _ => bad("data region too large".into()),
         }
     }
@@ -307,15 +314,21 @@ impl Geo {
     pub(crate) fn bucket(&self, b: u64) -> usize {
         self.index_word + b as usize * BUCKET_WORDS
     }
-    /// The segment and the offset in it of data-region byte `byte`.
+    /// The segment and the offset in it of the record at `loc`.
     #[inline]
-    pub(crate) fn split(&self, byte: u64) -> (u64, u64) {
+    pub(crate) fn split(&self, loc: u64) -> (u64, u64) {
+        let byte = loc * REC_ALIGN;
         (byte >> self.seg_shift, byte & (self.seg_size - 1))
     }
-    /// Word index of the record at `loc` (8-byte units into the data region).
+    /// The `loc` of the record at offset `off` of segment `seg`.
     #[inline]
-    pub(crate) fn rec_word(&self, loc: u64) -> usize {
-        self.data_word + loc as usize
+    pub(crate) fn loc(&self, seg: u64, off: u64) -> u64 {
+        (seg * self.seg_size + off) / REC_ALIGN
+    }
+    /// Byte offset in the region of the record at `loc` (4-byte units into the data region).
+    #[inline]
+    pub(crate) fn rec_byte(&self, loc: u64) -> usize {
+        self.data_word * 8 + (loc * REC_ALIGN) as usize
     }
     #[inline]
     pub(crate) fn home(&self, h: u64) -> (u64, u64) {
@@ -369,10 +382,10 @@ impl RecHeader {
         }
     }
 
-    /// Whole record length, 8-aligned.
+    /// Whole record length (see [`record_size`]).
     #[inline]
     pub(crate) fn len(&self) -> u64 {
-        ((self.key_off() + self.klen + self.vlen + 7) & !7) as u64
+        record_size(self.klen, self.vlen, self.has_expiry)
     }
 }
 

@@ -3,7 +3,7 @@
 use super::{crc_header, now_ms, read_stats, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY};
 use crate::checksum::Crc;
 use crate::hash::hash;
-use crate::region::{copy_out_bytes, eq_words, prefetch, Region};
+use crate::region::{copy_out_bytes, eq_bytes, load_at, prefetch, Region};
 use crate::sync::{fence, AtomicU64, Ordering};
 use std::cell::Cell;
 use std::sync::Arc;
@@ -237,30 +237,35 @@ impl TableReader {
             b = g.next_bucket(b);
         };
         let loc = slot & LOC_MASK;
-        let (seg, off) = g.split(loc * 8);
+        let (seg, off) = g.split(loc);
         if seg >= g.nsegments {
             return Fast::Unsure;
         }
-        // In the mapping: the data region is (`Geo::new` checks it), and `seg` is in it.
-        let rw = g.rec_word(loc);
-        prefetch(words, rw, 3);
+        // In the mapping: the data region is (`Geo::new` checks it), and `seg` is in it. The
+        // header, key and value of a small record span up to 3 lines; without the prefetch
+        // the loads of the later lines wait for the header (their addresses depend on it).
+        let rb = g.rec_byte(loc);
+        prefetch(words, rb / 8, 3);
         // SYNC: Acquire, as in `read_record`.
         let state = words[g.seg_state(seg)].load(Ordering::Acquire);
         let fill = (state & FILL_MASK).min(g.seg_size);
-        let hdr = RecHeader::decode(words[rw].load(Ordering::Relaxed));
+        if off + 8 > fill {
+            return Fast::Unsure;
+        }
+        let hdr = RecHeader::decode(load_at(words, rb));
         let (klen, vlen) = (key.len(), hdr.vlen);
-        if off + 8 > fill || off + hdr.len() > fill || hdr.klen != klen || vlen > buf.len() {
+        if off + hdr.len() > fill || hdr.klen != klen || vlen > buf.len() {
             return Fast::Unsure;
         }
         // The record lies below `fill` (checked), so in the mapping; what we load is trusted
         // only once `still_valid` says the segment was not recycled meanwhile.
-        let expiry = hdr.has_expiry.then(|| words[rw + 1].load(Ordering::Relaxed));
-        let key_word = rw + hdr.key_off() / 8;
-        if !eq_words(words, key_word, key) {
+        let expiry = hdr.has_expiry.then(|| load_at(words, rb + 8));
+        let key_byte = rb + hdr.key_off();
+        if !eq_bytes(words, key_byte, key) {
             return Fast::Unsure;
         }
         let out = &mut buf[..vlen];
-        copy_out_bytes(words, key_word * 8 + klen, out);
+        copy_out_bytes(words, key_byte + klen, out);
         if !self.still_valid(seg, state) || expiry.is_some_and(|e| e <= now_ms()) {
             return Fast::Unsure;
         }
@@ -425,8 +430,7 @@ impl TableReader {
     fn read_record(&self, loc: u64, key: &[u8], key_hash: u64, sink: &mut Sink<'_>) -> Result<Step, GetError> {
         let g = &self.g;
         let words = self.region.words();
-        let byte = loc * 8;
-        let (seg, off) = g.split(byte);
+        let (seg, off) = g.split(loc);
         if seg >= g.nsegments {
             return Err(GetError::Corrupt { reason: "slot points outside the data region" });
         }
@@ -436,24 +440,21 @@ impl TableReader {
         if off + 8 > fill {
             return Ok(Step::Anomaly("slot points beyond its segment's records"));
         }
-        let rw = g.rec_word(loc);
-        // The header, key and value of a small record span up to 3 lines; without this the
-        // loads of the later lines wait for the header (their addresses depend on it).
-        prefetch(words, rw, 3);
-        let hdr = RecHeader::decode(words[rw].load(Ordering::Relaxed));
+        let rb = g.rec_byte(loc);
+        let hdr = RecHeader::decode(load_at(words, rb));
         if off + hdr.len() > fill {
             return Ok(Step::Anomaly("record runs beyond its segment's records"));
         }
         if hdr.klen != key.len() {
             return Ok(Step::Other);
         }
-        let expiry = hdr.has_expiry.then(|| words[rw + 1].load(Ordering::Relaxed));
+        let expiry = hdr.has_expiry.then(|| load_at(words, rb + 8));
         // The record lies below `fill` (checked above), so its words are in the mapping. What
         // the loads below see is trusted only once `still_valid` says the segment was not
         // recycled meanwhile.
-        let key_word = rw + hdr.key_off() / 8;
-        let same_key = eq_words(words, key_word, key);
-        let value_off = key_word * 8 + hdr.klen;
+        let key_byte = rb + hdr.key_off();
+        let same_key = eq_bytes(words, key_byte, key);
+        let value_off = key_byte + hdr.klen;
         let vlen = hdr.vlen;
         let value: Option<&[u8]> = match sink {
             _ if !same_key => None,
@@ -503,26 +504,23 @@ impl TableReader {
                 return Ok(None);
             }
             let loc = s & LOC_MASK;
-            let byte = loc * 8;
-            let (seg, off) = self.g.split(byte);
+            let (seg, off) = self.g.split(loc);
             if seg >= self.g.nsegments {
                 return Err(GetError::Corrupt { reason: "slot points outside the data region" });
             }
             // SYNC: Acquire, as in `read_record`.
             let state = words[self.g.seg_state(seg)].load(Ordering::Acquire);
-            let hdr = RecHeader::decode(words[self.g.rec_word(loc)].load(Ordering::Relaxed));
-            if off + 8 > state & FILL_MASK
-                || off + hdr.len() > (state & FILL_MASK).min(self.g.seg_size)
-                || hdr.klen == 0
-            {
+            let fill = (state & FILL_MASK).min(self.g.seg_size);
+            let hdr = (off + 8 <= fill).then(|| RecHeader::decode(load_at(words, self.g.rec_byte(loc))));
+            let Some(hdr) = hdr.filter(|h| off + h.len() <= fill && h.klen != 0) else {
                 // SYNC: Acquire, as in `lookup` (a changed slot means we raced the writer).
                 if !self.still_valid(seg, state) || words[self.g.bucket(b) + slot].load(Ordering::Acquire) != s {
                     continue;
                 }
                 return Err(GetError::Corrupt { reason: "slot points outside its segment's records" });
-            }
+            };
             let mut key = vec![0u8; hdr.klen];
-            copy_out_bytes(words, self.g.rec_word(loc) * 8 + hdr.key_off(), &mut key);
+            copy_out_bytes(words, self.g.rec_byte(loc) + hdr.key_off(), &mut key);
             if !self.still_valid(seg, state) {
                 continue;
             }

@@ -12,7 +12,7 @@ use super::{
     read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_BITS, FILL_MASK, LOC_BITS, LOC_MASK,
 };
 use crate::hash::hash;
-use crate::region::{copy_out_bytes, Region};
+use crate::region::{copy_out_bytes, load_at, Region};
 use crate::sync::Ordering;
 use std::collections::{HashMap, HashSet};
 
@@ -58,7 +58,7 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
     let g = Geo::new(region.len_bytes(), params);
     let words = region.words();
     let mut check = TableCheck { stats: read_stats(words, params.data_bytes()), ..TableCheck::default() };
-    // Record location (8-byte units into the data region) -> record header, for intact records.
+    // Record locations (4-byte units into the data region) of intact records.
     let mut intact: HashSet<u64> = HashSet::new();
     let mut value = Vec::new();
     for seg in 0..g.nsegments {
@@ -69,7 +69,7 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
             continue;
         }
         check.segments_used += 1;
-        if fill > g.seg_size || !fill.is_multiple_of(8) {
+        if fill > g.seg_size || !fill.is_multiple_of(super::REC_ALIGN) {
             check.problem(format!("segment {seg}: fill {fill} beyond its size {} or unaligned", g.seg_size));
             continue;
         }
@@ -77,10 +77,14 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
         let mut bad = Vec::new();
         let mut off = 0u64;
         while off < fill {
-            let loc = (seg * g.seg_size + off) / 8;
-            let rw = g.rec_word(loc);
-            // Relaxed: validated by the generation re-check below.
-            let hdr = RecHeader::decode(words[rw].load(Ordering::Relaxed));
+            let loc = g.loc(seg, off);
+            let rb = g.rec_byte(loc);
+            if off + 8 > fill {
+                bad.push(format!("segment {seg} offset {off}: {} bytes left, too few for a record", fill - off));
+                break;
+            }
+            // Relaxed loads: validated by the generation re-check below.
+            let hdr = RecHeader::decode(load_at(words, rb));
             if hdr.klen == 0 {
                 bad.push(format!("segment {seg} offset {off}: record with an empty key"));
                 break;
@@ -92,12 +96,12 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
                 ));
                 break;
             }
-            let expiry = hdr.has_expiry.then(|| words[rw + 1].load(Ordering::Relaxed));
+            let expiry = hdr.has_expiry.then(|| load_at(words, rb + 8));
             let mut key = [0u8; super::MAX_KEY];
             let key = &mut key[..hdr.klen];
-            copy_out_bytes(words, rw * 8 + hdr.key_off(), key);
+            copy_out_bytes(words, rb + hdr.key_off(), key);
             value.resize(hdr.vlen, 0);
-            copy_out_bytes(words, rw * 8 + hdr.key_off() + hdr.klen, &mut value);
+            copy_out_bytes(words, rb + hdr.key_off() + hdr.klen, &mut value);
             let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
             // The crc covers the value, the header bits, the expiry and the key's hash; a changed
             // key byte shows as a tag or home-bucket mismatch in the index check below.
@@ -132,7 +136,7 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
                 continue;
             }
             let loc = s & LOC_MASK;
-            let seg = loc * 8 / g.seg_size;
+            let seg = g.split(loc).0;
             if seg >= g.nsegments {
                 check.problem(format!("bucket {b} slot {slot}: points outside the data region"));
                 continue;
@@ -144,10 +148,10 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
                 }
                 continue;
             }
-            let rw = g.rec_word(loc);
-            let hdr = RecHeader::decode(words[rw].load(Ordering::Relaxed));
+            let rb = g.rec_byte(loc);
+            let hdr = RecHeader::decode(load_at(words, rb));
             let mut key = vec![0u8; hdr.klen];
-            copy_out_bytes(words, rw * 8 + hdr.key_off(), &mut key);
+            copy_out_bytes(words, rb + hdr.key_off(), &mut key);
             let (home, tag) = g.home(hash(g.seed, &key));
             if s >> LOC_BITS != tag {
                 check.problem(format!("bucket {b} slot {slot}: tag does not match the key's hash"));

@@ -6,7 +6,7 @@ use super::{
     W_STAT_ITEMS, W_STAT_PUTS,
 };
 use crate::hash::hash;
-use crate::region::{copy_out_bytes, Region, WordWriter};
+use crate::region::{copy_out_bytes, load_at, Region, WordWriter};
 use crate::sync::{AtomicU64, Ordering};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -170,15 +170,15 @@ impl TableWriter {
             },
         };
         let seg = self.cur.expect("a current segment after next_segment");
-        let byte = seg * self.g.seg_size + self.cur_fill;
-        let loc = byte / 8;
+        let loc = self.g.loc(seg, self.cur_fill);
         let hi = RecHeader::encode_hi(key.len(), v.len(), expiry_ms.is_some());
         let crc = record_crc(hi, expiry_ms, h, v);
         let region = Arc::clone(&self.region);
         let words = region.words();
         // Record words: Release stores (SYNC: pair with the reader's Acquire fence in
-        // TableReader::still_valid), published below by the fill store.
-        let mut out = WordWriter::new(self.g.rec_word(loc));
+        // TableReader::still_valid), published below by the fill store. The record may start
+        // in the last word of the previous one, whose bytes are stored again unchanged.
+        let mut out = WordWriter::at_byte(words, self.g.rec_byte(loc));
         out.write(words, &(u64::from(crc) | (u64::from(hi) << 32)).to_le_bytes());
         if let Some(e) = expiry_ms {
             out.write(words, &e.to_le_bytes());
@@ -299,12 +299,19 @@ impl TableWriter {
 
     #[inline]
     fn seg_of(&self, loc: u64) -> u64 {
-        self.g.split(loc * 8).0
+        self.g.split(loc).0
     }
 
+    /// The header of the record at `loc`, which lies below its segment's fill (callers check
+    /// `off + 8 <= fill` for records they have not written themselves).
     fn header_at(&self, loc: u64) -> RecHeader {
-        // Relaxed: the writer reads what it wrote itself.
-        RecHeader::decode(self.words()[self.g.rec_word(loc)].load(Ordering::Relaxed))
+        // Relaxed loads: the writer reads what it wrote itself.
+        RecHeader::decode(load_at(self.words(), self.g.rec_byte(loc)))
+    }
+
+    /// The expiry of the record at `loc` (it has one).
+    fn expiry_at(&self, loc: u64) -> u64 {
+        load_at(self.words(), self.g.rec_byte(loc) + 8)
     }
 
     fn record_len_at(&self, loc: u64) -> u64 {
@@ -314,7 +321,7 @@ impl TableWriter {
     fn key_at<'k>(&self, loc: u64, buf: &'k mut [u8; MAX_KEY]) -> &'k [u8] {
         let hdr = self.header_at(loc);
         let k = &mut buf[..hdr.klen];
-        copy_out_bytes(self.words(), self.g.rec_word(loc) * 8 + hdr.key_off(), k);
+        copy_out_bytes(self.words(), self.g.rec_byte(loc) + hdr.key_off(), k);
         k
     }
 
@@ -441,7 +448,7 @@ impl TableWriter {
         let mut off = 0;
         let mut kbuf = [0u8; MAX_KEY];
         while off + 8 <= fill {
-            let loc = (seg * self.g.seg_size + off) / 8;
+            let loc = self.g.loc(seg, off);
             let hdr = self.header_at(loc);
             if hdr.len() == 0 || off + hdr.len() > fill {
                 break;
@@ -449,7 +456,7 @@ impl TableWriter {
             let key = self.key_at(loc, &mut kbuf);
             let (home, tag) = self.g.home(hash(self.g.seed, key));
             if let Some(sw) = self.slot_pointing_at(home, (tag << LOC_BITS) | loc) {
-                let expired = hdr.has_expiry && words[self.g.rec_word(loc) + 1].load(Ordering::Relaxed) <= now;
+                let expired = hdr.has_expiry && self.expiry_at(loc) <= now;
                 self.remove_slot(home, sw);
                 self.stats.items = self.stats.items.saturating_sub(1);
                 if expired {
@@ -522,14 +529,14 @@ impl TableWriter {
             }
             let mut off = 0;
             let mut max_exp = 0;
-            while off < fill.min(g.seg_size) {
-                let loc = (seg * g.seg_size + off) / 8;
+            while off + 8 <= fill.min(g.seg_size) {
+                let loc = g.loc(seg, off);
                 let hdr = me.header_at(loc);
                 if hdr.klen == 0 || off + hdr.len() > fill.min(g.seg_size) || !me.record_ok(loc, &hdr) {
                     break;
                 }
                 starts.insert(loc);
-                let exp = if hdr.has_expiry { words[g.rec_word(loc) + 1].load(Ordering::Relaxed) } else { u64::MAX };
+                let exp = if hdr.has_expiry { me.expiry_at(loc) } else { u64::MAX };
                 max_exp = max_exp.max(exp);
                 off += hdr.len();
             }
@@ -639,8 +646,8 @@ impl TableWriter {
     /// Whether the record at `loc` passes its crc.
     fn record_ok(&self, loc: u64, hdr: &RecHeader) -> bool {
         let words = self.words();
-        let expiry = hdr.has_expiry.then(|| words[self.g.rec_word(loc) + 1].load(Ordering::Relaxed));
-        let start = self.g.rec_word(loc) * 8 + hdr.key_off();
+        let expiry = hdr.has_expiry.then(|| self.expiry_at(loc));
+        let start = self.g.rec_byte(loc) + hdr.key_off();
         let mut kv = vec![0u8; hdr.klen + hdr.vlen];
         copy_out_bytes(words, start, &mut kv);
         let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
