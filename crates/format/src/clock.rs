@@ -112,14 +112,18 @@ fn tsc() -> Option<u64> {
 }
 
 /// Whether the TSC ticks at a constant rate in every power state (CPUID 0x8000_0007 EDX bit
-/// 8) and the kernel keeps time with it (so it found it synchronised across CPUs).
+/// 8) and the kernel keeps time with it (so it found it synchronised across CPUs). Asked once
+/// per process.
 fn tsc_is_a_clock() -> bool {
     #[cfg(all(target_arch = "x86_64", not(loom)))]
     {
-        let invariant = std::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0007
-            && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0;
-        let source = std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
-        invariant && source.is_ok_and(|s| s.trim() == "tsc")
+        static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ANSWER.get_or_init(|| {
+            let invariant = std::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0007
+                && std::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0;
+            let source = std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+            invariant && source.is_ok_and(|s| s.trim() == "tsc")
+        })
     }
     #[cfg(not(all(target_arch = "x86_64", not(loom))))]
     false

@@ -229,8 +229,8 @@ impl TableReader {
             {
                 break slot;
             }
-            // SYNC: Acquire, as in `probe`.
             probes += 1;
+            // SYNC: Acquire, as in `probe`.
             if bucket[0].load(Ordering::Acquire) == 0 || probes == g.max_probe {
                 return Fast::Miss;
             }
