@@ -92,8 +92,8 @@ impl Region {
     }
 }
 
-/// Ask the CPU to start loading the cache lines of words `first..first + words_ahead` (no
-/// effect on what any load returns; out-of-range words are skipped). A get issues it as soon as
+/// Ask the CPU to start loading `lines` cache lines from word `first` on (no effect on what any
+/// load returns; out-of-range words are skipped). A get issues it as soon as
 /// it knows where a record is, so the record's lines arrive together instead of one after the
 /// other as each load's address is computed from the last.
 #[inline(always)]
@@ -188,7 +188,7 @@ pub(crate) fn eq_words(words: &[AtomicU64], first: usize, bytes: &[u8]) -> bool 
 #[inline(always)]
 pub(crate) fn copy_out_bytes(words: &[AtomicU64], byte_off: usize, out: &mut [u8]) {
     let lead = byte_off % 8;
-    if lead == 0 {
+    if lead == 0 || out.is_empty() {
         return copy_out(words, byte_off / 8, out);
     }
     let first = byte_off / 8;
@@ -220,7 +220,7 @@ pub(crate) fn load_at(words: &[AtomicU64], byte: usize) -> u64 {
 #[inline(always)]
 pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
     let (first, lead) = (byte / 8, byte % 8);
-    if lead == 0 {
+    if lead == 0 || bytes.is_empty() {
         return eq_words(words, first, bytes);
     }
     let n = (8 - lead).min(bytes.len());
@@ -346,6 +346,8 @@ mod tests {
             placed.push((at, bytes));
             at += n;
         }
+        assert!(eq_bytes(w, 3, &[]), "nothing equals nothing");
+        copy_out_bytes(w, 3, &mut []);
         for (at, bytes) in &placed {
             let mut out = vec![0u8; bytes.len()];
             copy_out_bytes(w, *at, &mut out);
