@@ -21,7 +21,7 @@ pub(crate) const CALIBRATE_FOR: Duration = Duration::from_millis(20);
 const MARGIN: f64 = 0.9;
 
 /// A point in time in the clock's own units (see [`WakeClock`]).
-pub(crate) type Stamp = u64;
+type Stamp = u64;
 
 enum Mode {
     /// Nanoseconds since `origin` from `Instant`.
@@ -37,6 +37,8 @@ pub(crate) struct WakeClock {
     origin: Instant,
     window: Duration,
     mode: Mode,
+    /// Stamps taken just after the last two commits' tail stores, newest first.
+    commits: [Option<Stamp>; 2],
 }
 
 impl WakeClock {
@@ -47,13 +49,31 @@ impl WakeClock {
             Some(tsc) if tsc_is_a_clock() => Mode::Calibrating { at: origin, tsc },
             _ => Mode::Instant,
         };
-        WakeClock { origin, window, mode }
+        WakeClock { origin, window, mode, commits: [None, None] }
+    }
+
+    /// Called just after a commit's tail store: whether readers may be asleep and need a wake.
+    ///
+    /// `done` is read after this tail store; the stamp two commits ago was taken after that
+    /// commit's store and so before the previous commit's store. `done - two_ago` therefore
+    /// bounds the true gap between the previous and this tail store from above: a reader that
+    /// saw the old tail for 2 windows is asleep only if this is >= one window (docs/design.md
+    /// §3, and the module documentation for what "after" means for a clock read).
+    #[inline]
+    pub(crate) fn commit_needs_wake(&mut self) -> bool {
+        let (done, new_units) = self.stamp();
+        if new_units {
+            self.commits = [None, None];
+        }
+        let [last, two_ago] = self.commits;
+        self.commits = [Some(done), last];
+        two_ago.is_none_or(|t| self.window_passed(t, done))
     }
 
     /// Now. Returns `true` as second value when the units changed (calibration finished):
     /// earlier stamps must be dropped.
     #[inline]
-    pub(crate) fn stamp(&mut self) -> (Stamp, bool) {
+    fn stamp(&mut self) -> (Stamp, bool) {
         match self.mode {
             Mode::Tsc { .. } => (tsc().unwrap_or(0), false),
             Mode::Instant => (self.nanos(Instant::now()), false),
@@ -80,7 +100,7 @@ impl WakeClock {
 
     /// Whether at least a window passed from `earlier` to `later` (stamps of this clock).
     #[inline]
-    pub(crate) fn window_passed(&self, earlier: Stamp, later: Stamp) -> bool {
+    fn window_passed(&self, earlier: Stamp, later: Stamp) -> bool {
         let gap = later.saturating_sub(earlier);
         match self.mode {
             Mode::Tsc { window } => gap >= window,
@@ -161,5 +181,16 @@ mod tests {
         let (after, _) = c.stamp();
         assert!(c.window_passed(last, after), "two windows of sleep count as a window");
         assert!(back_to_back(&mut c), "back-to-back stamps are within a window after calibration");
+    }
+
+    #[test]
+    fn commits_wake_until_two_are_close_and_again_after_a_quiet_window() {
+        let window = Duration::from_millis(50);
+        let mut c = WakeClock::new(window);
+        assert!(c.commit_needs_wake() && c.commit_needs_wake(), "no commit two ago: wake");
+        // Back to back, the third commit on needs no wake (asserted as "soon": see above).
+        assert!((0..1000).any(|_| !c.commit_needs_wake()), "close commits stop waking");
+        std::thread::sleep(window * 2);
+        assert!(c.commit_needs_wake(), "after a quiet gap of two windows: wake");
     }
 }

@@ -40,7 +40,7 @@
 //! every copied word is from the committed record, or the lease check fails.
 
 use crate::checksum::{checksum, Crc};
-use crate::clock::{Stamp, WakeClock};
+use crate::clock::WakeClock;
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
 #[cfg(not(loom))]
@@ -344,6 +344,13 @@ pub struct Recovery {
     pub discarded: bool,
 }
 
+/// A writer's [`WakePolicy`], with the adaptive policy's clock.
+enum Waking {
+    Never,
+    Always,
+    Adaptive(WakeClock),
+}
+
 /// The single writer of a ring. Lives in the format crate so loom can check it; the writer
 /// library wraps it with file handling.
 pub struct RingWriter {
@@ -355,12 +362,7 @@ pub struct RingWriter {
     lease: u64,
     head: u64,
     chunk: u64,
-    policy: WakePolicy,
-    /// The clock of adaptive waking (`None` for the other policies).
-    clock: Option<WakeClock>,
-    /// Clock reads just after the last two commits' tail stores, newest first (adaptive
-    /// waking).
-    commit_times: [Option<Stamp>; 2],
+    waking: Waking,
     /// End position of the record last written (scratch for the commit that follows).
     tail_after: u64,
 }
@@ -397,12 +399,11 @@ impl RingWriter {
             lease,
             head,
             chunk,
-            policy,
-            clock: match policy {
-                WakePolicy::Adaptive(window) => Some(WakeClock::new(window)),
-                WakePolicy::Always | WakePolicy::Never => None,
+            waking: match policy {
+                WakePolicy::Never => Waking::Never,
+                WakePolicy::Always => Waking::Always,
+                WakePolicy::Adaptive(window) => Waking::Adaptive(WakeClock::new(window)),
             },
-            commit_times: [None, None],
             tail_after: tail,
         }
     }
@@ -634,27 +635,13 @@ impl RingWriter {
         // SYNC: Release, pairs with the Acquire load of tail in RingReader::read.
         w[W_TAIL].store(end, Ordering::Release);
         self.tail = end;
-        match self.policy {
-            WakePolicy::Never => {}
-            WakePolicy::Always => self.wake(),
-            WakePolicy::Adaptive(_) => {
-                // `done` is read after this tail store; the clock read two commits ago was
-                // taken after that commit's store and so before the previous commit's store.
-                // `done - two_ago` therefore bounds the true gap between the previous and this
-                // tail store from above: a reader that saw the old tail for 2 windows is asleep
-                // only if this is >= one window. One clock read per commit (the TSC where it
-                // can be trusted; see `clock` for what "after" means for a clock read).
-                let Some(clock) = self.clock.as_mut() else { return self.wake() };
-                let (done, new_units) = clock.stamp();
-                if new_units {
-                    self.commit_times = [None, None];
-                }
-                let [last, two_ago] = self.commit_times;
-                if two_ago.is_none_or(|t| clock.window_passed(t, done)) {
-                    self.wake();
-                }
-                self.commit_times = [Some(done), last];
-            }
+        let wake = match &mut self.waking {
+            Waking::Never => false,
+            Waking::Always => true,
+            Waking::Adaptive(clock) => clock.commit_needs_wake(),
+        };
+        if wake {
+            self.wake();
         }
     }
 
