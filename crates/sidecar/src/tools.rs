@@ -261,6 +261,12 @@ fn token(w: &WriteArgs) -> Result<Option<String>, String> {
 
 /// Send a request to the sidecar: `Err` if it cannot be reached, else `Ok(Ok(body))` on 2xx and
 /// `Ok(Err(message))` otherwise.
+/// Field `field` of the sidecar's JSON answer `body`, a number.
+fn answer_u64(body: &[u8], field: &str) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    v[field].as_u64().ok_or_else(|| format!("the sidecar's answer has no {field}"))
+}
+
 fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
     let (t, tok) = match (target(w), token(w)) {
         (Ok(t), Ok(tok)) => (t, tok),
@@ -389,12 +395,7 @@ pub fn publish(w: &WriteArgs, ring: &str, message: Option<&str>) -> ToolResult {
     let seq = write_via(
         || direct_ring(&path),
         |mut p| p.publish(&msg).map_err(|e| e.to_string()),
-        || {
-            Ok(via_sidecar(w, "POST", &url, &msg)?.and_then(|body| {
-                let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-                v["seq"].as_u64().ok_or_else(|| "the sidecar's answer has no seq".to_string())
-            }))
-        },
+        || Ok(via_sidecar(w, "POST", &url, &msg)?.and_then(|body| answer_u64(&body, "seq"))),
     )?;
     println!("{seq}");
     Ok(())
@@ -432,12 +433,7 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
             }
             Ok(items.len() as u64)
         },
-        || {
-            Ok(via_sidecar(w, "POST", &url, &body)?.and_then(|out| {
-                let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
-                v["loaded"].as_u64().ok_or_else(|| "the sidecar's answer has no count".to_string())
-            }))
-        },
+        || Ok(via_sidecar(w, "POST", &url, &body)?.and_then(|out| answer_u64(&out, "loaded"))),
     )?;
     println!("{loaded}");
     Ok(())
