@@ -52,6 +52,15 @@ struct Row {
     make: Box<dyn Fn() -> Harness>,
 }
 
+/// The rows of one workload, measured together in each repetition.
+struct Group {
+    rows: Vec<Row>,
+    /// Whether the rows' batches are interleaved ([`measure_interleaved`]): their harnesses use
+    /// no CPU between batches (get readers block on a command, puts run in this process). Stream
+    /// and round-trip harnesses have consumers that spin, so they run one at a time.
+    interleaved: bool,
+}
+
 struct Options {
     reps: usize,
     gate: bool,
@@ -104,29 +113,62 @@ fn parse_args() -> Options {
     o
 }
 
-/// Time `run`: grow the batch until it takes 10 ms and holds at least 64 operations (the
-/// warm-up), then time 5 batches of about `batch`, each sized from the rate of the one before
-/// (so a batch that the scheduler stalls does not make the next one run for minutes); the
-/// median batch rate (operations per second).
-fn measure(run: &mut Harness, batch: Duration) -> f64 {
+/// Grow the batch of `run` until it takes 10 ms and holds at least 64 operations (the
+/// warm-up); the rate of the last batch (operations per second).
+fn warm_up(run: &mut Harness) -> f64 {
     let mut iters = 1u64;
-    let mut rate;
     loop {
         let took = run(iters);
-        rate = iters as f64 / took.as_secs_f64().max(1e-9);
         if took >= Duration::from_millis(10) && iters >= 64 {
-            break;
+            return iters as f64 / took.as_secs_f64().max(1e-9);
         }
         iters *= 2;
     }
-    let mut rates = Vec::with_capacity(5);
-    for _ in 0..5 {
-        let n = (rate * batch.as_secs_f64()).max(1.0) as u64;
-        rate = n as f64 / run(n).as_secs_f64().max(1e-9);
-        rates.push(rate);
-    }
+}
+
+/// Time one batch of about `batch`, sized from `rate` (the rate of the batch before, so a batch
+/// that the scheduler stalls does not make the next one run for minutes); its rate.
+fn time_batch(run: &mut Harness, rate: f64, batch: Duration) -> f64 {
+    let n = (rate * batch.as_secs_f64()).max(1.0) as u64;
+    n as f64 / run(n).as_secs_f64().max(1e-9)
+}
+
+/// Batches timed per harness and repetition; the figure is their median.
+const BATCHES: usize = 5;
+
+fn median_of(mut rates: Vec<f64>) -> f64 {
     rates.sort_by(f64::total_cmp);
-    rates[2]
+    rates[rates.len() / 2]
+}
+
+/// Time `run`: warm it up, then time [`BATCHES`] batches of about `batch`; the median batch
+/// rate (operations per second).
+fn measure(run: &mut Harness, batch: Duration) -> f64 {
+    let mut rate = warm_up(run);
+    median_of(
+        (0..BATCHES)
+            .map(|_| {
+                rate = time_batch(run, rate, batch);
+                rate
+            })
+            .collect(),
+    )
+}
+
+/// Time `runs` with their batches interleaved: all are warmed up, then each round times one
+/// batch of every harness. A change of the host's state during the repetition (memory latency
+/// on this VM moves by 2x within seconds) then falls on every peer alike rather than on the
+/// ones that happened to run then. Only for harnesses that use no CPU between batches.
+fn measure_interleaved(runs: &mut [Harness], batch: Duration) -> Vec<f64> {
+    let mut rates: Vec<f64> = runs.iter_mut().map(warm_up).collect();
+    let mut all = vec![Vec::with_capacity(BATCHES); runs.len()];
+    for _ in 0..BATCHES {
+        for ((run, rate), out) in runs.iter_mut().zip(&mut rates).zip(&mut all) {
+            *rate = time_batch(run, *rate, batch);
+            out.push(*rate);
+        }
+    }
+    all.into_iter().map(median_of).collect()
 }
 
 fn harness<H: 'static>(mut h: H, run: impl Fn(&mut H, u64) -> Duration + 'static) -> Harness {
@@ -138,8 +180,8 @@ fn round_trips<H: RoundTrip + 'static>(h: H) -> Harness {
 }
 
 /// Every row of the comparison, grouped by workload (peers of one workload are interleaved).
-fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) -> Vec<Vec<Row>> {
-    let mut out: Vec<Vec<Row>> = Vec::new();
+fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) -> Vec<Group> {
+    let mut out: Vec<Group> = Vec::new();
     let redis = redis.map(Path::to_path_buf);
     let row = |id: String, unit: Unit, bytes: u64, make: Box<dyn Fn() -> Harness>| Row { id, unit, bytes, make };
 
@@ -200,7 +242,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                 Box::new(move || harness(RtrbStream::new(size), RtrbStream::run)),
             ));
         }
-        out.push(g);
+        out.push(Group { rows: g, interleaved: false });
     }
 
     // Round trips.
@@ -232,7 +274,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
             ));
         }
         g.push(row("roundtrip/64B/cacheline".into(), Unit::Nanos, 64, Box::new(|| round_trips(LinePingPong::new()))));
-        out.push(g);
+        out.push(Group { rows: g, interleaved: false });
     }
 
     // Gets.
@@ -273,7 +315,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                     }
                 }
             }
-            out.push(g);
+            out.push(Group { rows: g, interleaved: true });
         }
     }
 
@@ -295,7 +337,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                 }),
             ));
         }
-        out.push(g);
+        out.push(Group { rows: g, interleaved: true });
         let mut g = Vec::new();
         for (size, label) in [(64usize << 10, "64KiB"), (64 << 20, "64MiB")] {
             g.push(row(
@@ -315,7 +357,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
                 }),
             ));
         }
-        out.push(g);
+        out.push(Group { rows: g, interleaved: false });
     }
     out
 }
@@ -593,7 +635,7 @@ fn wait_quiet(limit: Duration) -> (f64, f64) {
 }
 
 /// Run one repetition of every row.
-fn run_rep(o: &Options, groups: &[Vec<Row>], rep: usize) -> (Rep, RepInfo) {
+fn run_rep(o: &Options, groups: &[Group], rep: usize) -> (Rep, RepInfo) {
     let start = Instant::now();
     // The physical floor of this repetition first: it moves with the vCPUs' placement, and it
     // shows whether other processes hold a vCPU.
@@ -610,14 +652,19 @@ fn run_rep(o: &Options, groups: &[Vec<Row>], rep: usize) -> (Rep, RepInfo) {
             wait_quiet(Duration::from_secs(2));
         }
         // Rotate the order of the peers of one workload from one repetition to the next.
-        for k in 0..g.len() {
-            let r = &g[(k + rep) % g.len()];
-            if o.only.as_ref().is_some_and(|s| !r.id.contains(s.as_str())) {
-                continue;
-            }
-            let mut h = (r.make)();
-            let rate = measure(&mut h, o.batch);
-            drop(h);
+        let n = g.rows.len();
+        let rows: Vec<&Row> = (0..n)
+            .map(|k| &g.rows[(k + rep) % n])
+            .filter(|r| o.only.as_ref().is_none_or(|s| r.id.contains(s.as_str())))
+            .collect();
+        let rates = if g.interleaved {
+            let mut runs: Vec<Harness> = rows.iter().map(|r| (r.make)()).collect();
+            measure_interleaved(&mut runs, o.batch)
+        } else {
+            // One harness alive at a time.
+            rows.iter().map(|r| measure(&mut (r.make)(), o.batch)).collect()
+        };
+        for (r, rate) in rows.iter().zip(rates) {
             let v = to_unit(rate, r.unit, r.bytes);
             eprintln!("   {:<44} {}", r.id, fmt_value(v, r.unit));
             figures.insert(r.id.clone(), v);
@@ -628,7 +675,7 @@ fn run_rep(o: &Options, groups: &[Vec<Row>], rep: usize) -> (Rep, RepInfo) {
     (figures, info)
 }
 
-fn run_reps(o: &Options, groups: &[Vec<Row>]) -> (Vec<Rep>, Vec<RepInfo>) {
+fn run_reps(o: &Options, groups: &[Group]) -> (Vec<Rep>, Vec<RepInfo>) {
     let mut reps = Vec::new();
     let mut infos = Vec::new();
     for rep in 0..o.reps {
@@ -678,7 +725,7 @@ impl RepInfo {
     }
 }
 
-fn gate(o: &Options, groups: &[Vec<Row>]) -> ! {
+fn gate(o: &Options, groups: &[Group]) -> ! {
     // Repetitions until `o.reps` were not contended, at most twice that many; the floors are
     // checked on the uncontended ones (all of them if none was).
     let (mut reps, mut infos) = (Vec::new(), Vec::new());
@@ -825,7 +872,7 @@ struct Report<'a> {
     infos: &'a [RepInfo],
     /// Whether `reps` holds only the uncontended repetitions.
     used_clean: bool,
-    groups: &'a [Vec<Row>],
+    groups: &'a [Group],
     efficiency: MemoryEfficiency,
     took: Duration,
     redis: bool,
@@ -882,7 +929,7 @@ impl Report<'_> {
     }
 
     fn unit_of(&self, id: &str) -> (Unit, u64) {
-        self.groups.iter().flatten().find(|r| r.id == id).map_or((Unit::PerSec, 0), |r| (r.unit, r.bytes))
+        self.groups.iter().flat_map(|g| &g.rows).find(|r| r.id == id).map_or((Unit::PerSec, 0), |r| (r.unit, r.bytes))
     }
 
     fn targets_table(&self, out: &mut String) {
@@ -924,7 +971,7 @@ impl Report<'_> {
     }
 
     fn peers_table(&self, out: &mut String, prefix: &str, base: &str) {
-        let ids: Vec<&Row> = self.groups.iter().flatten().filter(|r| r.id.starts_with(prefix)).collect();
+        let ids: Vec<&Row> = self.groups.iter().flat_map(|g| &g.rows).filter(|r| r.id.starts_with(prefix)).collect();
         let unit = ids.first().map_or(Unit::PerSec, |r| r.unit);
         let head = match unit {
             Unit::PerSec => "per second",
@@ -1077,7 +1124,7 @@ impl Report<'_> {
         let _ = writeln!(out, "## Key-value gets, 16 B keys, 100 B values\n");
         let _ = writeln!(out, "![gets per second by peer](charts/kv_gets.svg)\n");
         let mut seen = Vec::new();
-        for r in self.groups.iter().flatten().filter(|r| r.id.starts_with("get/")) {
+        for r in self.groups.iter().flat_map(|g| &g.rows).filter(|r| r.id.starts_with("get/")) {
             let w = r.id.split('/').nth(1).unwrap_or("").to_string();
             if seen.contains(&w) {
                 continue;
