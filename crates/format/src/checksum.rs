@@ -5,8 +5,9 @@
 //! lets every checksum start from one prototype [`crc32fast::Hasher`] made once per process:
 //! `crc32fast` picks its implementation (table or carry-less multiply) when a hasher is made,
 //! and that check costs about as much as checksumming a 64-byte message. A corrupted payload
-//! byte changes the crc; a corrupted header field changes the mix (the mix is a bijection of
-//! the header word, so any change of it changes the result).
+//! byte changes the crc; a corrupted header field changes the mix (the multiplication is a
+//! bijection of the header word; folded to 32 bits, two different headers share a mix with
+//! probability about 2^-32, as two payloads share a crc).
 
 use std::sync::OnceLock;
 
