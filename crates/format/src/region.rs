@@ -117,8 +117,8 @@ pub(crate) fn prefetch(words: &[AtomicU64], first: usize, lines: usize) {
 /// caller validates the copy afterwards (Acquire fence, then a re-check of the writer's lease).
 ///
 /// `out` is written from its start in 16-byte stores (see [`store16`]), then at most one 8-byte
-/// store, then single bytes: a checksum that reads `out` in 16-byte blocks from its start, and
-/// the rest byte by byte ([`crate::checksum`]), finds every byte it loads in one store.
+/// store, then single bytes: `crc32fast`, which reads its input in 16-byte loads from the start,
+/// finds each whole block in one store (its loads of a last partial block span several).
 #[inline]
 pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
     let src = &words[first..first + out.len().div_ceil(8)];
