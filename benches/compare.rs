@@ -139,14 +139,7 @@ const BATCHES: usize = 5;
 /// Time `run`: warm it up, then time [`BATCHES`] batches of about `batch`; the median batch
 /// rate (operations per second).
 fn measure(run: &mut Harness, batch: Duration) -> f64 {
-    let mut rate = warm_up(run);
-    let mut rates: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            rate = time_batch(run, rate, batch);
-            rate
-        })
-        .collect();
-    median(&mut rates)
+    measure_interleaved(std::slice::from_mut(run), batch)[0]
 }
 
 /// Time `runs` with their batches interleaved: all are warmed up, then each round times one
@@ -556,19 +549,6 @@ const TARGETS: &[Target] = &[
     },
 ];
 
-/// The ring against a Unix socket behind a 64 KiB buffer: shown beside the targets, not one of
-/// them (see [`Report::socket_reading`]).
-const BUFFERED_SOCKET: Target = Target {
-    issue: "2",
-    what: "ring 64 B msgs/s ÷ Unix socket behind a 64 KiB buffer",
-    a: "stream/64B/podcache_spin",
-    b: "stream/64B/uds_buffered",
-    rate: true,
-    a_bytes: 0.0,
-    bound: 0.0,
-    note: "",
-};
-
 /// The CI gate's floors (below the targets, so noise does not fail CI): what, numerator,
 /// denominator, floor, and whether the ratio can only be measured when no other process holds
 /// a vCPU.
@@ -952,7 +932,8 @@ impl Report<'_> {
 
     /// Which Unix socket issue 2's "15× the Unix socket" is measured against, and why.
     fn socket_reading(&self, out: &mut String) {
-        let (Some(s), Some(sock)) = (BUFFERED_SOCKET.stat(self.reps), self.stat(BUFFERED_SOCKET.b)) else {
+        let (spin, sock) = ("stream/64B/podcache_spin", "stream/64B/uds_buffered");
+        let (Some(s), Some(sock)) = (ratio_stat(self.reps, spin, sock), self.stat(sock)) else {
             return;
         };
         let _ = writeln!(
