@@ -259,14 +259,14 @@ fn token(w: &WriteArgs) -> Result<Option<String>, String> {
         .transpose()
 }
 
-/// Send a request to the sidecar: `Err` if it cannot be reached, else `Ok(Ok(body))` on 2xx and
-/// `Ok(Err(message))` otherwise.
 /// Field `field` of the sidecar's JSON answer `body`, a number.
 fn answer_u64(body: &[u8], field: &str) -> Result<u64, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     v[field].as_u64().ok_or_else(|| format!("the sidecar's answer has no {field}"))
 }
 
+/// Send a request to the sidecar: `Err` if it cannot be reached, else `Ok(Ok(body))` on 2xx and
+/// `Ok(Err(message))` otherwise.
 fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<Result<Vec<u8>, String>, String> {
     let (t, tok) = match (target(w), token(w)) {
         (Ok(t), Ok(tok)) => (t, tok),
