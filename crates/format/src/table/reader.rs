@@ -1,6 +1,8 @@
 //! The read side of a table: lock-free gets that never store to shared memory.
 
-use super::{crc_header, now_ms, read_stats, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY};
+use super::{
+    crc_header, now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY,
+};
 use crate::checksum::Crc;
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, eq_bytes, load_at, prefetch, Region};
@@ -270,7 +272,7 @@ impl TableReader {
             return Fast::Unsure;
         }
         let hi = RecHeader::encode_hi(klen, vlen, hdr.has_expiry);
-        if crate::checksum::checksum(crc_header(hi, expiry, key_hash), &[out]) != hdr.crc {
+        if record_crc(hi, expiry, key_hash, out) != hdr.crc {
             return Fast::Unsure;
         }
         Fast::Hit(vlen)
