@@ -387,9 +387,11 @@ mod tests {
             copy_out_bytes(w, *at, &mut out);
             assert_eq!(&out, bytes, "at {at}");
             assert!(eq_bytes(w, *at, bytes), "at {at}: equal");
-            let mut other = bytes.clone();
-            *other.last_mut().unwrap() ^= 0x80;
-            assert!(!eq_bytes(w, *at, &other), "at {at}: last byte differs");
+            for flip in 0..bytes.len() {
+                let mut other = bytes.clone();
+                other[flip] ^= 0x80;
+                assert!(!eq_bytes(w, *at, &other), "at {at}: byte {flip} differs");
+            }
             if bytes.len() >= 8 {
                 assert_eq!(load_at(w, *at).to_le_bytes(), bytes[..8], "at {at}");
             }
