@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{client, config, error_code, json, podcache, start, try_start};
+use common::{client, config, error_code, json, podcache, refused, start, try_start};
 use podcache_sidecar::{Error, TableSpec};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -177,7 +177,7 @@ async fn wrong_kind_wrong_version_and_mismatched_files_are_reported_and_kept() {
         let table = dir.path().join("web.table");
         drop(podcache_writer::Publisher::builder(&table).capacity(1 << 16).create().unwrap());
         let before = std::fs::read(&table).unwrap();
-        let err = try_start(config(dir.path())).await.err().expect("refused");
+        let err = refused(config(dir.path())).await;
         let msg = err.to_string();
         assert!(msg.contains("web.table") && msg.contains("ring"), "{msg}");
         assert_eq!(std::fs::read(&table).unwrap(), before, "the foreign file is untouched");
@@ -191,7 +191,7 @@ async fn wrong_kind_wrong_version_and_mismatched_files_are_reported_and_kept() {
         let version = bytes[8];
         bytes[8] = 99; // low byte of the version word
         std::fs::write(&table, &bytes).unwrap();
-        let err = try_start(config(dir.path())).await.err().expect("refused");
+        let err = refused(config(dir.path())).await;
         let msg = err.to_string();
         assert!(msg.contains("version 99") && msg.contains("web.table"), "{msg}");
         assert_eq!(std::fs::read(&table).unwrap(), bytes, "kept for the operator");
@@ -201,7 +201,7 @@ async fn wrong_kind_wrong_version_and_mismatched_files_are_reported_and_kept() {
         // Another layout: refused without --replace-mismatched (data kept), replaced with it.
         let mut other = config(dir.path());
         other.tables[0].max_items = 2000;
-        let err = try_start(other.clone()).await.err().expect("refused");
+        let err = refused(other.clone()).await;
         let msg = err.to_string();
         assert!(msg.contains("web.table") && msg.contains("--replace-mismatched"), "{msg}");
         let s = start(config(dir.path())).await;
@@ -244,7 +244,7 @@ async fn volume_too_small_fails_at_start_naming_the_sizes() {
             eprintln!("tmpfs mount not possible; asking for {st} + 1 GiB on the test's volume");
             cfg.tables[0].data_bytes = st + (1 << 30);
         }
-        let err = try_start(cfg).await.err().expect("volume too small");
+        let err = refused(cfg).await;
         let msg = err.to_string();
         if mounted {
             let _ = std::process::Command::new("umount").arg(&vol).status();

@@ -56,14 +56,30 @@ pub fn config(dir: &Path) -> Config {
 /// descriptor until its `exec`, so a lock released by a stopped in-process server can outlive it
 /// by that long. (The sidecar itself never forks.)
 pub async fn start(config: Config) -> Running {
+    retrying_locks(config).await.unwrap_or_else(|e| panic!("sidecar starts: {e}"))
+}
+
+/// The start-up error of a configuration that must be refused (panics if it starts). A lock
+/// still held is retried as in [`start`], so the error is the one the test is about.
+pub async fn refused(config: Config) -> Error {
+    match retrying_locks(config).await {
+        Ok(running) => {
+            running.stop().await.unwrap();
+            panic!("the sidecar started; it should have been refused")
+        }
+        Err(e) => e,
+    }
+}
+
+/// [`try_start`], retried for up to 5 s while the error is a lock held (see [`start`]).
+async fn retrying_locks(config: Config) -> Result<Running, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         match try_start(config.clone()).await {
-            Ok(r) => return r,
             Err(e) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("sidecar starts: {e}"),
+            r => return r,
         }
     }
 }
