@@ -205,6 +205,36 @@ fn a_second_publisher_is_refused_with_an_error_naming_the_file() {
     assert!(sub.take_restarted());
 }
 
+/// Dropping a publisher releases the lock even while a forked child still holds a copy of its
+/// descriptor (as any `Command::spawn` does until its `exec`): the lock belongs to the open file
+/// description, so closing our copy alone would leave it held.
+#[test]
+fn a_dropped_publisher_releases_the_lock_while_a_forked_child_holds_its_descriptor() {
+    let dir = shm_tempdir();
+    let path = dir.path().join("forked.ring");
+    let first = publisher(&path);
+    // SAFETY: the child calls only async-signal-safe functions (`pause`, `_exit`) and is killed
+    // below; the parent keeps running as before.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::pause();
+            libc::_exit(0);
+        }
+    }
+    drop(first);
+    let second = publisher_result(&path);
+    // SAFETY: `child` is our own child's pid; reaping it leaves no zombie.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    let second = second.expect("the lock is free once the first publisher is dropped");
+    assert_eq!(second.epoch(), 2);
+}
+
 fn publisher_result(path: &Path) -> Result<Publisher, CreateError> {
     Publisher::builder(path).capacity(1 << 16).max_message(MAX_MSG as u32).create()
 }

@@ -33,10 +33,40 @@ impl Default for CreateOptions {
     }
 }
 
+/// An open file holding an exclusive `flock`, released explicitly when dropped.
+///
+/// A `flock` belongs to the open file description, which every copy of the descriptor shares.
+/// A child process forked at the wrong moment holds such copies (any `Command::spawn` does until
+/// its `exec` closes them), and a lock released only by closing our descriptor would stay held
+/// by theirs. `LOCK_UN` on drop releases it for every copy at once.
+#[derive(Debug)]
+pub struct ExclusiveLock(File);
+
+impl ExclusiveLock {
+    /// Take the lock without waiting; `Err(WOULDBLOCK)` when another open file holds it.
+    pub fn try_lock(file: File) -> Result<ExclusiveLock, rustix::io::Errno> {
+        rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)?;
+        Ok(ExclusiveLock(file))
+    }
+
+    /// The locked file.
+    pub fn file(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Drop for ExclusiveLock {
+    fn drop(&mut self) {
+        // Nothing to do on failure: closing the descriptor next releases the lock anyway once
+        // no copy remains.
+        let _ = rustix::fs::flock(&self.0, FlockOperation::Unlock);
+    }
+}
+
 /// A file held by its single writer: the open descriptor carries the `flock`.
 pub struct WriterFile {
     path: PathBuf,
-    _file: File,
+    _lock: ExclusiveLock,
     region: Arc<Region>,
     fresh: bool,
     /// For a replacement: the temporary path to rename over `path`, and the old file.
@@ -44,7 +74,7 @@ pub struct WriterFile {
 }
 
 struct WriterFileOld {
-    _file: File,
+    _lock: ExclusiveLock,
     region: Arc<Region>,
 }
 
@@ -101,7 +131,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CreateError + '_ {
 }
 
 /// Open (creating if needed) `path` read-write and take its writer lock.
-fn open_locked(path: &Path, mode: u32) -> Result<File, CreateError> {
+fn open_locked(path: &Path, mode: u32) -> Result<ExclusiveLock, CreateError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -110,8 +140,8 @@ fn open_locked(path: &Path, mode: u32) -> Result<File, CreateError> {
         .mode(mode)
         .open(path)
         .map_err(io_err(path))?;
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+    match ExclusiveLock::try_lock(file) {
+        Ok(lock) => Ok(lock),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(CreateError::Locked { path: path.to_path_buf() }),
         Err(e) => Err(CreateError::Io { path: path.to_path_buf(), source: e.into() }),
     }
@@ -171,7 +201,8 @@ pub fn create_or_attach(
     size: u64,
     opts: &CreateOptions,
 ) -> Result<WriterFile, CreateError> {
-    let file = open_locked(path, opts.mode)?;
+    let lock = open_locked(path, opts.mode)?;
+    let file = lock.file();
     let len = file.metadata().map_err(io_err(path))?.len();
     let existing = if len >= HEADER_BYTES {
         let mut bytes = vec![0u8; HEADER_BYTES as usize];
@@ -188,14 +219,14 @@ pub fn create_or_attach(
         // Nothing there, or a creation that never finished: (re)initialise in place. No
         // reader maps a file before it is ready, so rewriting it is safe.
         None => {
-            let region = init_fresh(path, &file, kind, params, size, opts.mode)?;
-            Ok(WriterFile { path: path.to_path_buf(), _file: file, region, fresh: true, pending: None })
+            let region = init_fresh(path, file, kind, params, size, opts.mode)?;
+            Ok(WriterFile { path: path.to_path_buf(), _lock: lock, region, fresh: true, pending: None })
         }
         Some(Ok(view)) if view.params_hash == wanted_hash && view.file_size == size => {
-            let region = map_rw(path, &file, size)?;
-            Ok(WriterFile { path: path.to_path_buf(), _file: file, region, fresh: false, pending: None })
+            let region = map_rw(path, file, size)?;
+            Ok(WriterFile { path: path.to_path_buf(), _lock: lock, region, fresh: false, pending: None })
         }
-        Some(Ok(view)) if opts.replace_mismatched => replace(path, file, kind, params, size, opts, view.file_size),
+        Some(Ok(view)) if opts.replace_mismatched => replace(path, lock, kind, params, size, opts, view.file_size),
         Some(Ok(view)) => Err(CreateError::LayoutMismatch {
             path: path.to_path_buf(),
             found: describe(kind, &view.params, view.file_size),
@@ -204,7 +235,7 @@ pub fn create_or_attach(
         Some(Err(e)) => {
             let err = OpenError::from_header(path.to_path_buf(), e);
             if opts.replace_mismatched {
-                replace(path, file, kind, params, size, opts, len)
+                replace(path, lock, kind, params, size, opts, len)
             } else {
                 Err(CreateError::Existing(err))
             }
@@ -219,7 +250,7 @@ fn describe(kind: Kind, params: &[u64; PARAM_WORDS], size: u64) -> String {
 /// Build a new file beside `path`; [`WriterFile::finish`] renames it into place.
 fn replace(
     path: &Path,
-    old: File,
+    old: ExclusiveLock,
     kind: Kind,
     params: &[u64; PARAM_WORDS],
     size: u64,
@@ -229,17 +260,17 @@ fn replace(
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let file = open_locked(&tmp, opts.mode)?;
-    let region = init_fresh(&tmp, &file, kind, params, size, opts.mode)?;
+    let lock = open_locked(&tmp, opts.mode)?;
+    let region = init_fresh(&tmp, lock.file(), kind, params, size, opts.mode)?;
     // Keep the old file mapped (to mark it retired) and locked until the rename.
-    let old_region =
-        map_rw(path, &old, old_size.max(HEADER_BYTES).min(old.metadata().map_err(io_err(path))?.len()) & !7)?;
+    let old_len = old.file().metadata().map_err(io_err(path))?.len();
+    let old_region = map_rw(path, old.file(), old_size.max(HEADER_BYTES).min(old_len) & !7)?;
     Ok(WriterFile {
         path: path.to_path_buf(),
-        _file: file,
+        _lock: lock,
         region,
         fresh: true,
-        pending: Some((tmp, WriterFileOld { _file: old, region: old_region })),
+        pending: Some((tmp, WriterFileOld { _lock: old, region: old_region })),
     })
 }
 

@@ -10,12 +10,12 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use podcache_format::file::ExclusiveLock;
 use podcache_format::ring::RingParams;
 use podcache_format::table::TableParams;
 use podcache_reader::{Subscriber, TableReader};
 use podcache_writer::{CreateError, Publisher, TableWriter};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -78,7 +78,7 @@ pub(crate) struct Shared {
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
     pub(crate) metrics: Metrics,
     pub(crate) shutdown_rx: watch::Receiver<bool>,
-    _dir_lock: File,
+    _dir_lock: ExclusiveLock,
 }
 
 impl Shared {
@@ -105,7 +105,7 @@ fn table_seed(max_items: u64, data_bytes: u64) -> u64 {
     max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ data_bytes
 }
 
-fn lock_dir(dir: &Path) -> Result<File, Error> {
+fn lock_dir(dir: &Path) -> Result<ExclusiveLock, Error> {
     let lock = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -114,8 +114,8 @@ fn lock_dir(dir: &Path) -> Result<File, Error> {
         .truncate(false)
         .open(&lock)
         .map_err(|source| Error::Dir { dir: dir.to_path_buf(), source })?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
+    match ExclusiveLock::try_lock(file) {
+        Ok(held) => Ok(held),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::AlreadyServed { lock }),
         Err(e) => Err(Error::Dir { dir: dir.to_path_buf(), source: e.into() }),
     }
