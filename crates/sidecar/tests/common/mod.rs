@@ -51,10 +51,10 @@ pub fn config(dir: &Path) -> Config {
 
 /// Start a sidecar (panics on a start-up error).
 ///
-/// A lock still held is retried for a few seconds: a `flock` belongs to the open file, and a child
-/// process that another test of this binary is spawning at that moment holds a copy of every
-/// descriptor until its `exec`, so a lock released by a stopped in-process server can outlive it
-/// by that long. (The sidecar itself never forks.)
+/// A lock still held is retried for a few seconds. The files' writer locks are released when a
+/// stopped server returns (`LOCK_UN`, whoever else holds a copy of the descriptor), but its
+/// directory lock goes with the last reference to its state, which a subscription's blocking
+/// thread can keep a moment longer.
 pub async fn start(config: Config) -> Running {
     retrying_locks(config).await.unwrap_or_else(|e| panic!("sidecar starts: {e}"))
 }
