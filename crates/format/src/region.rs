@@ -356,11 +356,24 @@ mod tests {
         }
         assert_eq!(ww.len(), 300);
         for start in 0..20 {
-            for len in [0, 1, 7, 8, 9, 100] {
+            for len in 0..=100 {
                 let mut out = vec![0u8; len];
                 copy_out_bytes(region.words(), 16 + start, &mut out);
-                assert_eq!(out, &stream[start..start + len]);
+                assert_eq!(out, &stream[start..start + len], "start {start}, len {len}");
             }
+        }
+        // A copy may end on the region's last byte, at every alignment, and reads nothing past it
+        // (a load past the end would panic on the slice bound).
+        let end = 16 + stream.len();
+        let short = Region::heap(end.div_ceil(8));
+        let mut ww = WordWriter::new(2);
+        ww.write(short.words(), &stream);
+        let mut all = vec![0u8; short.len_bytes() as usize];
+        all[16..end].copy_from_slice(&stream);
+        for len in 0..=40 {
+            let mut out = vec![0u8; len];
+            copy_out_bytes(short.words(), all.len() - len, &mut out);
+            assert_eq!(out, &all[all.len() - len..], "last {len} bytes");
         }
     }
 
