@@ -22,9 +22,7 @@ impl Crc {
     /// A checksum of bytes still to come under `header`.
     #[inline]
     pub(crate) fn new(header: u64) -> Crc {
-        static PROTO: OnceLock<crc32fast::Hasher> = OnceLock::new();
-        let hasher = PROTO.get_or_init(crc32fast::Hasher::new).clone();
-        Crc { hasher, mix: mix(header) }
+        Crc { hasher: proto().clone(), mix: mix(header) }
     }
 
     /// Feed `bytes`.
@@ -37,6 +35,42 @@ impl Crc {
     #[inline]
     pub(crate) fn finalize(self) -> u32 {
         self.hasher.finalize() ^ self.mix
+    }
+}
+
+/// The process's prototype hasher (made once: making one picks the implementation).
+#[inline]
+fn proto() -> &'static crc32fast::Hasher {
+    static PROTO: OnceLock<crc32fast::Hasher> = OnceLock::new();
+    PROTO.get_or_init(crc32fast::Hasher::new)
+}
+
+/// A copy of the prototype hasher kept by a hot path (a ring reader or writer), so that a
+/// checksum there starts from a field instead of the process-wide `OnceLock`. Same checksums
+/// as [`Crc`] and [`checksum`].
+#[derive(Clone)]
+pub(crate) struct Checksummer {
+    proto: crc32fast::Hasher,
+}
+
+impl Checksummer {
+    /// A copy of the process's prototype.
+    pub(crate) fn new() -> Checksummer {
+        Checksummer { proto: proto().clone() }
+    }
+
+    /// A checksum of bytes still to come under `header`.
+    #[inline]
+    pub(crate) fn start(&self, header: u64) -> Crc {
+        Crc { hasher: self.proto.clone(), mix: mix(header) }
+    }
+
+    /// Checksum of `bytes` under `header`.
+    #[inline]
+    pub(crate) fn checksum(&self, header: u64, bytes: &[u8]) -> u32 {
+        let mut c = self.start(header);
+        c.update(bytes);
+        c.finalize()
     }
 }
 
@@ -68,5 +102,6 @@ mod tests {
         assert_ne!(whole, checksum(8, &[b"hello world"]), "the header is covered");
         assert_ne!(whole, checksum(7, &[b"hello worle"]), "the bytes are covered");
         assert_eq!(whole, crc32fast::hash(b"hello world") ^ mix(7), "the definition in the docs");
+        assert_eq!(whole, Checksummer::new().checksum(7, b"hello world"), "a kept prototype agrees");
     }
 }

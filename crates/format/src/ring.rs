@@ -39,7 +39,7 @@
 //! fence synchronises with it and the following load of `lease` sees the new lease. So either
 //! every copied word is from the committed record, or the lease check fails.
 
-use crate::checksum::{checksum, Crc};
+use crate::checksum::{checksum, Checksummer, Crc};
 use crate::clock::WakeClock;
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::{copy_in, copy_out, Region, WordWriter};
@@ -309,6 +309,18 @@ fn record_len(payload: u64) -> u64 {
 #[inline]
 fn record_crc(seq: u64, payload: &[u8]) -> u32 {
     checksum(seq, &[payload])
+}
+
+/// Whether the writer may have overwritten anything a reader copied from the record at `pos`
+/// (the reader's validation; see the module docs).
+#[inline(always)]
+fn lapped(w: &[AtomicU64], g: &Geometry, pos: u64) -> bool {
+    // SYNC: Acquire fence, pairs with the Release stores of record words in RingWriter (which
+    // are sequenced after the lease store that allowed them).
+    fence(Ordering::Acquire);
+    // Relaxed: ordered by the fence above.
+    let lease = w[W_LEASE].load(Ordering::Relaxed);
+    lease > pos.saturating_add(g.cap)
 }
 
 /// Geometry shared by writer and reader, derived once from validated params.
@@ -747,24 +759,52 @@ pub struct RingReader {
     g: Geometry,
     pos: u64,
     cached_tail: u64,
-    /// Sequence number expected next; `None` right after a start or a lap.
-    expected: Option<u64>,
-    /// After a lap: the sequence we expected when we were lapped (to count the loss).
-    gap_from: Option<u64>,
+    /// What the next record's sequence number must be.
+    expect: Expect,
+    /// Prototype of every record checksum this reader takes.
+    crc: Checksummer,
     lost_total: u64,
     laps: u64,
+}
+
+/// What a reader knows about the sequence number of the next record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Exactly this one: the successor of the last message read.
+    Seq(u64),
+    /// Any (right after a start or a lap); not below `gap_from`, the sequence we expected when
+    /// we were lapped (or the oldest there was at start), from which losses are counted.
+    Any { gap_from: Option<u64> },
+}
+
+/// What the straight-line path of [`RingReader::read`] concluded.
+enum Fast {
+    /// A message was read, checked and consumed.
+    Msg(Msg),
+    /// The ring holds no message for us yet.
+    Empty,
+    /// Anything else: the general path decides.
+    Unsure,
 }
 
 impl RingReader {
     /// A reader of the ring in `region`, starting at `start`.
     pub fn new(region: Arc<Region>, params: &RingParams, start: Start) -> RingReader {
         let g = Geometry::new(&region, params);
-        let mut r =
-            RingReader { region, g, pos: 0, cached_tail: 0, expected: None, gap_from: None, lost_total: 0, laps: 0 };
+        let mut r = RingReader {
+            region,
+            g,
+            pos: 0,
+            cached_tail: 0,
+            expect: Expect::Any { gap_from: None },
+            crc: Checksummer::new(),
+            lost_total: 0,
+            laps: 0,
+        };
         match start {
             Start::Oldest => {
                 r.resync();
-                r.gap_from = r.peek_seq();
+                r.expect = Expect::Any { gap_from: r.peek_seq() };
             }
             Start::Newest => r.skip_to_newest(),
         }
@@ -776,8 +816,7 @@ impl RingReader {
         // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
         self.pos = self.region.words()[W_TAIL].load(Ordering::Acquire);
         self.cached_tail = self.pos;
-        self.expected = None;
-        self.gap_from = None;
+        self.expect = Expect::Any { gap_from: None };
     }
 
     /// Total messages this reader lost to laps.
@@ -837,10 +876,9 @@ impl RingReader {
         // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
         self.cached_tail = w[W_TAIL].load(Ordering::Acquire);
         self.pos = head;
-        if self.expected.is_some() {
-            self.gap_from = self.expected;
+        if let Expect::Seq(e) = self.expect {
+            self.expect = Expect::Any { gap_from: Some(e) };
         }
-        self.expected = None;
     }
 
     /// The sequence number of the record at our position, if one is there and intact: the
@@ -861,12 +899,7 @@ impl RingReader {
 
     #[inline]
     fn lapped(&self, pos: u64) -> bool {
-        // SYNC: Acquire fence, pairs with the Release stores of record words in RingWriter
-        // (which are sequenced after the lease store that allowed them).
-        fence(Ordering::Acquire);
-        // Relaxed: ordered by the fence above.
-        let lease = self.region.words()[W_LEASE].load(Ordering::Relaxed);
-        lease > pos.saturating_add(self.g.cap)
+        lapped(self.region.words(), &self.g, pos)
     }
 
     fn on_lap(&mut self) {
@@ -875,7 +908,79 @@ impl RingReader {
     }
 
     /// Copy the next message into `buf`. `Ok(None)` when there is none yet.
+    #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
+        match self.read_fast(buf) {
+            Fast::Msg(m) => Ok(Some(m)),
+            Fast::Empty => Ok(None),
+            Fast::Unsure => self.read_general(buf),
+        }
+    }
+
+    /// The common case of [`read`](Self::read) in a straight line: the next record lies below
+    /// the cached tail, is a message (not padding) of a valid length that fits `buf`, was not
+    /// overwritten while copied, and is the successor of the last message read. Anything else
+    /// (padding, a lap, a start, a too-small buffer, a corrupt record) is `Unsure` and
+    /// [`read_general`](Self::read_general), which handles every case, decides from scratch.
+    /// Both conclusions drawn here are ones `read_general` draws from the same loads, and
+    /// nothing but `cached_tail` (which `read_general` reloads the same way) changes unless a
+    /// message is returned.
+    #[inline(always)]
+    fn read_fast(&mut self, buf: &mut [u8]) -> Fast {
+        let g = &self.g;
+        let w = self.region.words();
+        let pos = self.pos;
+        if pos >= self.cached_tail {
+            // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
+            self.cached_tail = w[W_TAIL].load(Ordering::Acquire);
+            if pos == self.cached_tail {
+                return Fast::Empty;
+            }
+            if pos > self.cached_tail {
+                return Fast::Unsure;
+            }
+        }
+        let Expect::Seq(expected) = self.expect else { return Fast::Unsure };
+        // `pos <= MAX_POS` (the top two bits clear), 8-aligned, and not more than a ring behind
+        // the tail: as `read_general` requires before it looks at the record.
+        const BAD_POS_BITS: u64 = !MAX_POS | 7;
+        if pos & BAD_POS_BITS != 0 || self.cached_tail - pos > g.cap {
+            return Fast::Unsure;
+        }
+        let off = pos & g.mask;
+        let first = g.word(pos);
+        // In the mapping: `Geometry::new` checked the data region is, and `off < cap`.
+        let w0 = w[first].load(Ordering::Relaxed);
+        let len = w0 as u32;
+        // One compare refuses a zero length, a padding marker (`u32::MAX`) and anything over
+        // `max_msg` (which is below `u32::MAX`).
+        if len.wrapping_sub(1) >= g.max_msg {
+            return Fast::Unsure;
+        }
+        let rec = record_len(u64::from(len));
+        let len = len as usize;
+        if off + rec > g.cap || buf.len() < len {
+            return Fast::Unsure;
+        }
+        // The record's words after `w0` (seq, payload), in the data region: `off + rec <= cap`.
+        let Some(body) = w.get(first + 1..first + (rec / 8) as usize) else { return Fast::Unsure };
+        let seq = body[0].load(Ordering::Relaxed);
+        let out = &mut buf[..len];
+        copy_out(body, 1, out);
+        if lapped(w, g, pos) || seq != expected || seq > MAX_SEQ {
+            return Fast::Unsure;
+        }
+        if self.crc.checksum(seq, out) != (w0 >> 32) as u32 {
+            return Fast::Unsure;
+        }
+        self.expect = Expect::Seq(seq + 1);
+        self.pos = pos + rec;
+        Fast::Msg(Msg { len, seq, lost: 0 })
+    }
+
+    /// [`read`](Self::read) for every case: starts, laps, padding, errors.
+    #[inline(never)]
+    fn read_general(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
         let mut resyncs = 0;
         loop {
             if resyncs > MAX_RESYNCS {
@@ -946,15 +1051,22 @@ impl RingReader {
                 continue;
             }
             // The copy is exactly what the writer committed; now check it is what it meant.
-            if seq > MAX_SEQ || self.expected.is_some_and(|e| e != seq) || self.gap_from.is_some_and(|g| seq < g) {
+            let in_order = match self.expect {
+                Expect::Seq(e) => seq == e,
+                Expect::Any { gap_from } => gap_from.is_none_or(|g| seq >= g),
+            };
+            if seq > MAX_SEQ || !in_order {
                 return Err(ReadError::Corrupt { pos, reason: "sequence number out of order" });
             }
-            if record_crc(seq, &buf[..len]) != (w0 >> 32) as u32 {
+            if self.crc.checksum(seq, &buf[..len]) != (w0 >> 32) as u32 {
                 return Err(ReadError::Corrupt { pos, reason: "checksum mismatch" });
             }
-            let lost = self.gap_from.take().map_or(0, |g| seq - g);
+            let lost = match self.expect {
+                Expect::Any { gap_from: Some(g) } => seq - g,
+                _ => 0,
+            };
             self.lost_total += lost;
-            self.expected = Some(seq + 1);
+            self.expect = Expect::Seq(seq + 1);
             self.pos += rec;
             return Ok(Some(Msg { len, seq, lost }));
         }

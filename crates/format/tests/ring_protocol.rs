@@ -235,3 +235,166 @@ fn concurrent_reader_never_sees_a_bad_message() {
         assert_eq!(got + lost, 200_000);
     }
 }
+
+// `RingReader::read` takes a straight-line path for a reader in step with the writer (it read
+// the previous message) and leaves everything else to its general path. The tests below put
+// such a reader in front of each case the straight line must decline; each fails if the
+// straight line drew a conclusion of its own.
+
+/// Word `i` of the heap region.
+fn word(reg: &Region, i: usize) -> &std::sync::atomic::AtomicU64 {
+    &reg.words()[i]
+}
+
+const LEASE_WORD: usize = 0x180 / 8;
+
+#[test]
+fn an_in_step_reader_crosses_padding_at_the_end_of_the_ring() {
+    let p = params(1024, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    let mut buf = [0u8; 100];
+    let mut padded = 0;
+    // 96-byte records (16 B header, 80 B payload) do not divide 1024, so most wraps leave a
+    // gap that the writer fills with a padding marker.
+    for seq in 1..=200u64 {
+        let msg = [seq as u8; 80];
+        let before = r.position();
+        w.publish(&msg).unwrap();
+        let (m, got) = recv(&mut r, &mut buf).expect("a message");
+        assert_eq!((m.seq, m.lost, &got[..]), (seq, 0, &msg[..]));
+        // Crossed the end of the ring: the record did not start where the last one ended.
+        if r.position() - before != 96 {
+            assert_eq!(r.position() % 1024, 96, "the record after padding starts at offset 0");
+            padded += 1;
+        }
+    }
+    assert!(padded >= 10, "padding was crossed {padded} times");
+    assert_eq!(r.laps(), 0);
+}
+
+#[test]
+fn an_in_step_reader_whose_record_is_leased_away_reports_a_lap() {
+    // The writer leases space a chunk (capacity / 16) ahead of what it writes, so there is a
+    // moment when the lease already covers the reader's record but the record is intact: the
+    // bytes copied are exactly what was committed, and only the lease says they may not be.
+    let p = params(4096, 64);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+    let mut buf = [0u8; 64];
+    w.publish(&payload(1, 64)).unwrap();
+    w.publish(&payload(2, 64)).unwrap();
+    assert_eq!(recv(&mut r, &mut buf).unwrap().0.seq, 1);
+    let pos = r.position();
+    let mut seq = 2;
+    while word(&reg, LEASE_WORD).load(std::sync::atomic::Ordering::Relaxed) <= pos + 4096 {
+        seq += 1;
+        w.publish(&payload(seq, 64)).unwrap();
+    }
+    assert!(w.tail() <= pos + 4096, "the record at the reader's position is not overwritten yet");
+    let (m, got) = recv(&mut r, &mut buf).unwrap();
+    assert_eq!(r.laps(), 1, "the lease, not the intact bytes, decides");
+    assert!(m.seq > 2 && m.lost == m.seq - 2, "resynced to the oldest intact message: {m:?}");
+    assert_eq!(got, payload(m.seq, 64));
+}
+
+#[test]
+fn an_in_step_reader_with_a_small_buffer_is_told_and_keeps_its_place() {
+    let p = params(4096, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    w.publish(&[1u8; 10]).unwrap();
+    w.publish(&[2u8; 50]).unwrap();
+    assert_eq!(r.read(&mut [0u8; 20]).unwrap().unwrap().seq, 1);
+    assert_eq!(r.read(&mut [0u8; 20]), Err(ReadError::BufferTooSmall { needed: 50 }));
+    let mut buf = [0u8; 50];
+    let m = r.read(&mut buf).unwrap().unwrap();
+    assert_eq!((m.seq, m.len, m.lost, buf), (2, 50, 0, [2u8; 50]));
+}
+
+#[test]
+fn an_in_step_reader_reports_corrupt_records() {
+    type Damage = fn(&Region, usize);
+    let cases: [(&str, Damage); 4] = [
+        ("checksum mismatch", |reg, first| {
+            let w = word(reg, first + 2);
+            w.store(w.load(std::sync::atomic::Ordering::Relaxed) ^ 1, std::sync::atomic::Ordering::Relaxed);
+        }),
+        ("sequence number out of order", |reg, first| {
+            let w = word(reg, first + 1);
+            w.store(w.load(std::sync::atomic::Ordering::Relaxed) + 1, std::sync::atomic::Ordering::Relaxed);
+        }),
+        ("record length out of range", |reg, first| {
+            word(reg, first).store(65, std::sync::atomic::Ordering::Relaxed);
+        }),
+        ("record length out of range", |reg, first| {
+            word(reg, first).store(0, std::sync::atomic::Ordering::Relaxed);
+        }),
+    ];
+    for (reason, damage) in cases {
+        let p = params(4096, 64);
+        let reg = region(&p);
+        let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+        let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+        // Larger than the ring's largest message: the buffer does not refuse a bad length.
+        let mut buf = [0u8; 128];
+        w.publish(&payload(1, 64)).unwrap();
+        w.publish(&payload(2, 64)).unwrap();
+        assert_eq!(recv(&mut r, &mut buf).unwrap().0.seq, 1);
+        damage(&reg, (4096 + r.position() as usize) / 8);
+        let pos = r.position();
+        assert_eq!(r.read(&mut buf), Err(ReadError::Corrupt { pos, reason }), "{reason}");
+        assert_eq!(r.position(), pos, "{reason}: nothing consumed");
+    }
+}
+
+/// Store a record at word `first` exactly as a writer would (a valid checksum, docs/design.md
+/// §6), whatever its fields say: only the check aimed at can refuse it.
+fn forge(reg: &Region, first: usize, len: u32, seq: u64, payload: &[u8]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let crc = crc32fast::hash(payload) ^ (m >> 32) as u32 ^ m as u32;
+    word(reg, first).store(u64::from(len) | u64::from(crc) << 32, Relaxed);
+    word(reg, first + 1).store(seq, Relaxed);
+    for (i, chunk) in payload.chunks(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        word(reg, first + 2 + i).store(u64::from_le_bytes(bytes), Relaxed);
+    }
+}
+
+#[test]
+fn an_in_step_reader_refuses_well_checksummed_records_that_break_the_format() {
+    // (what the record at the reader's position says, at which offset, what the reader says)
+    let cases: [(u32, u64, u64, &str); 3] = [
+        (65, 2, 0, "record length out of range"),         // over max_msg
+        (64, 3, 0, "sequence number out of order"),       // skips a number
+        (64, 2, 4096 - 24, "record length out of range"), // runs past the end of the ring
+    ];
+    for (len, seq, at, reason) in cases {
+        let p = params(4096, 64);
+        // Room after the ring: a record running past its end still reads mapped memory.
+        let reg = Arc::new(Region::heap((p.file_size() / 8) as usize + 64));
+        let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+        let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+        let mut buf = [0u8; 4096];
+        // Messages up to the offset wanted, plus one to forge over.
+        let mut n = 0;
+        while w.tail() < at || n < 2 {
+            n += 1;
+            w.publish(&[n as u8; 8]).unwrap();
+        }
+        while r.position() < w.tail() - 24 {
+            recv(&mut r, &mut buf).unwrap();
+        }
+        let pos = r.position();
+        let first = (4096 + pos as usize) / 8;
+        // The reader expects message `n` there; `seq` 2 stands for that one, 3 for the next.
+        forge(&reg, first, len, seq - 2 + n, &vec![9u8; len as usize]);
+        assert_eq!(r.read(&mut buf), Err(ReadError::Corrupt { pos, reason }), "{reason}");
+        assert_eq!(r.position(), pos, "{reason}: nothing consumed");
+    }
+}
