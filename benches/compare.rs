@@ -427,11 +427,12 @@ struct Target {
 /// Why a get loses to an in-process `HashMap` when the data is in the caches.
 const GET_VS_MAP_NOTE: &str = "A get hashes the key, reads the index bucket and the record with atomic word loads, \
      re-checks that the segment was not recycled and checks the crc32 of the value (rule 9 of the brief): about \
-     480 instructions against the HashMap's 300 (callgrind), of which ~140 are the crc, a dependency chain of \
+     520 instructions against the HashMap's 295 (callgrind), of which ~140 are the crc, a dependency chain of \
      carry-less multiplies. With 1,000 keys nothing misses the caches and instructions decide: the HashMap wins \
-     by about 2.6x. With 100,000 keys both are bound by two dependent cache misses (bucket then record; control \
-     word then entry, the record's lines prefetched together), where podcache wins, by a margin that moves with \
-     the machine's state.";
+     by about 2.8x. With 100,000 keys a get costs two dependent cache misses (the bucket, then the record's lines, \
+     prefetched together) against the map's three (control word, entry, then key and value), and which side wins \
+     moves with the machine's memory latency, which on this VM changes by up to 2x within minutes: when misses \
+     are slow podcache's fewer misses win, when they are fast its extra instructions decide and the map wins.";
 
 /// The note of the targets measured with a spinning consumer.
 const SPIN_NOTE: &str = "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
