@@ -45,9 +45,9 @@ fn proto() -> &'static crc32fast::Hasher {
     PROTO.get_or_init(crc32fast::Hasher::new)
 }
 
-/// A copy of the prototype hasher kept by a hot path (a ring reader or writer), so that a
-/// checksum there starts from a field instead of the process-wide `OnceLock`. Same checksums
-/// as [`Crc`] and [`checksum`].
+/// A copy of the prototype hasher kept by a hot path (the ring reader), so that a checksum
+/// there starts from a field instead of the process-wide `OnceLock`. Same checksums as [`Crc`]
+/// and [`checksum`].
 #[derive(Clone)]
 pub(crate) struct Checksummer {
     proto: crc32fast::Hasher,
@@ -59,16 +59,10 @@ impl Checksummer {
         Checksummer { proto: proto().clone() }
     }
 
-    /// A checksum of bytes still to come under `header`.
-    #[inline]
-    pub(crate) fn start(&self, header: u64) -> Crc {
-        Crc { hasher: self.proto.clone(), mix: mix(header) }
-    }
-
     /// Checksum of `bytes` under `header`.
     #[inline]
     pub(crate) fn checksum(&self, header: u64, bytes: &[u8]) -> u32 {
-        let mut c = self.start(header);
+        let mut c = Crc { hasher: self.proto.clone(), mix: mix(header) };
         c.update(bytes);
         c.finalize()
     }
