@@ -206,8 +206,9 @@ pub fn pod_consumer() {
         // Drain with `try_recv`, as the rtrb consumer drains with `pop`; the mode's call only
         // waits for an empty ring. Calling the mode's `recv` for every message instead held the
         // 64 B spin stream at 42-45 M/s on the development VM with its vCPUs close, against
-        // 57-62 M/s this way in the same minutes: the per-message dispatch through `PodMode`,
-        // not the read (a scratch consumer calling `recv_spin` itself per message ran at 57-62).
+        // 57-62 M/s this way in the same minutes. The cost was in going through `PodMode::recv`
+        // for each message (even with a `try_recv` first inside it), not in the read: a scratch
+        // consumer calling `recv_spin` itself for each message also ran at 57-62.
         let next = match sub.try_recv(&mut buf).expect("read the data ring") {
             Some(m) => Some(m),
             None => mode.recv(&mut sub, &mut buf, Duration::from_secs(1)).expect("read the data ring"),
