@@ -6,6 +6,8 @@
 //!
 //! * `table_get/<n>/podcache_1_reader`: one reader *process* (this binary re-executed) doing
 //!   gets into a reused buffer from a table a writer filled.
+//! * `table_get/<n>/podcache_get_many_1_reader`: the same reader with `get_many`, 64 keys per
+//!   call (each value then copied once more, into the buffer a single get would use).
 //! * `table_get/<n>/podcache_2_readers`: two reader processes at once, each doing half of the
 //!   iterations; the time is the slower one's, so elements/s is the aggregate rate.
 //! * `table_get/<n>/lmdb`: LMDB on `/dev/shm`, one long-lived read transaction, value copied
@@ -35,6 +37,11 @@ fn bench_gets(c: &mut Criterion, dir: &ShmDir, n: u64) {
     let mut one = Readers::spawn(&data, GetPeer::Podcache, Dist::Uniform, 1);
     g.bench_function(BenchmarkId::from_parameter("podcache_1_reader"), |b| b.iter_custom(|iters| one.run(iters)));
     drop(one);
+    let mut many = Readers::spawn(&data, GetPeer::PodcacheMany, Dist::Uniform, 1);
+    g.bench_function(BenchmarkId::from_parameter("podcache_get_many_1_reader"), |b| {
+        b.iter_custom(|iters| many.run(iters))
+    });
+    drop(many);
     let mut two = Readers::spawn(&data, GetPeer::Podcache, Dist::Uniform, 2);
     g.bench_function(BenchmarkId::from_parameter("podcache_2_readers"), |b| b.iter_custom(|iters| two.run(iters)));
     drop(two);

@@ -10,9 +10,9 @@
 //! its start-up instead, possibly inside the recovery) and starts the next, which must attach,
 //! find nothing to repair that a crash cannot leave, and bump the epoch by exactly one per
 //! writer that got that far. Two reader processes get random keys the whole time with `get`,
-//! `get_vec`, `get_with`, `contains` and now and then `keys`, and check every value: a whole
-//! value of that key (never torn or mixed), never one put already expired, and a key's versions
-//! never go back. At the end the parent attaches a last writer and checks that the statistics
+//! `get_vec`, `get_with`, `contains`, `get_many` (random batches) and now and then `keys`, and
+//! check every value: a whole value of that key (never torn or mixed), never one put already
+//! expired, and a key's versions never go back. At the end the parent attaches a last writer and checks that the statistics
 //! agree with what a reader finds.
 //!
 //! `PODCACHE_CRASH_KILLS` sets the number of kills (default 400; the ring crash test reads it
@@ -338,33 +338,45 @@ fn reader_child() {
         let id = rng.below(NKEYS);
         let key = kv_key(id);
         gets += 1;
-        let got = match rng.below(10) {
-            0..=3 => rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())),
-            4..=6 => rd.get_vec(&key),
-            7 | 8 => rd.get_with(&key, |v| v.to_vec()),
-            _ => rd.contains(&key).map(|_| None),
+        let got = match rng.below(11) {
+            0..=3 => vec![(id, rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())))],
+            4..=6 => vec![(id, rd.get_vec(&key))],
+            7 | 8 => vec![(id, rd.get_with(&key, |v| v.to_vec()))],
+            9 => vec![(id, rd.contains(&key).map(|_| None))],
+            _ => {
+                // A batch of up to two `BATCH`es of keys, the first one `id`.
+                let ids: Vec<u64> = std::iter::once(id).chain((0..rng.below(40)).map(|_| rng.below(NKEYS))).collect();
+                let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
+                let mut got = Vec::with_capacity(ids.len());
+                rd.get_many(&keys, &mut buf, |i, r| got.push((ids[i], r.map(|v| v.map(<[u8]>::to_vec)))));
+                assert_eq!(got.len(), ids.len(), "get_many reports every key");
+                got
+            }
         };
         // Any error (`Corrupt` on a file only crashed writers touched, `Contended`) is counted
         // and must stay at zero.
-        match got {
-            Ok(Some(v)) => {
-                hits += 1;
-                match kv_check(id, MAX_VALUE, &v) {
-                    Ok(version) => {
-                        if version & 3 == CLASS_EXPIRED {
-                            complain(format!("key {id}: version {version:#x} was put already expired"), &mut expired);
+        for (id, got) in got {
+            match got {
+                Ok(Some(v)) => {
+                    hits += 1;
+                    match kv_check(id, MAX_VALUE, &v) {
+                        Ok(version) => {
+                            if version & 3 == CLASS_EXPIRED {
+                                let what = format!("key {id}: version {version:#x} was put already expired");
+                                complain(what, &mut expired);
+                            }
+                            if version < last[id as usize] {
+                                let before = last[id as usize];
+                                complain(format!("key {id}: version {version:#x} after {before:#x}"), &mut backwards);
+                            }
+                            last[id as usize] = last[id as usize].max(version);
                         }
-                        if version < last[id as usize] {
-                            let before = last[id as usize];
-                            complain(format!("key {id}: version {version:#x} after {before:#x}"), &mut backwards);
-                        }
-                        last[id as usize] = last[id as usize].max(version);
+                        Err(why) => complain(format!("key {id}: {why}: {} bytes", v.len()), &mut bad),
                     }
-                    Err(why) => complain(format!("key {id}: {why}: {} bytes", v.len()), &mut bad),
                 }
+                Ok(None) => {}
+                Err(e) => complain(format!("get key {id}: {e}"), &mut errors),
             }
-            Ok(None) => {}
-            Err(e) => complain(format!("get key {id}: {e}"), &mut errors),
         }
         if gets % 4096 == 0 {
             keys_calls += 1;

@@ -146,6 +146,16 @@ fn read_all(rd: &TableReader, g: Geometry, written: &Written) -> Outcome {
         Err(GetError::Corrupt { .. }) => o.corrupt += 1,
         Err(e) => panic!("{what} of key {id} on a file nobody writes: {e:?}"),
     };
+    // A batched get on a file nobody writes says what single gets say.
+    let ids: Vec<u64> = g.universe().collect();
+    let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
+    let mut batched = Vec::new();
+    rd.get_many(&keys, &mut buf, |i, r| batched.push((i, r.map(|v| v.map(<[u8]>::to_vec)))));
+    assert_eq!(batched.len(), keys.len(), "get_many reports every key once");
+    for (i, r) in batched {
+        let single = rd.get(&keys[i], &mut buf).map(|r| r.map(|len| buf[..len].to_vec()));
+        assert_eq!(r, single, "get_many vs get of key {}", ids[i]);
+    }
     for id in g.universe() {
         let key = kv_key(id);
         take(&mut o, id, "get_vec", rd.get_vec(&key));

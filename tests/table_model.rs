@@ -512,8 +512,9 @@ fn assert_reader_clean(i: usize, r: &Report) {
     assert_eq!(r.get("errors"), 0, "reader {i} got errors: {r:?}");
 }
 
-/// A reader process: read random keys with every get flavour, checking each value, until told
-/// to check a checkpoint (then check every key) or to stop.
+/// A reader process: read random keys with every get flavour (`get_many` of random batches
+/// too), checking each value, until told to check a checkpoint (then check every key) or to
+/// stop.
 fn reader_child() {
     die_with_parent();
     let _watchdog = Watchdog::new("model reader", WATCHDOG_SECS);
@@ -572,22 +573,33 @@ fn reader_child() {
         let id = rng.below(NKEYS);
         let key = kv_key(id);
         reads += 1;
-        let got = match rng.below(4) {
-            0 => rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())),
-            1 => rd.get_vec(&key),
-            2 => rd.get_with(&key, |v| v.to_vec()),
-            _ => rd.contains(&key).map(|_| None),
+        let got = match rng.below(5) {
+            0 => vec![(id, rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())))],
+            1 => vec![(id, rd.get_vec(&key))],
+            2 => vec![(id, rd.get_with(&key, |v| v.to_vec()))],
+            3 => vec![(id, rd.contains(&key).map(|_| None))],
+            _ => {
+                // A batch of up to two `BATCH`es of keys, the first one `id`.
+                let ids: Vec<u64> = std::iter::once(id).chain((0..rng.below(40)).map(|_| rng.below(NKEYS))).collect();
+                let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
+                let mut got = Vec::with_capacity(ids.len());
+                rd.get_many(&keys, &mut buf, |i, r| got.push((ids[i], r.map(|v| v.map(<[u8]>::to_vec)))));
+                assert_eq!(got.len(), ids.len(), "get_many reports every key");
+                got
+            }
         };
         // Any error (`Corrupt` on a valid table, `Contended`) is counted and must stay at zero.
-        match got {
-            Ok(Some(v)) => {
-                hits += 1;
-                if let Err(why) = seen.take(id, &v) {
-                    complain(why, &mut bad);
+        for (id, got) in got {
+            match got {
+                Ok(Some(v)) => {
+                    hits += 1;
+                    if let Err(why) = seen.take(id, &v) {
+                        complain(why, &mut bad);
+                    }
                 }
+                Ok(None) => {}
+                Err(e) => complain(format!("get key {id}: {e}"), &mut errors),
             }
-            Ok(None) => {}
-            Err(e) => complain(format!("get key {id}: {e}"), &mut errors),
         }
         if reads % 64 == 0 {
             // Two readers and the writer share two cores with whatever else runs.

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Value bytes.
 pub const VALUE_LEN: usize = 100;
+
+/// Keys per `get_many` call of [`GetPeer::PodcacheMany`].
+pub const MANY: usize = 64;
 /// Length of the precomputed random index sequence (a power of two).
 pub const SEQ_LEN: usize = 1 << 20;
 /// Zipf exponent of the skewed key distribution.
@@ -139,6 +142,9 @@ pub fn lmdb(path: &Path, fill: u64) -> (heed::Env, Database<Bytes, Bytes>) {
 pub enum GetPeer {
     /// podcache `TableReader::get` into a reused buffer.
     Podcache,
+    /// podcache `TableReader::get_many`, [`MANY`] keys per call, each value then copied once
+    /// more, into the caller's buffer.
+    PodcacheMany,
     /// LMDB, one read transaction, value copied.
     Lmdb,
     /// Redis GET, one request per round trip.
@@ -151,13 +157,20 @@ pub enum GetPeer {
 
 impl GetPeer {
     /// Every get peer.
-    pub const ALL: [GetPeer; 5] =
-        [GetPeer::Podcache, GetPeer::Lmdb, GetPeer::Redis, GetPeer::RedisPipelined, GetPeer::HashMap];
+    pub const ALL: [GetPeer; 6] = [
+        GetPeer::Podcache,
+        GetPeer::PodcacheMany,
+        GetPeer::Lmdb,
+        GetPeer::Redis,
+        GetPeer::RedisPipelined,
+        GetPeer::HashMap,
+    ];
 
     /// Short name.
     pub fn name(self) -> &'static str {
         match self {
             GetPeer::Podcache => "podcache",
+            GetPeer::PodcacheMany => "podcache_many",
             GetPeer::Lmdb => "lmdb",
             GetPeer::Redis => "redis",
             GetPeer::RedisPipelined => "redis_pipelined",
@@ -223,7 +236,7 @@ impl Readers {
         let mut streams = Vec::new();
         let mut children = Vec::new();
         let path: OsString = match peer {
-            GetPeer::Podcache | GetPeer::HashMap => data.table.clone().into(),
+            GetPeer::Podcache | GetPeer::PodcacheMany | GetPeer::HashMap => data.table.clone().into(),
             GetPeer::Lmdb => data.lmdb.clone().into(),
             GetPeer::Redis | GetPeer::RedisPipelined => {
                 data.redis.clone().expect("Redis holds no data: the caller skips Redis peers").into()
@@ -301,6 +314,30 @@ pub fn reader_child() {
         GetPeer::Podcache => {
             let table = TableReader::open(&path).expect("open table");
             Box::new(move |i, buf| table.get(&key(i), buf).expect("get").expect("present"))
+        }
+        GetPeer::PodcacheMany => {
+            // As `RedisPipelined`: the keys go to `get_many` MANY at a time, walking a copy of
+            // the caller's sequence, and each call hands back one of the values.
+            let table = TableReader::open(&path).expect("open table");
+            let mut seq2 = seq.clone().into_iter().cycle();
+            let mut keys = [[0u8; 16]; MANY];
+            let mut values = vec![[0u8; VALUE_LEN]; MANY];
+            let mut scratch = [0u8; 256];
+            let mut next = MANY;
+            Box::new(move |_i, buf| {
+                if next == MANY {
+                    for k in &mut keys {
+                        *k = key(seq2.next().expect("endless"));
+                    }
+                    table.get_many(&keys, &mut scratch, |j, v| {
+                        values[j].copy_from_slice(v.expect("get").expect("present"));
+                    });
+                    next = 0;
+                }
+                buf[..VALUE_LEN].copy_from_slice(&values[next]);
+                next += 1;
+                VALUE_LEN
+            })
         }
         GetPeer::HashMap => {
             let map: HashMap<Box<[u8]>, Box<[u8]>> =

@@ -73,6 +73,60 @@ fn tag_collisions_in_a_bucket_are_resolved_by_comparing_keys() {
     assert_eq!((rd.counters().hits, rd.counters().misses, rd.counters().retries), (3, 1, 0));
 }
 
+/// A get's result with the value copied out.
+type Owned = Result<Option<Vec<u8>>, GetError>;
+
+/// What `get` returns for `key`, the value copied out.
+fn get_owned(rd: &TableReader, key: &[u8], buf: &mut [u8]) -> Owned {
+    rd.get(key, buf).map(|found| found.map(|len| buf[..len].to_vec()))
+}
+
+/// `get_many`'s results, in the order it reported them, each with the index it gave.
+fn get_many_owned(rd: &TableReader, keys: &[Vec<u8>], buf: &mut [u8]) -> Vec<(usize, Owned)> {
+    let mut out = Vec::new();
+    rd.get_many(keys, buf, |i, r| out.push((i, r.map(|v| v.map(<[u8]>::to_vec)))));
+    out
+}
+
+#[test]
+fn get_many_returns_what_get_returns_for_every_key_in_order() {
+    let (p, r) = table(1000, 1 << 20, 0);
+    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = TableReader::new(r.clone(), &p);
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for i in 0..(3 * podcache_format::table::BATCH as u64 + 5) {
+        let key = format!("key-{i}").into_bytes();
+        match i % 6 {
+            0 => {}                                                              // absent
+            1 => w.put(&key, value_for(i, 0, 200), Some(now_ms() - 1)).unwrap(), // expired
+            2 => w.put(&key, b"", None).unwrap(),
+            3 => w.put(&key, value_for(i, 0, 100), Some(now_ms() + 60_000)).unwrap(),
+            _ => w.put(&key, value_for(i, 1, i as usize), None).unwrap(),
+        }
+        keys.push(key);
+    }
+    keys.push(vec![]); // never a valid key
+    keys.push(vec![7u8; 256]); // longer than any key
+    keys.push(b"key-10".to_vec()); // twice in one call
+    w.put(b"big", vec![3u8; 300], None).unwrap();
+    keys.push(b"big".to_vec()); // does not fit the buffer below
+    let mut buf = [0u8; 256];
+    let expected: Vec<_> = keys.iter().map(|k| get_owned(&rd, k, &mut buf)).collect();
+    assert!(expected.iter().any(|r| matches!(r, Ok(Some(v)) if v.len() > 50)), "some values are found");
+    assert_eq!(expected.last(), Some(&Err(GetError::BufferTooSmall { needed: 300 })));
+    let before = rd.counters();
+    let got = get_many_owned(&rd, &keys, &mut buf);
+    let after = rd.counters();
+    assert_eq!(got, expected.into_iter().enumerate().collect::<Vec<_>>(), "each key once, in order, as get");
+    let gets = TableReader::new(r, &p);
+    for k in &keys {
+        let _ = gets.get(k, &mut buf);
+    }
+    let each = gets.counters();
+    assert_eq!((after.hits - before.hits, after.misses - before.misses), (each.hits, each.misses), "counted as gets");
+    assert!(get_many_owned(&rd, &[], &mut buf).is_empty(), "no keys, no calls");
+}
+
 #[test]
 fn refuses_bad_keys_and_oversized_values_handing_them_back() {
     let (p, r) = table(100, 1 << 18, 4096);
@@ -255,6 +309,12 @@ fn random_operations_match_a_hashmap_oracle() {
             }
             assert!(newest_missing < oldest_present, "evicted out of FIFO order at step {step}");
             assert!(rd.stats().items <= 400);
+            // A batched get agrees with single gets, over present and absent keys alike.
+            let keys: Vec<Vec<u8>> = (0..600u64).map(|k| k.to_le_bytes().to_vec()).collect();
+            let mut buf = [0u8; 512];
+            for (i, r) in get_many_owned(&rd, &keys, &mut buf) {
+                assert_eq!(r, get_owned(&rd, &keys[i], &mut buf), "get_many of key {i} at step {step}");
+            }
         }
     }
     let s = rd.stats();
@@ -269,20 +329,36 @@ fn concurrent_gets_see_whole_values_only() {
     let (p, r) = table(256, 64 << 10, 4096);
     let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
+    // One reader with `get`, one with `get_many`.
+    let readers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|batched| {
             let rd = TableReader::new(r.clone(), &p);
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 4096];
                 let (mut hits, mut n) = (0u64, 0u64);
+                // Value: version (8 bytes) then value_for(key, version, len - 8).
+                let check = |key: u64, v: &[u8]| {
+                    let version = u64::from_le_bytes(v[..8].try_into().unwrap());
+                    assert_eq!(&v[8..], &value_for(key, version, v.len() - 8)[..], "key {key}");
+                };
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if batched {
+                        let keys: Vec<[u8; 8]> = (n..n + 40).map(|k| (k % 300).to_le_bytes()).collect();
+                        rd.get_many(&keys, &mut buf, |i, r| {
+                            if let Some(v) = r.unwrap() {
+                                check((n + i as u64) % 300, v);
+                                hits += 1;
+                            }
+                        });
+                        n += 40;
+                        continue;
+                    }
                     let key = n % 300;
                     n += 1;
                     if let Some(len) = rd.get(&key.to_le_bytes(), &mut buf).unwrap() {
-                        // Value: version (8 bytes) then value_for(key, version, len - 8).
-                        let version = u64::from_le_bytes(buf[..8].try_into().unwrap());
-                        assert_eq!(&buf[8..len], &value_for(key, version, len - 8)[..], "key {key}");
+                        check(key, &buf[..len]);
                         hits += 1;
                     }
                 }

@@ -52,6 +52,13 @@
 //! let first_byte = table.get_with(b"user:42", |v| { let mut b = [0u8]; v.copy_to(0, &mut b); b[0] })?;
 //! assert_eq!(first_byte, Some(b'g'));
 //! assert_eq!(table.keys().count(), 2);
+//!
+//! // Many keys at once: their cache misses overlap (see `TableReader::get_many`).
+//! let mut found = Vec::new();
+//! table.get_many(&[&b"user:42"[..], b"nobody"], &mut buf, |i, value| {
+//!     found.push((i, value.map(|v| v.map(<[u8]>::to_vec))));
+//! });
+//! assert_eq!(found, [(0, Ok(Some(b"gold".to_vec()))), (1, Ok(None))]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

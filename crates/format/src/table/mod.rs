@@ -39,7 +39,7 @@ mod reader;
 mod verify;
 mod writer;
 
-pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, MAX_RETRIES};
+pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, BATCH, MAX_RETRIES};
 #[cfg(not(loom))]
 pub use verify::{verify, TableCheck};
 pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};

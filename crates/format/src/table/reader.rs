@@ -16,6 +16,9 @@ use std::sync::Arc;
 /// the whole data region faster than one get copies one value.
 pub const MAX_RETRIES: u32 = 64;
 
+/// Keys [`TableReader::get_many`] looks up together.
+pub const BATCH: usize = 16;
+
 /// A get failed. `Copy`, no allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -186,7 +189,13 @@ impl TableReader {
     /// Copy the value of `key` into `buf`; `Ok(Some(len))` if present.
     #[inline]
     pub fn get(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>, GetError> {
-        match self.get_fast(key, buf) {
+        self.get_hashed(key, hash(self.g.seed, key), buf)
+    }
+
+    /// [`get`](Self::get) of `key`, whose hash is `key_hash`.
+    #[inline(always)]
+    fn get_hashed(&self, key: &[u8], key_hash: u64, buf: &mut [u8]) -> Result<Option<usize>, GetError> {
+        match self.get_fast(key, key_hash, buf) {
             Fast::Hit(len) => {
                 self.hits.set(self.hits.get() + 1);
                 Ok(Some(len))
@@ -210,14 +219,13 @@ impl TableReader {
     /// every case, decides. Both conclusions drawn here are ones `lookup` draws from the same
     /// loads. It costs about half of `lookup`'s instructions (no retry state, no sink, no
     /// result carried through three functions).
-    #[inline]
-    fn get_fast(&self, key: &[u8], buf: &mut [u8]) -> Fast {
+    #[inline(always)]
+    fn get_fast(&self, key: &[u8], key_hash: u64, buf: &mut [u8]) -> Fast {
         let g = &self.g;
         let words = self.region.words();
         if key.is_empty() || key.len() > MAX_KEY {
             return Fast::Unsure;
         }
-        let key_hash = hash(g.seed, key);
         let (mut b, tag) = g.home(key_hash);
         let mut probes = 0;
         let slot = loop {
@@ -276,6 +284,68 @@ impl TableReader {
             return Fast::Unsure;
         }
         Fast::Hit(vlen)
+    }
+
+    /// Get every key of `keys`, calling `f(i, result)` for `keys[i]` in order; a found value is
+    /// handed over in `buf` (reused from one key to the next), and each result is what
+    /// [`get`](Self::get) returns for that key.
+    ///
+    /// Faster than one `get` after another when the table is larger than the CPU caches: it
+    /// looks up [`BATCH`] keys at a time, first asking the CPU to load every key's index bucket,
+    /// then every key's record, then doing the gets, so that the cache misses of those keys
+    /// overlap instead of coming one after the other (one get is too many instructions for the
+    /// CPU to run ahead into the next one's misses by itself). The prefetches change no result.
+    /// On a table that fits the caches there is nothing to overlap, and the extra pass over
+    /// each bucket makes a key cost a little more than a `get`.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        buf: &mut [u8],
+        mut f: impl FnMut(usize, Result<Option<&[u8]>, GetError>),
+    ) {
+        let mut at = 0;
+        for chunk in keys.chunks(BATCH) {
+            let mut hashes = [0u64; BATCH];
+            for (h, k) in hashes.iter_mut().zip(chunk) {
+                *h = hash(self.g.seed, k.as_ref());
+                self.prefetch_bucket(*h);
+            }
+            for &h in &hashes[..chunk.len()] {
+                self.prefetch_record(h);
+            }
+            for (k, &h) in chunk.iter().zip(&hashes) {
+                let r = self.get_hashed(k.as_ref(), h, buf);
+                f(at, r.map(|found| found.map(|len| &buf[..len])));
+                at += 1;
+            }
+        }
+    }
+
+    /// Ask the CPU to load the home bucket of the key with hash `key_hash`.
+    #[inline]
+    fn prefetch_bucket(&self, key_hash: u64) {
+        prefetch(self.region.words(), self.g.bucket(self.g.home(key_hash).0), 1);
+    }
+
+    /// Ask the CPU to load the record of the first slot of the key's home bucket whose tag
+    /// matches (the one a get reads first). What the slot says is not trusted: a prefetch of
+    /// any word of the region changes no result.
+    #[inline]
+    fn prefetch_record(&self, key_hash: u64) {
+        let g = &self.g;
+        let words = self.region.words();
+        let (b, tag) = g.home(key_hash);
+        let base = g.bucket(b);
+        let Some(bucket) = words.get(base..base + super::BUCKET_WORDS).and_then(|b| b.try_into().ok()) else {
+            return;
+        };
+        let (slots, matches) = scan(bucket, tag);
+        if matches != 0 {
+            let loc = slots[matches.trailing_zeros() as usize] & LOC_MASK;
+            if g.split(loc).0 < g.nsegments {
+                prefetch(words, g.rec_byte(loc) / 8, 3);
+            }
+        }
     }
 
     /// The value of `key` in a new `Vec`.
@@ -389,15 +459,8 @@ impl TableReader {
             let base = self.g.bucket(b);
             let bucket: &[AtomicU64; super::BUCKET_WORDS] =
                 words[base..base + super::BUCKET_WORDS].try_into().expect("a bucket is 8 words");
-            // Load the 7 slots, then visit those whose tag matches (branch-free scan).
-            let mut slots = [0u64; super::SLOTS];
-            let mut matches = 0u32;
-            for (i, s) in slots.iter_mut().enumerate() {
-                // SYNC: Acquire, pairs with the Release slot store in TableWriter::put: the
-                // record and the segment fill it points at are visible.
-                *s = bucket[i + 1].load(Ordering::Acquire);
-                matches |= u32::from(*s >> super::LOC_BITS == tag) << i;
-            }
+            // Visit the slots whose tag matches.
+            let (slots, mut matches) = scan(bucket, tag);
             while matches != 0 {
                 let i = matches.trailing_zeros() as usize;
                 matches &= matches - 1;
@@ -531,6 +594,18 @@ impl TableReader {
         }
         Err(GetError::Contended)
     }
+}
+
+/// The slots of `bucket` and a mask of those whose tag is `tag` (bit `i` for slot `i`),
+/// computed without a branch on which slot matches: that is random, and a mispredicted branch
+/// would hold up everything after it until the bucket's line arrives.
+#[inline(always)]
+fn scan(bucket: &[AtomicU64; super::BUCKET_WORDS], tag: u64) -> ([u64; super::SLOTS], u32) {
+    // SYNC: Acquire, pairs with the Release slot store in TableWriter::put: the record and the
+    // segment fill a slot points at are visible.
+    let slots: [u64; super::SLOTS] = std::array::from_fn(|i| bucket[i + 1].load(Ordering::Acquire));
+    let matches = slots.iter().enumerate().fold(0, |m, (i, s)| m | u32::from(s >> super::LOC_BITS == tag) << i);
+    (slots, matches)
 }
 
 /// Iterator over the live keys of a table; see [`TableReader::keys`].
