@@ -427,12 +427,17 @@ struct Target {
 /// Why a get loses to an in-process `HashMap` when the data is in the caches.
 const GET_VS_MAP_NOTE: &str = "A get hashes the key, reads the index bucket and the record with atomic word loads, \
      re-checks that the segment was not recycled and checks the crc32 of the value (rule 9 of the brief): about \
-     520 instructions against the HashMap's 295 (callgrind), of which ~140 are the crc, a dependency chain of \
-     carry-less multiplies. With 1,000 keys nothing misses the caches and instructions decide: the HashMap wins \
-     by about 2.8x. With 100,000 keys a get costs two dependent cache misses (the bucket, then the record's lines, \
-     prefetched together) against the map's three (control word, entry, then key and value), and which side wins \
-     moves with the machine's memory latency, which on this VM changes by up to 2x within minutes: when misses \
-     are slow podcache's fewer misses win, when they are fast its extra instructions decide and the map wins.";
+     510 instructions against the HashMap's 295 (callgrind), of which ~150 are the crc. With 1,000 keys nothing \
+     misses the caches and instructions decide: the HashMap wins by about 3x. With 100,000 keys both take two \
+     dependent cache misses per get (podcache: the bucket, then the record's lines, prefetched together; the map: \
+     its entry, then the key and the value; its control bytes stay in the L2 cache), and which side wins moves \
+     with the machine's memory latency, which on this VM changes by up to 2x within minutes. What keeps a \
+     podcache get from pulling ahead is its length: while one get waits for its record, the CPU cannot run far \
+     enough ahead to start the next get's misses, because ~510 instructions do not fit its out-of-order window \
+     (the map's ~295 partly do). Without the payload crc, or with CRC-32C (the SSE4.2 `crc32` \
+     instruction) in place of crc32fast, the ratio rose and stayed above 1 in every repetition of the runs \
+     of 2026-11-25 (medians 1.16-1.24x against 0.92-1.12x for the same commit with crc32fast in the same \
+     sessions; benches/experiments/without-checksums.sh [--crc32c]); rule 9 names crc32fast. `get_many` starts the misses of 16 keys together: the podcache_many row.";
 
 /// The note of the targets measured with a spinning consumer.
 const SPIN_NOTE: &str = "Cross-process spinning is sensitive to a busy machine: when another process holds one of \
