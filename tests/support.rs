@@ -15,7 +15,8 @@
 //!   this process's mappings of a file, and tmpfs / read-only bind mounts removed on drop.
 //! - [`kv_key`] / [`kv_value`] / [`kv_check`]: table keys derived from a number, and values
 //!   that carry their own identity (key, version) and checksum, so a reader in another process
-//!   can tell a genuine value from a torn or mixed one without knowing what the writer did.
+//!   can tell a genuine value from a torn or mixed one without knowing what the writer did;
+//!   [`random_get`] reads keys with a randomly chosen get flavour.
 //! - [`TableImage`]: a table file as bytes, with the byte map of docs/design.md §4.2, to read
 //!   and corrupt it at known offsets and to recompute what the writer keeps (overflow counts).
 
@@ -205,6 +206,36 @@ pub fn kv_value(id: u64, version: u64, max: usize) -> Vec<u8> {
     let mut v = Vec::new();
     kv_value_into(id, version, max, &mut v);
     v
+}
+
+/// What a reader got for one key: the value copied out, or the error.
+pub type Got = Result<Option<Vec<u8>>, podcache_reader::GetError>;
+
+/// Read key `id` (of the ids below `nkeys`) with a get flavour chosen by `rng`: `get`,
+/// `get_vec`, `get_with`, `contains` (never a value), or `get_many` of a random batch of up to
+/// two `BATCH`es of keys, the first one `id`. Every key read, in order, with what it got.
+pub fn random_get(
+    rd: &podcache_reader::TableReader,
+    rng: &mut Rng,
+    id: u64,
+    nkeys: u64,
+    buf: &mut [u8],
+) -> Vec<(u64, Got)> {
+    let key = kv_key(id);
+    match rng.below(5) {
+        0 => vec![(id, rd.get(&key, buf).map(|o| o.map(|len| buf[..len].to_vec())))],
+        1 => vec![(id, rd.get_vec(&key))],
+        2 => vec![(id, rd.get_with(&key, |v| v.to_vec()))],
+        3 => vec![(id, rd.contains(&key).map(|_| None))],
+        _ => {
+            let ids: Vec<u64> = std::iter::once(id).chain((0..rng.below(40)).map(|_| rng.below(nkeys))).collect();
+            let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
+            let mut got = Vec::with_capacity(ids.len());
+            rd.get_many(&keys, buf, |i, r| got.push((ids[i], r.map(|v| v.map(<[u8]>::to_vec)))));
+            assert_eq!(got.len(), ids.len(), "get_many reports every key");
+            got
+        }
+    }
 }
 
 /// Check that `bytes` are a whole value of key `id` (as made by [`kv_value_into`] with the

@@ -21,7 +21,7 @@
 use podcache_reader::TableReader;
 use podcache_tests::{
     child_role, die_with_parent, env_u64, killed_by_sigkill, kv_check, kv_key, kv_key_id, kv_value, kv_value_into,
-    report, self_command, test_seed, ChildProc, Report, Rng, Watchdog,
+    random_get, report, self_command, test_seed, ChildProc, Report, Rng, Watchdog,
 };
 use podcache_writer::TableWriter;
 use std::collections::HashSet;
@@ -336,23 +336,8 @@ fn reader_child() {
     };
     while !stop.load(Ordering::Acquire) {
         let id = rng.below(NKEYS);
-        let key = kv_key(id);
         gets += 1;
-        let got = match rng.below(11) {
-            0..=3 => vec![(id, rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())))],
-            4..=6 => vec![(id, rd.get_vec(&key))],
-            7 | 8 => vec![(id, rd.get_with(&key, |v| v.to_vec()))],
-            9 => vec![(id, rd.contains(&key).map(|_| None))],
-            _ => {
-                // A batch of up to two `BATCH`es of keys, the first one `id`.
-                let ids: Vec<u64> = std::iter::once(id).chain((0..rng.below(40)).map(|_| rng.below(NKEYS))).collect();
-                let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
-                let mut got = Vec::with_capacity(ids.len());
-                rd.get_many(&keys, &mut buf, |i, r| got.push((ids[i], r.map(|v| v.map(<[u8]>::to_vec)))));
-                assert_eq!(got.len(), ids.len(), "get_many reports every key");
-                got
-            }
-        };
+        let got = random_get(&rd, &mut rng, id, NKEYS, &mut buf);
         // Any error (`Corrupt` on a file only crashed writers touched, `Contended`) is counted
         // and must stay at zero.
         for (id, got) in got {

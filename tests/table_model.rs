@@ -21,8 +21,8 @@
 use podcache_format::table::{now_ms, MAX_PROBE};
 use podcache_reader::TableReader;
 use podcache_tests::{
-    child_role, die_with_parent, env_u64, kv_check, kv_key, kv_key_id, kv_value, kv_value_into, report, self_command,
-    shm_tempdir, test_seed, ChildProc, Report, Rng, Watchdog,
+    child_role, die_with_parent, env_u64, kv_check, kv_key, kv_key_id, kv_value, kv_value_into, random_get, report,
+    self_command, shm_tempdir, test_seed, ChildProc, Report, Rng, Watchdog,
 };
 use podcache_writer::{EvictionPolicy, TableStats, TableWriter};
 use std::collections::{HashMap, HashSet};
@@ -571,23 +571,8 @@ fn reader_child() {
             continue;
         }
         let id = rng.below(NKEYS);
-        let key = kv_key(id);
         reads += 1;
-        let got = match rng.below(5) {
-            0 => vec![(id, rd.get(&key, &mut buf).map(|o| o.map(|len| buf[..len].to_vec())))],
-            1 => vec![(id, rd.get_vec(&key))],
-            2 => vec![(id, rd.get_with(&key, |v| v.to_vec()))],
-            3 => vec![(id, rd.contains(&key).map(|_| None))],
-            _ => {
-                // A batch of up to two `BATCH`es of keys, the first one `id`.
-                let ids: Vec<u64> = std::iter::once(id).chain((0..rng.below(40)).map(|_| rng.below(NKEYS))).collect();
-                let keys: Vec<Vec<u8>> = ids.iter().map(|&id| kv_key(id)).collect();
-                let mut got = Vec::with_capacity(ids.len());
-                rd.get_many(&keys, &mut buf, |i, r| got.push((ids[i], r.map(|v| v.map(<[u8]>::to_vec)))));
-                assert_eq!(got.len(), ids.len(), "get_many reports every key");
-                got
-            }
-        };
+        let got = random_get(&rd, &mut rng, id, NKEYS, &mut buf);
         // Any error (`Corrupt` on a valid table, `Contended`) is counted and must stay at zero.
         for (id, got) in got {
             match got {
