@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 /// Value bytes.
 pub const VALUE_LEN: usize = 100;
-
 /// Keys per `get_many` call of [`GetPeer::PodcacheMany`].
 pub const MANY: usize = 64;
 /// Length of the precomputed random index sequence (a power of two).
