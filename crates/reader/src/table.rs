@@ -73,8 +73,9 @@ impl TableReader {
     /// Get every key of `keys`, calling `f(i, result)` for `keys[i]` in order, the value in
     /// `buf`. Each result is what [`get`](Self::get) returns, but the keys' cache misses
     /// overlap (see [`table::TableReader::get_many`]): on a table larger than the CPU caches
-    /// this took half the time per key of a `get` for each (100,000 keys, benches/RESULTS.md);
-    /// on one that fits them, a little more.
+    /// a key took between half and three quarters of the time of a `get` in our runs (100,000
+    /// keys, benches/RESULTS.md; the slower the memory, the larger the gain); on one that fits
+    /// the caches, a little more.
     pub fn get_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
