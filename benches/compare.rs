@@ -424,7 +424,8 @@ struct Target {
     note: &'static str,
 }
 
-/// Why a get loses to an in-process `HashMap` when the data is in the caches.
+/// Why a get loses to an in-process `HashMap` when the data is in the caches, and only ties it
+/// when it is not.
 const GET_VS_MAP_NOTE: &str = "A get hashes the key, reads the index bucket and the record with atomic word loads, \
      re-checks that the segment was not recycled and checks the crc32 of the value (rule 9 of the brief): about \
      510 instructions against the HashMap's 295 (callgrind), of which ~150 are the crc. With 1,000 keys nothing \
@@ -437,7 +438,8 @@ const GET_VS_MAP_NOTE: &str = "A get hashes the key, reads the index bucket and 
      (the map's ~295 partly do). Without the payload crc, or with CRC-32C (the SSE4.2 `crc32` \
      instruction) in place of crc32fast, the ratio rose and stayed above 1 in every repetition of the runs \
      of 2026-11-25 (medians 1.16-1.24x against 0.92-1.12x for the same commit with crc32fast in the same \
-     sessions; benches/experiments/without-checksums.sh [--crc32c]); rule 9 names crc32fast. `get_many` starts the misses of 16 keys together: the podcache_many row.";
+     sessions; benches/experiments/without-checksums.sh [--crc32c]); rule 9 names crc32fast. `get_many` \
+     starts the misses of 16 keys together: the podcache_many row.";
 
 /// The note of the targets measured with a spinning consumer.
 const SPIN_NOTE: &str = "Cross-process spinning is sensitive to a busy machine: when another process holds one of \

@@ -140,11 +140,10 @@ fn open_locked(path: &Path, mode: u32) -> Result<ExclusiveLock, CreateError> {
         .mode(mode)
         .open(path)
         .map_err(io_err(path))?;
-    match ExclusiveLock::try_lock(file) {
-        Ok(lock) => Ok(lock),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(CreateError::Locked { path: path.to_path_buf() }),
-        Err(e) => Err(CreateError::Io { path: path.to_path_buf(), source: e.into() }),
-    }
+    ExclusiveLock::try_lock(file).map_err(|e| match e {
+        rustix::io::Errno::WOULDBLOCK => CreateError::Locked { path: path.to_path_buf() },
+        e => CreateError::Io { path: path.to_path_buf(), source: e.into() },
+    })
 }
 
 /// Preallocate `size` bytes (never shrinks), map read-write and write the header fields.

@@ -114,11 +114,10 @@ fn lock_dir(dir: &Path) -> Result<ExclusiveLock, Error> {
         .truncate(false)
         .open(&lock)
         .map_err(|source| Error::Dir { dir: dir.to_path_buf(), source })?;
-    match ExclusiveLock::try_lock(file) {
-        Ok(held) => Ok(held),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::AlreadyServed { lock }),
-        Err(e) => Err(Error::Dir { dir: dir.to_path_buf(), source: e.into() }),
-    }
+    ExclusiveLock::try_lock(file).map_err(|e| match e {
+        rustix::io::Errno::WOULDBLOCK => Error::AlreadyServed { lock },
+        e => Error::Dir { dir: dir.to_path_buf(), source: e.into() },
+    })
 }
 
 /// Check that the volume has room for every file to create, before creating any.
