@@ -274,10 +274,13 @@ pub fn kv_check(id: u64, max: usize, bytes: &[u8]) -> Result<u64, &'static str> 
 pub const TABLE_STATS: usize = 0x100;
 /// Byte offset of the segment table (4 words per segment: state, seq, max expiry, live bytes).
 pub const TABLE_SEGMENTS: usize = 0x180;
-/// Bits of `fill` in a segment's state word (`gen << 40 | fill`).
-pub const FILL_BITS: u32 = 40;
-/// Bits of `loc` in an index slot (`tag << 48 | loc`).
-pub const LOC_BITS: u32 = 48;
+/// Bits of `fill` in a segment's state word (`gen << 32 | fill`).
+pub const FILL_BITS: u32 = 32;
+/// Bits of `loc` in an index slot (`tag << 52 | gen << 36 | loc`).
+pub const LOC_BITS: u32 = 36;
+/// Shift of the tag in an index slot; the 16 bits below it are the low bits of the
+/// generation of the segment the slot names.
+pub const TAG_SHIFT: u32 = 52;
 /// Bytes per unit of `loc`: records start at multiples of 4 bytes of the data region.
 pub const REC_ALIGN: u64 = 4;
 
@@ -394,7 +397,7 @@ impl TableImage {
     pub fn home_tag(&self, key: &[u8]) -> (u64, u64) {
         let l = self.layout();
         let h = podcache_format::hash::hash(l.hash_seed, key);
-        (((h & 0xffff_ffff) * l.nbuckets) >> 32, (h >> LOC_BITS) | 1)
+        (((h & 0xffff_ffff) * l.nbuckets) >> 32, (h >> TAG_SHIFT) | 1)
     }
 
     /// The record at `loc`, if its header and key lie inside the image.

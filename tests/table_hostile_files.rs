@@ -14,7 +14,7 @@ use podcache_format::header::{self, HEADER_BYTES, PARAM_WORDS};
 use podcache_reader::{GetError, Kind, OpenError, Subscriber, TableReader};
 use podcache_tests::{
     kv_key, kv_key_id, kv_value, shm_tempdir, watched, Rng, SharedWords, TableImage, TableLayout, Watchdog, FILL_BITS,
-    LOC_BITS, REC_ALIGN, TABLE_STATS,
+    LOC_BITS, REC_ALIGN, TABLE_STATS, TAG_SHIFT,
 };
 use podcache_writer::{CreateError, Publisher, TableRecovery, TableWriter};
 use std::collections::{HashMap, HashSet};
@@ -331,7 +331,7 @@ fn a_writer_initialising_an_unfinished_file_starts_from_an_empty_table() {
     b.set_word(0x38, 0);
     let (home, tag) = b.home_tag(&kv_key(1 << 20));
     let off = b.slot_off(home, 6);
-    b.set_word(off, (tag << LOC_BITS) | LOC_MASK);
+    b.set_word(off, (tag << TAG_SHIFT) | LOC_MASK);
     let path = put_file(dir.path(), "unready-slot.table", &b.bytes);
     let outcome = std::panic::catch_unwind(|| {
         let mut w = SMALL.writer(&path).expect("initialise");
@@ -597,12 +597,14 @@ fn slots_whose_tag_matches_but_whose_record_is_another_key_are_misses() {
     ids.sort_unstable();
     let (a, others) = (ids[0], &ids[1..]);
     let (a_off, a_slot) = key_slot(&img, a);
-    let tag_a = a_slot >> LOC_BITS;
+    let tag_a = a_slot >> TAG_SHIFT;
+    // Another slot's generation bits and location under A's tag.
+    let below_tag = (1u64 << TAG_SHIFT) - 1;
     // A's slot now points at B's record (same key length or not).
     for &bid in others.iter().take(30) {
         let mut b = img.clone();
         let (_, b_slot) = key_slot(&b, bid);
-        b.set_word(a_off, (tag_a << LOC_BITS) | (b_slot & LOC_MASK));
+        b.set_word(a_off, (tag_a << TAG_SHIFT) | (b_slot & below_tag));
         let path = put_file(dir.path(), "tag.table", &b.bytes);
         let rd = TableReader::open(&path).unwrap();
         assert_eq!(watched("tag", BOUND_SECS, || rd.get_vec(&kv_key(a))), Ok(None), "key {a} → record of {bid}");
@@ -624,7 +626,7 @@ fn slots_whose_tag_matches_but_whose_record_is_another_key_are_misses() {
         for s in 0..7 {
             let (_, d) = key_slot(&img, *donors.next().unwrap());
             let off = b.slot_off(bucket, s);
-            b.set_word(off, (tag_a << LOC_BITS) | (d & LOC_MASK));
+            b.set_word(off, (tag_a << TAG_SHIFT) | (d & below_tag));
         }
     }
     let path = put_file(dir.path(), "tags.table", &b.bytes);
@@ -716,7 +718,7 @@ fn overflow_counts_everywhere_never_make_a_get_loop() {
             for s in 0..7 {
                 let (_, _, _, v) = slots[(bk as usize * 7 + s) % slots.len()];
                 let off = b.slot_off(bk, s);
-                b.set_word(off, v ^ (2 << LOC_BITS));
+                b.set_word(off, v ^ (2 << TAG_SHIFT));
             }
         }
         let path = put_file(dir.path(), &format!("full-{nb}.table"), &b.bytes);
@@ -865,7 +867,11 @@ fn generations_at_their_largest_wrap_without_harm() {
     for seg in 0..b.layout().nsegments {
         let st = b.seg_state_off(seg);
         let fill = b.word(st) & FILL_MASK;
-        b.set_word(st, (0xFF_FFFF << FILL_BITS) | fill);
+        b.set_word(st, (0xFFFF_FFFF << FILL_BITS) | fill);
+    }
+    // The slots name the low 16 bits of their segment's generation.
+    for (_, _, off, v) in b.used_slots() {
+        b.set_word(off, v | (0xFFFF << LOC_BITS));
     }
     let path = put_file(dir.path(), "gens.table", &b.bytes);
     let o = open_and_read(&path, SMALL, &written).expect("the header is intact");
@@ -924,9 +930,12 @@ fn churn(
     std::thread::scope(|scope| {
         scope.spawn(|| {
             pin_to_cpu(0);
-            let mut gen = 0u64;
+            // Generations that differ from the segment's by multiples of 2^16, so the slots'
+            // generation bits still match and every get reaches the copy and its re-check (a
+            // generation the slots do not name is a corrupt file: another test).
+            let mut gen = img.word(st * 8) >> FILL_BITS;
             while !stop.load(Ordering::Relaxed) {
-                gen = (gen + 1) & 0xFF_FFFF;
+                gen = (gen + (1 << 16)) & 0xFFFF_FFFF;
                 map.words()[st].store((gen << FILL_BITS) | fill, Ordering::Release);
                 flips.fetch_add(1, Ordering::Relaxed);
             }

@@ -666,9 +666,9 @@ fn a_get_of_an_absent_key_in_a_churned_valid_table_is_a_miss() {
         assert_eq!(img.stored_overflow_counts(), img.true_overflow_counts(), "the overflow counts are exact");
         let nb = img.layout().nbuckets;
         for (b, _, _, v) in img.used_slots() {
-            let rec = img.record(v & ((1 << 48) - 1)).expect("a record");
+            let rec = img.record(v & ((1 << podcache_tests::LOC_BITS) - 1)).expect("a record");
             let (home, tag) = img.home_tag(&rec.key);
-            assert_eq!(v >> 48, tag);
+            assert_eq!(v >> podcache_tests::TAG_SHIFT, tag);
             assert!((b + nb - home) % nb < nb.min(MAX_PROBE), "slot within the probe bound");
         }
         assert_eq!(img.used_slots().len() as u64, w.stats().items);

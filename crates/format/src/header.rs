@@ -27,7 +27,7 @@ pub const HEADER_BYTES: u64 = 256;
 /// `b"PODCACHE"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PODCACHE");
 /// Layout version this build reads and writes. See "Version changes" in docs/design.md.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// Value of the ready word once the creator finished initialising the file.
 pub const READY: u64 = u64::from_le_bytes(*b"READY!\0\x01");
 /// `writer_state`: a writer holds (or held, until it crashed) the file.

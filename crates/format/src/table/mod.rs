@@ -7,8 +7,8 @@
 //! | offset         | what |
 //! |---------------:|------|
 //! | 0x100          | statistics, one word each: items, live bytes, puts, deletes, evictions, expirations, clears, next segment sequence |
-//! | 0x180          | segment table: 4 words per segment: `state` (`gen << 40 \| fill`), `seq` (FIFO order, 0 = free), `max_expiry` (unix ms; `u64::MAX` if an item never expires), `live` (bytes of live records) |
-//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes (home bucket: `(hash mod 2^32) × nbuckets >> 32`). Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 48 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 4-byte units; `tag` is the top 16 bits of the key's hash (never 0). |
+//! | 0x180          | segment table: 4 words per segment: `state` (`gen << 32 \| fill`: a 32-bit generation, +1 each time the segment is recycled, and the bytes published in it), `seq` (FIFO order, 0 = free), `max_expiry` (unix ms; `u64::MAX` if an item never expires), `live` (bytes of live records) |
+//! | `index_offset` | the index: `nbuckets` buckets of 64 bytes (home bucket: `(hash mod 2^32) × nbuckets >> 32`). Word 0 of a bucket counts the items whose probe passed over it (it lets lookups stop); words 1–7 are slots: `tag << 52 \| gen << 36 \| loc`, 0 = empty. `loc` is the record's offset in the data region in 4-byte units; `gen` the low 16 bits of the generation of the record's segment when the slot was stored; `tag` the top 12 bits of the key's hash (lowest bit forced to 1, so never 0). |
 //! | `data_offset`  | `nsegments` segments of `segment_size` bytes, filled with records in append order |
 //!
 //! A record is 4-byte aligned: a header word (`crc: u32 \| klen: u8 \| vlen: u23 \| has_expiry: 1`),
@@ -26,13 +26,16 @@
 //! items expired), else the oldest (FIFO). Eviction clears every slot that points into the
 //! segment, then bumps the segment's generation and resets its fill (one store), then reuses it.
 //!
-//! A get hashes the key, loads the slots of its bucket (Acquire), and for a slot whose tag
-//! matches loads the segment `state` (Acquire), checks the record lies below `fill`, copies the
-//! header, key and value out with Relaxed loads, issues an Acquire fence and loads `state`
-//! again. If the generation changed the segment was recycled while it copied: the get starts
-//! over (bounded). Otherwise the copy is what the writer wrote; the get compares the key,
-//! checks the crc and the expiry. Why it is sound is the ring's argument: every store into a
-//! recycled segment is a Release store sequenced after the generation bump.
+//! A get hashes the key, loads the slots of its bucket (acquire), and for a slot whose tag
+//! matches loads the segment `state` (acquire). The record is a candidate only if the state's
+//! generation is the one the slot names: the writer stores a slot only in the generation of
+//! its record, after the record is complete below the fill, and clears every slot naming a
+//! segment before it recycles the segment. The get then copies the header, key and value out
+//! with Relaxed loads, issues an Acquire fence and loads `state` again. If the generation
+//! changed the segment was recycled while it copied: the get starts over (bounded). Otherwise
+//! the copy is what the writer wrote for this very slot; the get compares the key, checks the
+//! crc and the expiry, and anything inconsistent is corruption, never a race (see
+//! docs/design.md §4.4 for each interleaving).
 
 mod reader;
 #[cfg(not(loom))]
@@ -60,12 +63,53 @@ pub const SEG_TABLE_OFFSET: u64 = 0x180;
 const SEG_WORDS: usize = 4;
 pub(crate) const SLOTS: usize = 7;
 pub(crate) const BUCKET_WORDS: usize = 8;
-pub(crate) const LOC_BITS: u32 = 48;
+/// A slot is `tag << TAG_SHIFT | gen << LOC_BITS | loc`: `loc` (bits 0–35) is the record's
+/// offset in the data region in 4-byte units, `gen` (bits 36–51) the low 16 bits of its
+/// segment's generation when the slot was stored, `tag` (bits 52–63) the top 12 bits of the
+/// key's hash with the lowest of them forced to 1, so a used slot is never 0.
+pub(crate) const LOC_BITS: u32 = 36;
 pub(crate) const LOC_MASK: u64 = (1 << LOC_BITS) - 1;
+pub(crate) const SLOT_GEN_BITS: u32 = 16;
+pub(crate) const SLOT_GEN_MASK: u64 = (1 << SLOT_GEN_BITS) - 1;
+pub(crate) const TAG_SHIFT: u32 = LOC_BITS + SLOT_GEN_BITS;
+const _: () = assert!(TAG_SHIFT == 52);
 /// Records start at multiples of this many bytes (the unit of a slot's `loc`).
 pub(crate) const REC_ALIGN: u64 = 4;
-pub(crate) const FILL_BITS: u32 = 40;
+/// A segment's state word is `gen << FILL_BITS | fill`: a 32-bit generation (+1 each time the
+/// segment is recycled, wrapping) and the bytes of records published in it.
+pub(crate) const FILL_BITS: u32 = 32;
 pub(crate) const FILL_MASK: u64 = (1 << FILL_BITS) - 1;
+/// Largest segment: a fill must fit its 32 bits.
+pub const MAX_SEGMENT: u64 = 1 << 30;
+/// Largest data region: every record offset in 4-byte units fits a slot's 36-bit `loc`.
+pub const MAX_DATA: u64 = (LOC_MASK + 1) * REC_ALIGN;
+
+/// The slot naming the record at `loc`, written while its segment's state was `state`.
+#[inline]
+pub(crate) fn slot_value(tag: u64, state: u64, loc: u64) -> u64 {
+    debug_assert!(loc <= LOC_MASK && tag >> (64 - TAG_SHIFT) == 0);
+    (tag << TAG_SHIFT) | (((state >> FILL_BITS) & SLOT_GEN_MASK) << LOC_BITS) | loc
+}
+
+/// Whether a slot's generation bits are those of the segment state `state`: only then does
+/// the slot name a record of the segment's current generation.
+#[inline]
+pub(crate) fn slot_matches_state(slot: u64, state: u64) -> bool {
+    (slot >> LOC_BITS) & SLOT_GEN_MASK == (state >> FILL_BITS) & SLOT_GEN_MASK
+}
+
+/// The tag of a slot.
+#[inline]
+pub(crate) fn slot_tag(slot: u64) -> u64 {
+    slot >> TAG_SHIFT
+}
+
+/// The state word of a segment recycled from `state`: next generation, empty.
+#[inline]
+pub(crate) fn next_generation(state: u64) -> u64 {
+    ((state >> FILL_BITS).wrapping_add(1) & 0xffff_ffff) << FILL_BITS
+}
+
 /// Longest key in bytes.
 pub const MAX_KEY: usize = 255;
 /// Longest value the record format can describe (8 MiB − 1); a table's own limit is also
@@ -176,9 +220,9 @@ impl TableParams {
     /// Validate the geometry (also for parameters read from an untrusted file).
     pub fn check(&self) -> Result<(), TableParamsError> {
         let bad = |m: String| Err(TableParamsError(m));
-        if self.segment_size < MIN_SEGMENT || !self.segment_size.is_power_of_two() || self.segment_size > FILL_MASK {
+        if self.segment_size < MIN_SEGMENT || !self.segment_size.is_power_of_two() || self.segment_size > MAX_SEGMENT {
             return bad(format!(
-                "segment size {} must be a power of two between {MIN_SEGMENT} and 2^39",
+                "segment size {} must be a power of two between {MIN_SEGMENT} and 2^30",
                 self.segment_size
             ));
         }
@@ -196,7 +240,7 @@ impl TableParams {
             ));
         }
         // Every sum below is of values bounded above (segments <= 2^24, buckets <= 2^32,
-        // segment size <= 2^40) or checked, so nothing overflows on hostile parameters.
+        // segment size <= 2^30) or checked, so nothing overflows on hostile parameters.
         let seg_end = SEG_TABLE_OFFSET + self.nsegments * SEG_WORDS as u64 * 8;
         if !self.index_offset.is_multiple_of(64) || self.index_offset < seg_end || self.index_offset > 1 << 48 {
             return bad(format!("index offset {} overlaps the segment table or is too large", self.index_offset));
@@ -205,11 +249,11 @@ impl TableParams {
         if !self.data_offset.is_multiple_of(8) || self.data_offset < index_end || self.data_offset > 1 << 50 {
             return bad(format!("data offset {} overlaps the index or is too large", self.data_offset));
         }
-        let data = self.nsegments.checked_mul(self.segment_size);
-        match data.and_then(|d| d.checked_add(self.data_offset)) {
-            Some(end) if end / REC_ALIGN <= LOC_MASK && end < 1 << 50 => Ok(()),
-            _ => bad("data region too large".into()),
+        // Both factors are bounded above, so the product does not overflow.
+        if self.nsegments * self.segment_size > MAX_DATA {
+            return bad(format!("data region of {} bytes exceeds {MAX_DATA}", self.nsegments * self.segment_size));
         }
+        Ok(())
     }
 
     /// Total file size.
@@ -332,7 +376,7 @@ impl Geo {
     }
     #[inline]
     pub(crate) fn home(&self, h: u64) -> (u64, u64) {
-        let tag = (h >> LOC_BITS) | 1;
+        let tag = (h >> TAG_SHIFT) | 1;
         // Multiply-shift of the low 32 bits: any bucket count, independent of the tag bits.
         (((h & 0xffff_ffff) * self.nbuckets) >> 32, tag)
     }
@@ -423,5 +467,23 @@ pub(crate) fn read_stats(w: &[AtomicU64], data_bytes: u64) -> TableStats {
         evictions: l(W_STAT_EVICTIONS),
         expirations: l(W_STAT_EXPIRATIONS),
         clears: l(W_STAT_CLEARS),
+    }
+}
+
+/// One bit per record position (4-byte unit) of the data region.
+pub(crate) struct Bitmap(Vec<u64>, u64);
+
+impl Bitmap {
+    pub(crate) fn new(bits: u64) -> Bitmap {
+        Bitmap(vec![0; bits.div_ceil(64) as usize], bits)
+    }
+    pub(crate) fn len(&self) -> u64 {
+        self.1
+    }
+    pub(crate) fn set(&mut self, i: u64) {
+        self.0[(i / 64) as usize] |= 1 << (i % 64);
+    }
+    pub(crate) fn get(&self, i: u64) -> bool {
+        self.0[(i / 64) as usize] >> (i % 64) & 1 == 1
     }
 }

@@ -1,12 +1,13 @@
 //! The read side of a table: lock-free gets that never store to shared memory.
 
 use super::{
-    crc_header, now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY,
+    crc_header, now_ms, read_stats, record_crc, slot_matches_state, slot_tag, Geo, RecHeader, TableParams, TableStats,
+    FILL_BITS, FILL_MASK, LOC_MASK, MAX_KEY,
 };
 use crate::checksum::Crc;
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, eq_bytes, load_at, prefetch, Region};
-use crate::sync::{fence, AtomicU64, Ordering};
+use crate::sync::{fence, load_acquire, AtomicU64, Ordering};
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -116,8 +117,6 @@ struct Hit {
     /// What the record's checksum is taken under ([`crc_header`]).
     crc_header: u64,
     crc: u32,
-    slot_word: usize,
-    slot: u64,
 }
 
 /// What [`TableReader::get_fast`] concluded.
@@ -143,11 +142,13 @@ enum Step {
     Other,
     /// The key's record has expired.
     Expired,
-    /// The segment's generation changed while we copied: start over.
+    /// The writer moved on while we read (the slot is stale, or the segment was recycled
+    /// while we copied): start over.
     Recycled,
-    /// Something is inconsistent: the writer recycled what we read (if the slot changed) or
-    /// the file is corrupt (if it did not).
-    Anomaly(&'static str),
+    /// The file holds what no writer produces: the slot names the segment's current generation
+    /// and the segment was not recycled while we read, so what we read is what the writer
+    /// wrote, and it is inconsistent.
+    Corrupt(&'static str),
 }
 
 /// A reader of a table: gets never block, never allocate (except `get_vec`), never write shared
@@ -233,15 +234,14 @@ impl TableReader {
             let Some(bucket) = words.get(base..base + super::BUCKET_WORDS) else {
                 return Fast::Unsure;
             };
-            // SYNC: Acquire, as in `probe`.
-            if let Some(slot) =
-                bucket[1..].iter().map(|s| s.load(Ordering::Acquire)).find(|s| s >> super::LOC_BITS == tag)
-            {
-                break slot;
+            let (slots, matches) = scan(bucket.try_into().expect("a bucket is 8 words"), tag);
+            if matches != 0 {
+                break slots[matches.trailing_zeros() as usize];
             }
             probes += 1;
-            // SYNC: Acquire, as in `probe`.
-            if bucket[0].load(Ordering::Acquire) == 0 || probes == g.max_probe {
+            // Relaxed: the count only says whether to look further; a stale one is the
+            // reader's view at an earlier moment of the writer's history (`probe`).
+            if bucket[0].load(Ordering::Relaxed) == 0 || probes == g.max_probe {
                 return Fast::Miss;
             }
             b = g.next_bucket(b);
@@ -256,10 +256,10 @@ impl TableReader {
         // the loads of the later lines wait for the header (their addresses depend on it).
         let rb = g.rec_byte(loc);
         prefetch(words, rb / 8, 3);
-        // SYNC: Acquire, as in `read_record`.
-        let state = words[g.seg_state(seg)].load(Ordering::Acquire);
+        // SYNC: acquire, as in `read_record`.
+        let state = load_acquire(&words[g.seg_state(seg)]);
         let fill = (state & FILL_MASK).min(g.seg_size);
-        if off + 8 > fill {
+        if !slot_matches_state(slot, state) || off + 8 > fill {
             return Fast::Unsure;
         }
         let hdr = RecHeader::decode(load_at(words, rb));
@@ -379,12 +379,9 @@ impl TableReader {
                 self.retries.set(self.retries.get() + 1);
                 continue;
             }
+            // The segment is still in the generation the slot named: these are the bytes the
+            // writer published, so a mismatch is corruption, not a race.
             if h.finalize() != hit.crc {
-                // SYNC: Acquire, as in `lookup`.
-                if words[hit.slot_word].load(Ordering::Acquire) != hit.slot {
-                    self.retries.set(self.retries.get() + 1);
-                    continue;
-                }
                 return Err(GetError::Corrupt { reason: "record checksum mismatch" });
             }
             return Ok(Some(out));
@@ -408,23 +405,20 @@ impl TableReader {
         KeyIter { reader: self, bucket: 0, slot: 0 }
     }
 
+    /// Whether segment `seg` is still in the generation of `state`, after copies made since
+    /// `state` was loaded: then every word copied is what the writer stored in that generation.
     #[inline]
     fn still_valid(&self, seg: u64, state: u64) -> bool {
-        // SYNC: Acquire fence, pairs with the Release stores of record words in TableWriter
-        // (sequenced after the generation bump that recycled the segment).
+        // SYNC: Acquire fence, pairs with the Release stores of record words in TableWriter::put
+        // (sequenced after the generation bump that recycled the segment, see `reset_segment`):
+        // if a copied word came from the next generation, the load below sees the bump.
         fence(Ordering::Acquire);
-        // SYNC: Acquire too, pairs with the Release generation bump in TableWriter::evict: if
-        // we see the bump, we also see the slot clears made before it (see `lookup`).
-        self.region.words()[self.g.seg_state(seg)].load(Ordering::Acquire) >> super::FILL_BITS
-            == state >> super::FILL_BITS
+        // SYNC: acquire, pairs with the Release generation bump in TableWriter::reset_segment: a
+        // get that starts over after seeing it also sees the slot clears made before it.
+        load_acquire(&self.region.words()[self.g.seg_state(seg)]) >> FILL_BITS == state >> FILL_BITS
     }
 
     /// Find `key`, retrying when the writer recycles what we read.
-    ///
-    /// Every conclusion other than "found" is re-checked against the slot: the writer clears
-    /// a slot before it recycles the segment the slot points into (and the segment state we
-    /// loaded with Acquire is after that clear if it shows the recycling), so an unchanged
-    /// slot means the record we read is the one the slot published.
     fn lookup(&self, key: &[u8], sink: &mut Sink<'_>) -> Result<Option<Hit>, GetError> {
         if key.is_empty() || key.len() > MAX_KEY {
             self.misses.set(self.misses.get() + 1);
@@ -464,25 +458,18 @@ impl TableReader {
             while matches != 0 {
                 let i = matches.trailing_zeros() as usize;
                 matches &= matches - 1;
-                let (slot_word, slot) = (base + 1 + i, slots[i]);
-                let step = self.read_record(slot & LOC_MASK, key, key_hash, sink)?;
-                if let Step::Found(mut hit) = step {
-                    (hit.slot_word, hit.slot) = (slot_word, slot);
-                    return Ok(Probe::Hit(hit));
-                }
-                // SYNC: Acquire, as above.
-                if matches!(step, Step::Recycled) || words[slot_word].load(Ordering::Acquire) != slot {
-                    return Ok(Probe::Retry);
-                }
-                match step {
+                match self.read_record(base + 1 + i, slots[i], key, key_hash, sink)? {
+                    Step::Found(hit) => return Ok(Probe::Hit(hit)),
                     Step::Other => {}
                     Step::Expired => return Ok(Probe::Miss),
-                    Step::Anomaly(reason) => return Err(GetError::Corrupt { reason }),
-                    Step::Found(_) | Step::Recycled => unreachable!("handled above"),
+                    Step::Recycled => return Ok(Probe::Retry),
+                    Step::Corrupt(reason) => return Err(GetError::Corrupt { reason }),
                 }
             }
-            // SYNC: Acquire, pairs with the Release increment in TableWriter::insert_slot.
-            if bucket[0].load(Ordering::Acquire) == 0 {
+            // Relaxed: the count only says whether to look further. The writer raises it before
+            // it stores a slot past this bucket and lowers it after it clears one, so a get
+            // that stops here saw a moment when no item of this chain lay beyond.
+            if bucket[0].load(Ordering::Relaxed) == 0 {
                 return Ok(Probe::Miss);
             }
             b = self.g.next_bucket(b);
@@ -490,28 +477,51 @@ impl TableReader {
         Ok(Probe::Miss)
     }
 
-    /// Read the record at `loc` if it is `key`'s.
+    /// Read the record named by `slot` (loaded from word `slot_word`) if it is `key`'s.
+    ///
+    /// The record is accepted only if the segment is in the generation the slot names when
+    /// the state is loaded (after the slot) and still after the copy: then the slot was stored
+    /// in this generation, after its record was complete below the fill (the writer publishes
+    /// the fill before the slot), and nothing in the segment was rewritten while we read.
     #[inline]
-    fn read_record(&self, loc: u64, key: &[u8], key_hash: u64, sink: &mut Sink<'_>) -> Result<Step, GetError> {
+    fn read_record(
+        &self,
+        slot_word: usize,
+        slot: u64,
+        key: &[u8],
+        key_hash: u64,
+        sink: &mut Sink<'_>,
+    ) -> Result<Step, GetError> {
         let g = &self.g;
         let words = self.region.words();
+        let loc = slot & LOC_MASK;
         let (seg, off) = g.split(loc);
         if seg >= g.nsegments {
             return Err(GetError::Corrupt { reason: "slot points outside the data region" });
         }
-        // SYNC: Acquire, pairs with the Release store of the segment state in TableWriter.
-        let state = words[g.seg_state(seg)].load(Ordering::Acquire);
+        // SYNC: acquire, pairs with the Release store of the segment state in TableWriter::put
+        // (the fill covering the record) and TableWriter::reset_segment (a recycling).
+        let state = load_acquire(&words[g.seg_state(seg)]);
+        if !slot_matches_state(slot, state) {
+            return Ok(self.stale_slot(slot_word, slot));
+        }
         let fill = (state & FILL_MASK).min(g.seg_size);
+        // The slot was loaded (acquire) after the writer stored it, which it did after the
+        // fill covering the record; the state loaded after it is in the same generation, so
+        // its fill covers the record.
         if off + 8 > fill {
-            return Ok(Step::Anomaly("slot points beyond its segment's records"));
+            return Ok(Step::Corrupt("slot points beyond its segment's records"));
         }
         let rb = g.rec_byte(loc);
         let hdr = RecHeader::decode(load_at(words, rb));
-        if off + hdr.len() > fill {
-            return Ok(Step::Anomaly("record runs beyond its segment's records"));
-        }
-        if hdr.klen != key.len() {
-            return Ok(Step::Other);
+        if off + hdr.len() > fill || hdr.klen != key.len() {
+            // The header is trusted only once the segment is known not to have been recycled.
+            return Ok(match () {
+                _ if !self.still_valid(seg, state) => Step::Recycled,
+                _ if off + hdr.len() > fill => Step::Corrupt("record runs beyond its segment's records"),
+                _ if hdr.klen == 0 => Step::Corrupt("record with an empty key"),
+                _ => Step::Other,
+            });
         }
         let expiry = hdr.has_expiry.then(|| load_at(words, rb + 8));
         // The record lies below `fill` (checked above), so its words are in the mapping. What
@@ -521,24 +531,18 @@ impl TableReader {
         let same_key = eq_bytes(words, key_byte, key);
         let value_off = key_byte + hdr.klen;
         let vlen = hdr.vlen;
+        let short_buf = matches!(sink, Sink::Buf(buf) if buf.len() < vlen);
         let value: Option<&[u8]> = match sink {
-            _ if !same_key => None,
-            Sink::Buf(buf) if buf.len() < vlen => {
-                if !self.still_valid(seg, state) {
-                    return Ok(Step::Recycled);
-                }
-                return Err(GetError::BufferTooSmall { needed: vlen });
-            }
-            Sink::Buf(buf) => {
+            Sink::Buf(buf) if same_key && buf.len() >= vlen => {
                 copy_out_bytes(words, value_off, &mut buf[..vlen]);
                 Some(&buf[..vlen])
             }
-            Sink::Vec(v) => {
+            Sink::Vec(v) if same_key => {
                 v.resize(vlen, 0);
                 copy_out_bytes(words, value_off, v);
                 Some(&v[..])
             }
-            Sink::Shared => None,
+            _ => None,
         };
         if !self.still_valid(seg, state) {
             return Ok(Step::Recycled);
@@ -546,25 +550,44 @@ impl TableReader {
         if !same_key {
             return Ok(Step::Other);
         }
-        let hi = RecHeader::encode_hi(hdr.klen, vlen, hdr.has_expiry);
-        let crc_header = crc_header(hi, expiry, key_hash);
-        if let Some(value) = value {
-            if crate::checksum::checksum(crc_header, &[value]) != hdr.crc {
-                return Ok(Step::Anomaly("record checksum mismatch"));
-            }
-        }
+        // An expired item is a miss whatever the buffer.
         if expiry.is_some_and(|e| e <= now_ms()) {
             return Ok(Step::Expired);
         }
-        Ok(Step::Found(Hit { vlen, seg, state, value_off, crc_header, crc: hdr.crc, slot_word: 0, slot: 0 }))
+        let hi = RecHeader::encode_hi(hdr.klen, vlen, hdr.has_expiry);
+        let crc_header = crc_header(hi, expiry, key_hash);
+        if short_buf {
+            return Err(GetError::BufferTooSmall { needed: vlen });
+        }
+        if value.is_some_and(|value| crate::checksum::checksum(crc_header, &[value]) != hdr.crc) {
+            return Ok(Step::Corrupt("record checksum mismatch"));
+        }
+        Ok(Step::Found(Hit { vlen, seg, state, value_off, crc_header, crc: hdr.crc }))
+    }
+
+    /// The slot loaded from `slot_word` names an older generation of its segment than the
+    /// state loaded after it. The writer clears every slot naming a segment before it
+    /// recycles the segment, and the acquire load of the state saw the recycling, so a reload
+    /// of the slot sees the clear or a later store: if it still holds the same word, no writer
+    /// produced it (short of the segment being recycled a multiple of 2^16 times between two
+    /// loads, docs/design.md §4.4).
+    #[cold]
+    fn stale_slot(&self, slot_word: usize, slot: u64) -> Step {
+        // SYNC: acquire, pairs with the Release slot stores in TableWriter (put, remove_slot).
+        if load_acquire(&self.region.words()[slot_word]) != slot {
+            Step::Recycled
+        } else {
+            Step::Corrupt("slot names a generation its segment is not in")
+        }
     }
 
     /// Read the live key in slot `slot` of bucket `b`, if any.
     fn key_at(&self, b: u64, slot: usize) -> Result<Option<Vec<u8>>, GetError> {
         let words = self.region.words();
+        let slot_word = self.g.bucket(b) + slot;
         for _ in 0..MAX_RETRIES {
-            // SYNC: Acquire, as in `lookup`.
-            let s = words[self.g.bucket(b) + slot].load(Ordering::Acquire);
+            // SYNC: acquire, as in `scan`.
+            let s = load_acquire(&words[slot_word]);
             if s == 0 {
                 return Ok(None);
             }
@@ -573,13 +596,18 @@ impl TableReader {
             if seg >= self.g.nsegments {
                 return Err(GetError::Corrupt { reason: "slot points outside the data region" });
             }
-            // SYNC: Acquire, as in `read_record`.
-            let state = words[self.g.seg_state(seg)].load(Ordering::Acquire);
+            // SYNC: acquire, as in `read_record`.
+            let state = load_acquire(&words[self.g.seg_state(seg)]);
+            if !slot_matches_state(s, state) {
+                match self.stale_slot(slot_word, s) {
+                    Step::Corrupt(reason) => return Err(GetError::Corrupt { reason }),
+                    _ => continue,
+                }
+            }
             let fill = (state & FILL_MASK).min(self.g.seg_size);
             let hdr = (off + 8 <= fill).then(|| RecHeader::decode(load_at(words, self.g.rec_byte(loc))));
             let Some(hdr) = hdr.filter(|h| off + h.len() <= fill && h.klen != 0) else {
-                // SYNC: Acquire, as in `lookup` (a changed slot means we raced the writer).
-                if !self.still_valid(seg, state) || words[self.g.bucket(b) + slot].load(Ordering::Acquire) != s {
+                if !self.still_valid(seg, state) {
                     continue;
                 }
                 return Err(GetError::Corrupt { reason: "slot points outside its segment's records" });
@@ -601,10 +629,13 @@ impl TableReader {
 /// would hold up everything after it until the bucket's line arrives.
 #[inline(always)]
 fn scan(bucket: &[AtomicU64; super::BUCKET_WORDS], tag: u64) -> ([u64; super::SLOTS], u32) {
-    // SYNC: Acquire, pairs with the Release slot store in TableWriter::put: the record and the
-    // segment fill a slot points at are visible.
-    let slots: [u64; super::SLOTS] = std::array::from_fn(|i| bucket[i + 1].load(Ordering::Acquire));
-    let matches = slots.iter().enumerate().fold(0, |m, (i, s)| m | u32::from(s >> super::LOC_BITS == tag) << i);
+    // Relaxed loads, then one Acquire fence: together an acquire load of each slot that a
+    // read-only mapping allows (see `sync::load_acquire`).
+    let slots: [u64; super::SLOTS] = std::array::from_fn(|i| bucket[i + 1].load(Ordering::Relaxed));
+    // SYNC: Acquire fence, pairs with the Release slot stores in TableWriter::put and
+    // insert_slot: the record and the segment fill a slot names are visible.
+    fence(Ordering::Acquire);
+    let matches = slots.iter().enumerate().fold(0, |m, (i, s)| m | u32::from(slot_tag(*s) == tag) << i);
     (slots, matches)
 }
 

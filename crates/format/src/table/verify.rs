@@ -9,12 +9,12 @@
 //! finding on a live file should be confirmed by a second run.
 
 use super::{
-    read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_BITS, FILL_MASK, LOC_BITS, LOC_MASK,
+    read_stats, record_crc, slot_matches_state, slot_tag, Bitmap, Geo, RecHeader, TableParams, TableStats, FILL_BITS,
+    FILL_MASK, LOC_MASK,
 };
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, load_at, Region};
-use crate::sync::Ordering;
-use std::collections::{HashMap, HashSet};
+use crate::sync::{fence, load_acquire, AtomicU64, Ordering};
 
 /// At most this many problems are listed (the count goes on).
 const MAX_LISTED: usize = 100;
@@ -53,17 +53,28 @@ impl TableCheck {
 }
 
 /// Check the table in `region` (validated `params`). Never writes, never panics on a hostile
-/// file: every offset is bounds-checked before use.
+/// or live file: every offset is bounds-checked before use, and what is read from a segment is
+/// trusted only if the segment's generation did not change meanwhile. Memory: one bit per 4
+/// bytes of the data region and 4 bytes per bucket, whatever the number of records.
 pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
     let g = Geo::new(region.len_bytes(), params);
     let words = region.words();
     let mut check = TableCheck { stats: read_stats(words, params.data_bytes()), ..TableCheck::default() };
-    // Record locations (4-byte units into the data region) of intact records.
-    let mut intact: HashSet<u64> = HashSet::new();
+    // SYNC: acquire, pairs with the Release stores of the segment state in TableWriter (put,
+    // reset_segment), as in TableReader::read_record.
+    let state_of = |seg: u64| load_acquire(&words[g.seg_state(seg)]);
+    // Whether segment `seg` is still in the generation of `state` (after copies from it).
+    let unchanged = |seg: u64, state: u64| {
+        // SYNC: Acquire fence, pairs with the Release record stores of a later generation, as
+        // in TableReader::still_valid.
+        fence(Ordering::Acquire);
+        state_of(seg) >> FILL_BITS == state >> FILL_BITS
+    };
+    // Where intact records start (4-byte units into the data region).
+    let mut intact = Bitmap::new(g.nsegments * g.seg_size / super::REC_ALIGN);
     let mut value = Vec::new();
     for seg in 0..g.nsegments {
-        // SYNC: Acquire, pairs with the Release store of the segment state in TableWriter::put.
-        let state = words[g.seg_state(seg)].load(Ordering::Acquire);
+        let state = state_of(seg);
         let fill = state & FILL_MASK;
         if fill == 0 {
             continue;
@@ -112,48 +123,27 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
             }
             off += hdr.len();
         }
-        // SYNC: Acquire, as above: an unchanged generation means the writer did not recycle the
-        // segment while we copied (records below the fill are immutable until then).
-        crate::sync::fence(Ordering::Acquire);
-        if words[g.seg_state(seg)].load(Ordering::Acquire) >> FILL_BITS != state >> FILL_BITS {
+        if !unchanged(seg, state) {
             check.segments_changed += 1;
             continue;
         }
         check.records += found.len() as u64;
-        intact.extend(found);
+        found.into_iter().for_each(|loc| intact.set(loc));
         bad.into_iter().for_each(|p| check.problem(p));
     }
 
-    // The index.
-    let mut keys: HashSet<Vec<u8>> = HashSet::new();
-    let mut expected_overflow: HashMap<u64, u64> = HashMap::new();
+    // The index. Pass 1: every slot names an intact record of its segment's current
+    // generation, its tag and home bucket match the key's hash, within the probe bound; count
+    // the probe chains passing each bucket.
+    let mut passing = vec![0u32; g.nbuckets as usize];
+    let mut kbuf = [0u8; super::MAX_KEY];
     for b in 0..g.nbuckets {
-        let base = g.bucket(b);
         for slot in 1..=super::SLOTS {
-            // SYNC: Acquire, pairs with the Release slot store in TableWriter::put.
-            let s = words[base + slot].load(Ordering::Acquire);
-            if s == 0 {
+            let Some((s, klen)) = slot_key(&g, words, &intact, b, slot, &mut kbuf, &mut check) else {
                 continue;
-            }
-            let loc = s & LOC_MASK;
-            let seg = g.split(loc).0;
-            if seg >= g.nsegments {
-                check.problem(format!("bucket {b} slot {slot}: points outside the data region"));
-                continue;
-            }
-            if !intact.contains(&loc) {
-                let state = words[g.seg_state(seg)].load(Ordering::Acquire);
-                if words[base + slot].load(Ordering::Acquire) == s && (state & FILL_MASK) != 0 {
-                    check.problem(format!("bucket {b} slot {slot}: points at no intact record"));
-                }
-                continue;
-            }
-            let rb = g.rec_byte(loc);
-            let hdr = RecHeader::decode(load_at(words, rb));
-            let mut key = vec![0u8; hdr.klen];
-            copy_out_bytes(words, rb + hdr.key_off(), &mut key);
-            let (home, tag) = g.home(hash(g.seed, &key));
-            if s >> LOC_BITS != tag {
+            };
+            let (home, tag) = g.home(hash(g.seed, &kbuf[..klen]));
+            if slot_tag(s) != tag {
                 check.problem(format!("bucket {b} slot {slot}: tag does not match the key's hash"));
             }
             let dist = (b + g.nbuckets - home) % g.nbuckets;
@@ -162,25 +152,114 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
             }
             let mut p = home;
             for _ in 0..dist.min(g.max_probe) {
-                *expected_overflow.entry(p).or_default() += 1;
+                passing[p as usize] += 1;
                 p = g.next_bucket(p);
-            }
-            if !keys.insert(key) {
-                check.problem(format!("bucket {b} slot {slot}: key indexed twice"));
             }
             check.indexed_items += 1;
         }
     }
-    for (b, n) in expected_overflow {
+    // Pass 2: no key indexed twice (each key is compared with the slots of its own chain, from
+    // its home up to the first bucket no chain passes).
+    let mut quiet = TableCheck::default();
+    let mut other = [0u8; super::MAX_KEY];
+    for b in 0..g.nbuckets {
+        for slot in 1..=super::SLOTS {
+            let Some((_, klen)) = slot_key(&g, words, &intact, b, slot, &mut kbuf, &mut quiet) else {
+                continue;
+            };
+            let key = &kbuf[..klen];
+            let (mut p, _) = g.home(hash(g.seed, key));
+            for _ in 0..g.max_probe {
+                // Slots before this one on the chain: earlier buckets, and earlier in this one.
+                for o in (1..=super::SLOTS).filter(|&o| p != b || o < slot) {
+                    if slot_key(&g, words, &intact, p, o, &mut other, &mut quiet)
+                        .is_some_and(|(_, l)| &other[..l] == key)
+                    {
+                        check.problem(format!("bucket {b} slot {slot}: key indexed twice (also in bucket {p})"));
+                    }
+                }
+                if p == b || passing[p as usize] == 0 {
+                    break;
+                }
+                p = g.next_bucket(p);
+            }
+        }
+    }
+    for (b, &n) in passing.iter().enumerate() {
         // Relaxed: a snapshot; a count may over-state (harmless) but never under-state.
-        let stored = words[g.bucket(b)].load(Ordering::Relaxed);
-        if stored < n {
+        let stored = words[g.bucket(b as u64)].load(Ordering::Relaxed);
+        if stored < u64::from(n) {
             check.problem(format!(
                 "bucket {b}: overflow count {stored} below the {n} probe chains passing it (lookups would miss keys)"
             ));
         }
     }
     check
+}
+
+/// The key of the record that slot `slot` of bucket `b` names, copied into `kbuf` (the slot
+/// and the key's length), if the slot is used and names an intact record of its segment's
+/// current generation; problems are recorded in `check`. A slot or segment the writer changes
+/// during the check is skipped, never reported.
+fn slot_key(
+    g: &Geo,
+    words: &[AtomicU64],
+    intact: &Bitmap,
+    b: u64,
+    slot: usize,
+    kbuf: &mut [u8; super::MAX_KEY],
+    check: &mut TableCheck,
+) -> Option<(u64, usize)> {
+    let sw = g.bucket(b) + slot;
+    // SYNC: acquire, pairs with the Release slot stores in TableWriter, as in the reader's `scan`.
+    let s = load_acquire(&words[sw]);
+    if s == 0 {
+        return None;
+    }
+    let loc = s & LOC_MASK;
+    let seg = g.split(loc).0;
+    if seg >= g.nsegments {
+        check.problem(format!("bucket {b} slot {slot}: points outside the data region"));
+        return None;
+    }
+    // SYNC: acquire, as in `verify`.
+    let state = load_acquire(&words[g.seg_state(seg)]);
+    // SYNC: acquire, as above: a slot reloaded after a state that shows a recycling shows the
+    // writer's clear, so an unchanged slot was not cleared.
+    let still = || load_acquire(&words[sw]) == s;
+    if !slot_matches_state(s, state) {
+        if still() {
+            check.problem(format!(
+                "bucket {b} slot {slot}: names generation {} of segment {seg}, which is in generation {}",
+                (s >> super::LOC_BITS) & super::SLOT_GEN_MASK,
+                state >> FILL_BITS
+            ));
+        }
+        return None;
+    }
+    if !intact.get(loc) {
+        if still() {
+            check.problem(format!("bucket {b} slot {slot}: points at no intact record"));
+        }
+        return None;
+    }
+    // The record was intact when its segment was walked; if the segment was recycled since,
+    // the header may be anything, so its key is bounds-checked and trusted only if the
+    // generation did not change.
+    let rb = g.rec_byte(loc);
+    let hdr = RecHeader::decode(load_at(words, rb));
+    let end = rb + hdr.key_off() + hdr.klen;
+    if end > words.len() * 8 {
+        return None;
+    }
+    copy_out_bytes(words, rb + hdr.key_off(), &mut kbuf[..hdr.klen]);
+    fence(Ordering::Acquire);
+    // SYNC: the Acquire fence above pairs with Release record stores of a later generation;
+    // this acquire load then sees the recycling that preceded them.
+    if load_acquire(&words[g.seg_state(seg)]) >> FILL_BITS != state >> FILL_BITS {
+        return None;
+    }
+    Some((s, hdr.klen))
 }
 
 #[cfg(test)]
@@ -228,7 +307,7 @@ mod tests {
         assert!(c.problems.iter().any(|m| m.contains("no intact record")), "{:?}", c.problems);
         // A slot pointing past the data region.
         let idx = (p.index_offset / 8) as usize;
-        region.words()[idx + 1].store((1 << 48) | LOC_MASK, Ordering::Relaxed);
+        region.words()[idx + 1].store((1 << super::super::TAG_SHIFT) | LOC_MASK, Ordering::Relaxed);
         let c = verify(&region, &p);
         assert!(c.problems.iter().any(|m| m.contains("outside the data region")), "{:?}", c.problems);
     }

@@ -1,9 +1,9 @@
 //! The write side of a table: puts, deletes, eviction, expiry, recovery.
 
 use super::{
-    now_ms, read_stats, record_crc, Geo, RecHeader, TableParams, TableStats, FILL_BITS, FILL_MASK, LOC_BITS, LOC_MASK,
-    MAX_KEY, SLOTS, W_NEXT_SEG_SEQ, W_STAT_BYTES, W_STAT_CLEARS, W_STAT_DELETES, W_STAT_EVICTIONS, W_STAT_EXPIRATIONS,
-    W_STAT_ITEMS, W_STAT_PUTS,
+    next_generation, now_ms, read_stats, record_crc, slot_matches_state, slot_tag, slot_value, Bitmap, Geo, RecHeader,
+    TableParams, TableStats, FILL_MASK, LOC_MASK, MAX_KEY, SLOTS, W_NEXT_SEG_SEQ, W_STAT_BYTES, W_STAT_CLEARS,
+    W_STAT_DELETES, W_STAT_EVICTIONS, W_STAT_EXPIRATIONS, W_STAT_ITEMS, W_STAT_PUTS,
 };
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, load_at, Region, WordWriter};
@@ -154,20 +154,24 @@ impl TableWriter {
         let rec_len = hdr.len();
         let h = hash(self.g.seed, key);
         let (home, tag) = self.g.home(h);
+        // A refused put changes nothing: a new key without a free slot within the probe bound
+        // is refused before anything is evicted. (Evictions below only free slots.)
+        let present = self.find(key, home, tag).is_some();
+        if !present && self.free_slot(home).is_none() {
+            return Err(PutError::IndexFull { value });
+        }
         // Make room first (eviction may remove this very key); an overwrite needs no room.
-        if self.stats.items >= self.g.max_items && self.find(key, home, tag).is_none() {
+        if self.stats.items >= self.g.max_items && !present {
             while self.stats.items >= self.g.max_items && self.evict_one() {}
         }
         if self.cur.is_none() || self.cur_fill + rec_len > self.g.seg_size {
             self.next_segment();
         }
+        // Looked up again: an eviction above may have removed the key (freeing its slot).
         let existing = self.find(key, home, tag);
         let free = match existing {
             Some(_) => None,
-            None => match self.free_slot(home) {
-                Some(free) => Some(free),
-                None => return Err(PutError::IndexFull { value }),
-            },
+            None => Some(self.free_slot(home).expect("a free slot: there was one, and evictions only free slots")),
         };
         let seg = self.cur.expect("a current segment after next_segment");
         let loc = self.g.loc(seg, self.cur_fill);
@@ -186,10 +190,11 @@ impl TableWriter {
         out.write(words, key);
         out.write(words, v);
         self.cur_fill += rec_len;
-        let gen = words[self.g.seg_state(seg)].load(Ordering::Relaxed) >> FILL_BITS;
-        // SYNC: Release, pairs with the Acquire load of the segment state in
-        // TableReader::read_record: the record is complete below the new fill.
-        words[self.g.seg_state(seg)].store((gen << FILL_BITS) | self.cur_fill, Ordering::Release);
+        // Relaxed: the writer's own earlier store.
+        let state = (words[self.g.seg_state(seg)].load(Ordering::Relaxed) & !FILL_MASK) | self.cur_fill;
+        // SYNC: Release, pairs with the reader's acquire load of the segment state
+        // (TableReader::read_record, get_fast): the record is complete below the new fill.
+        words[self.g.seg_state(seg)].store(state, Ordering::Release);
         let exp = expiry_ms.unwrap_or(u64::MAX);
         if exp > self.max_expiry[seg as usize] {
             self.max_expiry[seg as usize] = exp;
@@ -197,10 +202,12 @@ impl TableWriter {
             words[self.g.seg_max_expiry(seg)].store(exp, Ordering::Relaxed);
         }
         self.add_live(seg, rec_len as i64);
-        let slot_val = (tag << LOC_BITS) | loc;
+        // The slot names the segment's generation, so a reader that loads it accepts the record
+        // only while the segment is still in that generation.
+        let slot_val = slot_value(tag, state, loc);
         match existing {
             Some((slot_word, old_loc)) => {
-                // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+                // SYNC: Release, pairs with the reader's acquire load of the slot (`scan`).
                 words[slot_word].store(slot_val, Ordering::Release);
                 let old_len = self.record_len_at(old_loc);
                 self.add_live(self.seg_of(old_loc), -(old_len as i64));
@@ -333,8 +340,9 @@ impl TableWriter {
         for _ in 0..self.g.max_probe {
             let base = self.g.bucket(b);
             for sw in base + 1..=base + SLOTS {
+                // Relaxed: the writer's own stores.
                 let s = words[sw].load(Ordering::Relaxed);
-                if s >> LOC_BITS == tag && self.key_at(s & LOC_MASK, &mut kbuf) == key {
+                if s != 0 && slot_tag(s) == tag && self.key_at(s & LOC_MASK, &mut kbuf) == key {
                     return Some((sw, s & LOC_MASK));
                 }
             }
@@ -443,7 +451,9 @@ impl TableWriter {
     fn evict(&mut self, seg: u64) {
         let region = Arc::clone(&self.region);
         let words = region.words();
-        let fill = words[self.g.seg_state(seg)].load(Ordering::Relaxed) & FILL_MASK;
+        // Relaxed: the writer's own store.
+        let state = words[self.g.seg_state(seg)].load(Ordering::Relaxed);
+        let fill = state & FILL_MASK;
         let now = now_ms();
         let mut off = 0;
         let mut kbuf = [0u8; MAX_KEY];
@@ -455,7 +465,7 @@ impl TableWriter {
             }
             let key = self.key_at(loc, &mut kbuf);
             let (home, tag) = self.g.home(hash(self.g.seed, key));
-            if let Some(sw) = self.slot_pointing_at(home, (tag << LOC_BITS) | loc) {
+            if let Some(sw) = self.slot_pointing_at(home, slot_value(tag, state, loc)) {
                 let expired = hdr.has_expiry && self.expiry_at(loc) <= now;
                 self.remove_slot(home, sw);
                 self.stats.items = self.stats.items.saturating_sub(1);
@@ -491,11 +501,11 @@ impl TableWriter {
     /// Bump the generation and empty the segment (its slots are already cleared).
     fn reset_segment(&mut self, seg: u64) {
         let w = self.region.words();
-        let gen = (w[self.g.seg_state(seg)].load(Ordering::Relaxed) >> FILL_BITS) + 1;
-        // SYNC: Release, pairs with the Acquire loads in TableReader::still_valid: a reader that
-        // sees the new generation also sees the slot clears made before it. Later stores into
-        // the segment are Release stores sequenced after this one.
-        w[self.g.seg_state(seg)].store((gen & 0xff_ffff) << FILL_BITS, Ordering::Release);
+        let next = next_generation(w[self.g.seg_state(seg)].load(Ordering::Relaxed));
+        // SYNC: Release, pairs with the reader's acquire loads of the state (read_record,
+        // still_valid): a reader that sees the new generation also sees the slot clears made
+        // before it. Later stores into the segment are Release stores sequenced after this one.
+        w[self.g.seg_state(seg)].store(next, Ordering::Release);
         // Relaxed: writer-side bookkeeping.
         w[self.g.seg_seq(seg)].store(0, Ordering::Relaxed);
         w[self.g.seg_max_expiry(seg)].store(0, Ordering::Relaxed);
@@ -504,40 +514,43 @@ impl TableWriter {
     }
 
     /// Take over a table left by a previous writer (which may have been killed at any
-    /// instruction): rebuild the writer's state from the file, clear slots that point nowhere
-    /// valid, cut segments at their first inconsistent record, recount the overflow words and
-    /// the statistics.
+    /// instruction, or whose file may be corrupt): rebuild the writer's state from the file,
+    /// clear slots that do not name an intact record of their segment's current generation,
+    /// cut segments at their first inconsistent record, recount the overflow words and the
+    /// statistics.
+    ///
+    /// Memory: one bit per 4 bytes of the data region (where intact records start) and one
+    /// word per bucket, whatever the number of records.
     pub fn attach(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> (TableWriter, TableRecovery) {
         let mut me = Self::create(region, params, policy);
         let mut rec = TableRecovery::default();
         let g = me.g;
-        let words = Arc::clone(&me.region);
-        let words = words.words();
-        // 1. Segments: order by sequence, find the valid prefix of each.
+        let region = Arc::clone(&me.region);
+        let words = region.words();
+        // Relaxed loads and stores throughout, except where a reader must see an order (the
+        // slot clears before a generation bump, as in `evict`): nothing else is running as the
+        // writer, and readers validate whatever they load.
+        let state_of = |seg: u64| words[g.seg_state(seg)].load(Ordering::Relaxed);
+
+        // 1. Segments: the valid prefix of each used one, and where its intact records start.
+        let mut starts = Bitmap::new(g.nsegments * g.seg_size / super::REC_ALIGN);
         let mut used: Vec<(u64, u64)> = Vec::new();
-        let mut starts = std::collections::HashSet::new();
-        let mut kbuf = [0u8; MAX_KEY];
+        let mut prefix = vec![0u64; g.nsegments as usize];
+        let mut scratch = Vec::new();
         for seg in 0..g.nsegments {
-            let state = words[g.seg_state(seg)].load(Ordering::Relaxed);
-            let seq = words[g.seg_seq(seg)].load(Ordering::Relaxed);
-            let fill = state & FILL_MASK;
-            if seq == 0 {
-                if fill != 0 {
-                    me.reset_segment(seg);
-                }
+            let fill = state_of(seg) & FILL_MASK;
+            if words[g.seg_seq(seg)].load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            let mut off = 0;
-            let mut max_exp = 0;
+            let (mut off, mut max_exp) = (0, 0);
             while off + 8 <= fill.min(g.seg_size) {
                 let loc = g.loc(seg, off);
                 let hdr = me.header_at(loc);
-                if hdr.klen == 0 || off + hdr.len() > fill.min(g.seg_size) || !me.record_ok(loc, &hdr) {
+                if hdr.klen == 0 || off + hdr.len() > fill.min(g.seg_size) || !me.record_ok(loc, &hdr, &mut scratch) {
                     break;
                 }
-                starts.insert(loc);
-                let exp = if hdr.has_expiry { me.expiry_at(loc) } else { u64::MAX };
-                max_exp = max_exp.max(exp);
+                starts.set(loc);
+                max_exp = max_exp.max(if hdr.has_expiry { me.expiry_at(loc) } else { u64::MAX });
                 off += hdr.len();
             }
             if off != fill {
@@ -545,24 +558,25 @@ impl TableWriter {
             }
             me.max_expiry[seg as usize] = max_exp;
             words[g.seg_max_expiry(seg)].store(max_exp, Ordering::Relaxed);
-            used.push((seq, seg));
-            me.live[seg as usize] = off; // temporarily: valid prefix
+            used.push((words[g.seg_seq(seg)].load(Ordering::Relaxed), seg));
+            prefix[seg as usize] = off;
         }
         used.sort_unstable();
         // Renumber 1..=n in FIFO order: sequence numbers stay small whatever the file held.
         for (i, (seq, seg)) in used.iter_mut().enumerate() {
             *seq = i as u64 + 1;
-            // Relaxed: writer-side bookkeeping.
             words[g.seg_seq(*seg)].store(*seq, Ordering::Relaxed);
         }
-        // 2. Slots: keep only those pointing at a valid record of their own key, within reach,
-        //    and only one per key (the newest record: highest segment sequence, then offset).
-        let order = |loc: u64| -> (u64, u64) {
-            let seg = me.seg_of(loc);
-            (words[g.seg_seq(seg)].load(Ordering::Relaxed), loc)
+
+        // 2. Slots: keep those that name an intact record start of their segment's current
+        //    generation, whose key hashes to the slot's tag within reach of its home.
+        let mut kbuf = [0u8; MAX_KEY];
+        let clear = |sw: usize, rec: &mut TableRecovery| {
+            // SYNC: Release, pairs with the reader's acquire load of the slot (`scan`).
+            words[sw].store(0, Ordering::Release);
+            rec.cleared_slots += 1;
         };
-        let mut keep: std::collections::HashMap<Vec<u8>, (usize, u64, u64)> = std::collections::HashMap::new();
-        let mut drop_slots = Vec::new();
+        let reach = |b: u64, home: u64| if b >= home { b - home } else { b + g.nbuckets - home };
         for b in 0..g.nbuckets {
             let base = g.bucket(b);
             for sw in base + 1..=base + SLOTS {
@@ -571,67 +585,123 @@ impl TableWriter {
                     continue;
                 }
                 let loc = s & LOC_MASK;
-                let valid = starts.contains(&loc) && {
-                    let key = me.key_at(loc, &mut kbuf);
-                    let (home, tag) = g.home(hash(g.seed, key));
-                    let dist = if b >= home { b - home } else { b + g.nbuckets - home };
-                    tag == s >> LOC_BITS && dist < g.max_probe
-                };
+                let valid =
+                    loc < starts.len() && starts.get(loc) && slot_matches_state(s, state_of(me.seg_of(loc))) && {
+                        let (home, tag) = g.home(hash(g.seed, me.key_at(loc, &mut kbuf)));
+                        slot_tag(s) == tag && reach(b, home) < g.max_probe
+                    };
                 if !valid {
-                    drop_slots.push(sw);
+                    clear(sw, &mut rec);
+                }
+            }
+        }
+
+        // 3. One slot per key (only a corrupt file holds two; the writer never stores a second):
+        //    keep the newest record (highest segment sequence, then offset). Every slot left
+        //    names an intact record, so its key can be read; the chain from a key's home is
+        //    scanned up to the last bucket some kept slot's chain passes.
+        let counts = |words: &[AtomicU64]| {
+            let mut counts = vec![0u64; g.nbuckets as usize];
+            for b in 0..g.nbuckets {
+                let base = g.bucket(b);
+                for sw in base + 1..=base + SLOTS {
+                    let s = words[sw].load(Ordering::Relaxed);
+                    if s != 0 {
+                        let mut kbuf = [0u8; MAX_KEY];
+                        let (home, _) = g.home(hash(g.seed, me.key_at(s & LOC_MASK, &mut kbuf)));
+                        let mut p = home;
+                        for _ in 0..reach(b, home) {
+                            counts[p as usize] += 1;
+                            p = g.next_bucket(p);
+                        }
+                    }
+                }
+            }
+            counts
+        };
+        let passing = counts(words);
+        let order = |loc: u64| (words[g.seg_seq(me.seg_of(loc))].load(Ordering::Relaxed), loc);
+        let mut other = [0u8; MAX_KEY];
+        for b in 0..g.nbuckets {
+            for sw in g.bucket(b) + 1..=g.bucket(b) + SLOTS {
+                let s = words[sw].load(Ordering::Relaxed);
+                if s == 0 {
                     continue;
                 }
-                let key = me.key_at(loc, &mut kbuf).to_vec();
-                match keep.get(&key) {
-                    Some(&(_, other_loc, _)) if order(other_loc) > order(loc) => drop_slots.push(sw),
-                    Some(&(other_sw, _, _)) => {
-                        drop_slots.push(other_sw);
-                        keep.insert(key, (sw, loc, b));
+                let key = me.key_at(s & LOC_MASK, &mut kbuf);
+                let (mut p, tag) = g.home(hash(g.seed, key));
+                for _ in 0..g.max_probe {
+                    let base = g.bucket(p);
+                    for ow in (base + 1..=base + SLOTS).filter(|&ow| ow != sw) {
+                        let o = words[ow].load(Ordering::Relaxed);
+                        if o != 0 && slot_tag(o) == tag && me.key_at(o & LOC_MASK, &mut other) == key {
+                            let older = if order(o & LOC_MASK) < order(s & LOC_MASK) { ow } else { sw };
+                            clear(older, &mut rec);
+                        }
                     }
-                    None => {
-                        keep.insert(key, (sw, loc, b));
+                    if passing[p as usize] == 0 || words[sw].load(Ordering::Relaxed) == 0 {
+                        break;
                     }
+                    p = g.next_bucket(p);
                 }
             }
         }
-        for sw in drop_slots {
-            // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
-            words[sw].store(0, Ordering::Release);
-            rec.cleared_slots += 1;
-        }
-        let mut counts = vec![0u64; g.nbuckets as usize];
-        let mut live = vec![0u64; g.nsegments as usize];
-        for (key, &(_, loc, b)) in &keep {
-            let (home, _) = g.home(hash(g.seed, key));
-            let dist = if b >= home { b - home } else { b + g.nbuckets - home };
-            for i in 0..dist {
-                counts[((home + i) % g.nbuckets) as usize] += 1;
-            }
-            rec.items += 1;
-            live[me.seg_of(loc) as usize] += me.record_len_at(loc);
-        }
-        for (b, c) in counts.iter().enumerate() {
-            // SYNC: Release, as in insert_slot. The true count is right at any moment: no
-            // item moves during recovery.
+        for (b, c) in counts(words).iter().enumerate() {
+            // SYNC: Release, pairs with the reader's acquire load of the overflow word (`probe`):
+            // the true count is right at any moment, no item moves during recovery.
             words[g.bucket(b as u64)].store(*c, Ordering::Release);
         }
-        // 3. Cut damaged segments (their slots beyond the prefix were cleared above).
-        for &(_, seg) in &used {
-            let prefix = me.live[seg as usize];
-            let state = words[g.seg_state(seg)].load(Ordering::Relaxed);
-            if state & FILL_MASK != prefix {
-                let gen = ((state >> FILL_BITS) + 1) & 0xff_ffff;
-                // SYNC: Release, as in reset_segment.
-                words[g.seg_state(seg)].store((gen << FILL_BITS) | prefix, Ordering::Release);
+
+        // 4. Cut damaged segments at their valid prefix and reset used-looking free ones. Bytes
+        //    above a published fill are about to be rewritten, so the generation moves on: the
+        //    slots naming the segment are cleared first (a reader that then sees the new
+        //    generation sees the clears, as in `evict`), and those of the intact prefix are
+        //    stored again under the new generation.
+        let in_use: std::collections::HashSet<u64> = used.iter().map(|&(_, s)| s).collect();
+        for seg in 0..g.nsegments {
+            let state = state_of(seg);
+            let cut = prefix[seg as usize];
+            if state & FILL_MASK == cut || (!in_use.contains(&seg) && state & FILL_MASK == 0) {
+                continue;
+            }
+            let mut kept = Vec::new();
+            for b in 0..g.nbuckets {
+                for sw in g.bucket(b) + 1..=g.bucket(b) + SLOTS {
+                    let s = words[sw].load(Ordering::Relaxed);
+                    if s != 0 && me.seg_of(s & LOC_MASK) == seg {
+                        // SYNC: Release, as in `clear`.
+                        words[sw].store(0, Ordering::Release);
+                        kept.push((sw, s));
+                    }
+                }
+            }
+            let next = next_generation(state) | if in_use.contains(&seg) { cut } else { 0 };
+            // SYNC: Release, pairs with the reader's acquire loads of the state, as in
+            // `reset_segment`.
+            words[g.seg_state(seg)].store(next, Ordering::Release);
+            for (sw, s) in kept {
+                // SYNC: Release, pairs with the reader's acquire load of the slot (`scan`).
+                words[sw].store(slot_value(slot_tag(s), next, s & LOC_MASK), Ordering::Release);
+            }
+        }
+
+        // 5. The writer's own state.
+        let mut live = vec![0u64; g.nsegments as usize];
+        for b in 0..g.nbuckets {
+            for sw in g.bucket(b) + 1..=g.bucket(b) + SLOTS {
+                let s = words[sw].load(Ordering::Relaxed);
+                if s != 0 {
+                    rec.items += 1;
+                    live[me.seg_of(s & LOC_MASK) as usize] += me.record_len_at(s & LOC_MASK);
+                }
             }
         }
         me.fifo = used.iter().map(|&(_, s)| s).collect();
-        let in_use: std::collections::HashSet<u64> = me.fifo.iter().copied().collect();
         me.free = (0..g.nsegments).rev().filter(|s| !in_use.contains(s)).collect();
         me.next_seq = used.last().map_or(1, |&(seq, _)| seq + 1);
         if let Some(&(_, last)) = used.last() {
             me.cur = Some(last);
-            me.cur_fill = me.live[last as usize];
+            me.cur_fill = prefix[last as usize];
         }
         me.live = live;
         for seg in 0..g.nsegments {
@@ -643,14 +713,12 @@ impl TableWriter {
         (me, rec)
     }
 
-    /// Whether the record at `loc` passes its crc.
-    fn record_ok(&self, loc: u64, hdr: &RecHeader) -> bool {
-        let words = self.words();
+    /// Whether the record at `loc` passes its crc (`scratch` holds the key and value).
+    fn record_ok(&self, loc: u64, hdr: &RecHeader, scratch: &mut Vec<u8>) -> bool {
         let expiry = hdr.has_expiry.then(|| self.expiry_at(loc));
-        let start = self.g.rec_byte(loc) + hdr.key_off();
-        let mut kv = vec![0u8; hdr.klen + hdr.vlen];
-        copy_out_bytes(words, start, &mut kv);
+        scratch.resize(hdr.klen + hdr.vlen, 0);
+        copy_out_bytes(self.words(), self.g.rec_byte(loc) + hdr.key_off(), scratch);
         let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
-        record_crc(hi, expiry, hash(self.g.seed, &kv[..hdr.klen]), &kv[hdr.klen..]) == hdr.crc
+        record_crc(hi, expiry, hash(self.g.seed, &scratch[..hdr.klen]), &scratch[hdr.klen..]) == hdr.crc
     }
 }
