@@ -35,3 +35,9 @@ pub mod table;
 
 pub use error::{CreateError, OpenError};
 pub use header::Kind;
+/// Loom models only: make the writer "crash" at a chosen store (see `tests/loom_table.rs`).
+#[cfg(loom)]
+pub use sync::crash_after_stores;
+/// Loom models only: the type of a shared word (loom's atomic with the crash switch).
+#[cfg(loom)]
+pub use sync::AtomicU64 as LoomWord;

@@ -8,7 +8,11 @@
 //! Acquire *fences* (never Release fences).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
+pub use crash::crash_after_stores;
+#[cfg(loom)]
+pub use crash::AtomicU64;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, Ordering};
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -37,4 +41,52 @@ pub(crate) fn spin_hint() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     std::hint::spin_loop();
+}
+
+/// Under loom: loom's atomic word, with a crash switch for recovery models. A model arms it
+/// with [`crash_after_stores`]; the store that would exceed the budget panics instead, so the
+/// region holds exactly the stores a writer killed at that instruction leaves (every store
+/// before it, in program order, none after), and the model catches the panic and recovers.
+#[cfg(loom)]
+mod crash {
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+
+    /// Stores left before the crash; `usize::MAX`: never.
+    static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    /// Let the next `n` stores to shared words happen, then panic at the one after (`None`:
+    /// disarm). Meant for a model's single thread while it runs the operation to crash.
+    pub fn crash_after_stores(n: Option<usize>) {
+        BUDGET.store(n.unwrap_or(usize::MAX), StdOrdering::SeqCst);
+    }
+
+    /// A shared word.
+    #[derive(Debug)]
+    pub struct AtomicU64(loom::sync::atomic::AtomicU64);
+
+    impl AtomicU64 {
+        /// A word holding `v`.
+        pub fn new(v: u64) -> AtomicU64 {
+            AtomicU64(loom::sync::atomic::AtomicU64::new(v))
+        }
+
+        /// As loom's `load`.
+        #[inline]
+        pub fn load(&self, order: loom::sync::atomic::Ordering) -> u64 {
+            self.0.load(order)
+        }
+
+        /// As loom's `store`, unless the crash budget is spent: then it panics.
+        #[inline]
+        pub fn store(&self, v: u64, order: loom::sync::atomic::Ordering) {
+            let left = BUDGET.load(StdOrdering::SeqCst);
+            if left != usize::MAX {
+                if left == 0 {
+                    panic!("simulated crash");
+                }
+                BUDGET.store(left - 1, StdOrdering::SeqCst);
+            }
+            self.0.store(v, order);
+        }
+    }
 }

@@ -37,10 +37,11 @@
 #![cfg(loom)]
 
 use loom::model::Builder;
-use loom::sync::atomic::{fence, AtomicU64, Ordering};
+use loom::sync::atomic::{fence, Ordering};
 use loom::thread;
 use podcache_format::region::Region;
 use podcache_format::ring::{Msg, RingParams, RingReader, RingWriter, Start, WakePolicy, MIN_DATA_OFFSET};
+use podcache_format::LoomWord as AtomicU64;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
 use std::sync::Arc;

@@ -38,12 +38,10 @@
 //! docs/design.md §4.4 for each interleaving).
 
 mod reader;
-#[cfg(not(loom))]
 mod verify;
 mod writer;
 
 pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, BATCH, MAX_RETRIES};
-#[cfg(not(loom))]
 pub use verify::{verify, TableCheck};
 pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};
 

@@ -262,7 +262,7 @@ fn slot_key(
     Some((s, hdr.klen))
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::table::{EvictionPolicy, TableWriter};
