@@ -5,6 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use podcache_format::Kind;
 use podcache_fuzz::{build_file, scratch_path, write_fresh, MAX_INPUT};
 use podcache_reader::{Start, Subscriber};
 use podcache_writer::Publisher;
@@ -40,7 +41,7 @@ fuzz_target!(|input: &[u8]| {
     if input.len() > MAX_INPUT {
         return;
     }
-    let file = build_file(input, valid_ring());
+    let file = build_file(input, valid_ring(), Kind::Ring);
     let path = scratch_path("fuzz.ring");
     write_fresh(&path, &file);
     for start in [Start::Oldest, Start::Newest] {

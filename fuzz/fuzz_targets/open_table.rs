@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use podcache_format::Kind;
 use podcache_fuzz::{build_file, scratch_path, write_fresh, MAX_INPUT};
 use podcache_reader::TableReader;
 use podcache_writer::TableWriter;
@@ -47,7 +48,7 @@ fuzz_target!(|input: &[u8]| {
     if input.len() > MAX_INPUT {
         return;
     }
-    let file = build_file(input, valid_table());
+    let file = build_file(input, valid_table(), Kind::Table);
     let path = scratch_path("fuzz.table");
     write_fresh(&path, &file);
     let Ok(table) = TableReader::open(&path) else {

@@ -3,7 +3,10 @@
 //! The targets use only the public APIs of `podcache-reader` and `podcache-writer`: they fuzz
 //! what a user (or a hostile container sharing the volume) can reach, not the internals.
 
+use podcache_format::header::{self, HEADER_BYTES, PARAM_WORDS};
+use podcache_format::Kind;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
 /// Largest input a target looks at. A hostile file is a few pages at most here: what matters is
@@ -46,20 +49,28 @@ pub fn write_fresh(path: &Path, bytes: &[u8]) {
 /// Build the file a target opens from its input.
 ///
 /// The first byte chooses how the rest is used:
-/// - `0 mod 4`: the rest is the whole file (raw hostile bytes).
-/// - `1 mod 4`: the rest is a list of patches applied to `valid` (a real file written by the
+/// - `0 mod 5`: the rest is the whole file (raw hostile bytes).
+/// - `1 mod 5`: the rest is a list of patches applied to `valid` (a real file written by the
 ///   writer library): each patch is a 2-byte little-endian offset (scaled over the file),
 ///   a length byte, then that many bytes to store there.
-/// - `2 mod 4`: as 1, then the file is truncated to a length taken from the first two bytes.
-/// - `3 mod 4`: the rest is XORed over `valid` from an offset taken from the first two bytes
+/// - `2 mod 5`: as 1, then the file is truncated to a length taken from the first two bytes.
+/// - `3 mod 5`: the rest is XORed over `valid` from an offset taken from the first two bytes
 ///   (flips bits rather than storing values: checksummed words stay almost right).
-pub fn build_file(input: &[u8], valid: &[u8]) -> Vec<u8> {
+/// - `4 mod 5`: as 1, then the header is signed again (layout hash and header checksum made to
+///   match the patched parameters, the file marked ready): a hostile writer can compute both,
+///   so this reaches the checks of the parameters themselves.
+pub fn build_file(input: &[u8], valid: &[u8], kind: Kind) -> Vec<u8> {
     let Some((&mode, rest)) = input.split_first() else {
         return Vec::new();
     };
-    match mode % 4 {
+    match mode % 5 {
         0 => rest.to_vec(),
         1 => patch(valid, rest),
+        4 => {
+            let mut f = patch(valid, rest);
+            resign_header(&mut f, kind);
+            f
+        }
         2 => {
             let (cut, rest) = take_u16(rest);
             let mut f = patch(valid, rest);
@@ -105,4 +116,25 @@ fn patch(valid: &[u8], mut rest: &[u8]) -> Vec<u8> {
         f[start..end].copy_from_slice(&bytes[..end - start]);
     }
     f
+}
+
+/// Sign the header of `f` again with the format's own header writer: file size, creation time
+/// and parameters are kept as the patches left them (at their byte-map offsets 0x10, 0x20 and
+/// 0x40), the layout hash and header checksum are recomputed, and the file is marked ready.
+fn resign_header(f: &mut [u8], kind: Kind) {
+    let n = HEADER_BYTES as usize;
+    if f.len() < n {
+        return;
+    }
+    let word = |i: usize| u64::from_le_bytes(f[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let mut params = [0u64; PARAM_WORDS];
+    for (i, p) in params.iter_mut().enumerate() {
+        *p = word(8 + i);
+    }
+    let words: Vec<AtomicU64> = (0..n / 8).map(|i| AtomicU64::new(word(i))).collect();
+    header::write_fields(&words, kind, word(2), &params, word(4));
+    header::publish_ready(&words);
+    for (i, w) in words.iter().enumerate() {
+        f[i * 8..i * 8 + 8].copy_from_slice(&w.load(std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    }
 }
