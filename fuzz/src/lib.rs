@@ -14,11 +14,15 @@ use std::sync::OnceLock;
 pub const MAX_INPUT: usize = 64 << 10;
 
 /// A scratch directory for this process, on tmpfs (`/dev/shm`) when there is one, as on a
-/// Kubernetes `emptyDir: {medium: Memory}` volume.
+/// Kubernetes `emptyDir: {medium: Memory}` volume, or in `$PODCACHE_FUZZ_DIR` if set.
+///
+/// libFuzzer ends the process with `exit`, so the directory outlives it: `.ci/fuzz` points
+/// `PODCACHE_FUZZ_DIR` at a directory it removes afterwards.
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let shm = Path::new("/dev/shm");
+        let parent = std::env::var_os("PODCACHE_FUZZ_DIR").map(PathBuf::from);
+        let shm = parent.as_deref().unwrap_or(Path::new("/dev/shm"));
         let builder = {
             let mut b = tempfile::Builder::new();
             b.prefix("podcache-fuzz-");
