@@ -101,9 +101,17 @@ pub async fn try_start(config: Config) -> Result<Running, Error> {
     Ok(Running { api, ops, socket, stop: Some(tx), task: Some(task) })
 }
 
-/// An HTTP client.
+/// An HTTP client for requests: each one (with its body) must finish within 30 s.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// An HTTP client for event streams (subscriptions). reqwest's `timeout` bounds a whole
+/// request, body included, so it would cut a stream that is meant to stay open longer (a
+/// subscriber left unread while a flood is published takes longer than that in a debug build).
+/// Only connecting is bounded here; the test's watchdog bounds the rest.
+pub fn stream_client() -> reqwest::Client {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 /// The `error.code` of a JSON error response.
