@@ -430,6 +430,7 @@ fn batch_three_lapped_reader() {
 /// Control-block words (byte offsets from the map in `ring.rs`, divided by 8).
 const W_TAIL: usize = 0x100 / 8;
 const W_LEASE: usize = 0x180 / 8;
+const W_WAKE_WINDOW: usize = 0x208 / 8;
 const DATA_WORD: usize = (MIN_DATA_OFFSET / 8) as usize;
 
 /// How much of the real reader's validation the hand-written reader keeps.
@@ -531,4 +532,101 @@ fn negative_control_no_validation_is_caught() {
 fn negative_control_missing_fence_is_caught() {
     let msg = expect_model_failure(Validation::LeaseWithoutFence);
     assert!(msg.contains("torn read"), "unexpected failure: {msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting and waking (docs/design.md §3.6). A reader thread receives with `read` and blocks in
+// `RingReader::wait(None)` (no deadline) whenever the ring is empty, until it has every
+// message it expects; the model's main thread then joins it. A reader left asleep while a
+// message waits for it blocks forever, and loom reports the deadlock (every thread blocked).
+//
+// Under loom the futex is a mutex and a condition variable (ring/wait.rs), and time is a
+// logical clock (clock.rs): every clock read advances it by one tick, and a "time" thread
+// advances it by a jump at any point loom chooses, which is a thread preempted for that long.
+// The real clocks (TSC, CLOCK_MONOTONIC) cannot be modelled: loom has no time.
+
+/// The adaptive window of the wait models, in logical ticks (`Duration` nanoseconds are ticks
+/// under loom). Readers spin for twice that. Five ticks, so that three back-to-back commits
+/// (and a reader's clock reads between them) can fall within one window.
+const WINDOW_TICKS: u64 = 5;
+const ADAPTIVE: WakePolicy = WakePolicy::Adaptive(std::time::Duration::from_nanos(WINDOW_TICKS));
+
+/// A ring whose writer dies between a commit's tail store and its wake: a `Never` writer
+/// (its commits store the tail and never wake; dropping it runs no wake), with the file's
+/// `wake_window` word saying `ADAPTIVE`, as the dying writer's own would, so that readers
+/// sleep in the futex after their spin.
+fn ring_with_dying_writer() -> (Arc<Region>, RingWriter) {
+    let (region, w) = ring(WakePolicy::Never, 0);
+    region.words()[W_WAKE_WINDOW].store(WINDOW_TICKS, Ordering::Relaxed);
+    (region, w)
+}
+
+/// Receive until message `last`, blocking in `wait` when the ring is empty; check each one.
+fn receive_blocking(r: &mut RingReader, last: u64) -> Seen {
+    let mut seen = Seen::default();
+    let mut buf = [0u8; 16];
+    while seen.seqs.last() != Some(&last) {
+        match r.read(&mut buf) {
+            Ok(Some(m)) => seen.check(m, &buf),
+            Ok(None) => {
+                r.wait(None);
+            }
+            Err(e) => panic!("read failed: {e:?} ({e})"),
+        }
+    }
+    seen
+}
+
+/// Model 4, the adaptive wake-up: messages 1 and 2 were published back to back (the writer's
+/// clock has two recent commits), a reader at the end blocks for message 3, which the writer
+/// publishes while a time thread lets more than two windows pass at any point (the reader, or
+/// the writer, preempted). Whatever the interleaving, the reader is not left asleep: either
+/// a load of `tail` or the futex compare sees message 3, or message 3 came more than a window
+/// after message 1 and the writer wakes it.
+#[test]
+fn adaptive_wake_never_leaves_a_reader_asleep() {
+    check("adaptive_wake_never_leaves_a_reader_asleep", Some(3), || {
+        let (region, mut w) = ring(ADAPTIVE, 2);
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Newest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 3));
+        let time = thread::spawn(|| podcache_format::ring::advance_logical_clock(3 * WINDOW_TICKS));
+        publish(&mut w, 3);
+        time.join().unwrap();
+        assert_eq!(reader.join().unwrap().seqs, [3]);
+    });
+}
+
+/// Model 5, a restart: the writer publishes message 1 and dies between its tail store and its
+/// wake (see `ring_with_dying_writer`), and a new writer attaches. A reader blocked on the ring must get message 1 without any further
+/// publish: the attach wakes it.
+#[test]
+fn attach_wakes_readers_a_dead_writer_left_asleep() {
+    check("attach_wakes_readers_a_dead_writer_left_asleep", None, || {
+        let (region, mut dying) = ring_with_dying_writer();
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 1));
+        publish(&mut dying, 1);
+        drop(dying);
+        let (w, rec) = RingWriter::attach(Arc::clone(&region), &PARAMS, ADAPTIVE);
+        assert_eq!((rec.intact, rec.discarded), (1, false));
+        assert_eq!(reader.join().unwrap().seqs, [1]);
+        drop(w);
+    });
+}
+
+/// Model 5, continued: as above, and the new writer publishes message 2 at once. The reader
+/// gets both: the new writer's first commit wakes (its clock knows no earlier commit), also
+/// when the reader went back to sleep after the attach's wake.
+#[test]
+fn a_restarted_writers_first_message_wakes_readers() {
+    check("a_restarted_writers_first_message_wakes_readers", Some(2), || {
+        let (region, mut dying) = ring_with_dying_writer();
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 2));
+        publish(&mut dying, 1);
+        drop(dying);
+        let (mut w, _) = RingWriter::attach(Arc::clone(&region), &PARAMS, ADAPTIVE);
+        publish(&mut w, 2);
+        assert_eq!(reader.join().unwrap().seqs, [1, 2]);
+    });
 }

@@ -8,11 +8,11 @@
 //!
 //! | offset | field        | written by the writer                                     |
 //! |-------:|--------------|-----------------------------------------------------------|
-//! | 0x100  | tail         | every commit: end position of the last committed record  |
-//! | 0x108  | tail_seq     | every commit: sequence number the next message will get  |
+//! | 0x100  | tail         | every commit: end position of the last committed record; its low 32 bits are the futex word blocked readers sleep on |
+//! | 0x108  | tail_seq     | every commit, after `tail`: sequence number the next message will get |
 //! | 0x180  | lease        | every `capacity/16` bytes: the writer may overwrite any position below `lease - capacity` |
 //! | 0x188  | head         | with `lease`: start of the oldest record not yet overwritten |
-//! | 0x200  | notify       | futex word, +1 on each wake                               |
+//! | 0x200  | (reserved)   | zero (was the `notify` futex word before layout version 4) |
 //! | 0x208  | wake_window  | at attach: the writer's [`WakePolicy`] in ns              |
 //!
 //! Positions are byte counts since the ring was created (`u64`, never wrap); the offset of
@@ -38,6 +38,15 @@
 //! that allowed it. If any word the reader copied came from such a store, the reader's Acquire
 //! fence synchronises with it and the following load of `lease` sees the new lease. So either
 //! every copied word is from the committed record, or the lease check fails.
+//!
+//! Waiting ([`RingReader::wait`]): a reader that found the ring empty spins until it has seen
+//! the same `tail` for twice the writer's wake window, then sleeps in `FUTEX_WAIT` on the low
+//! half of `tail`, compared with the value of its last load; so a commit after that load makes
+//! the kernel refuse the sleep, and the writer's adaptive policy wakes every commit that can
+//! follow such a sleep (docs/design.md §3.6 has the argument).
+//!
+//! One concern per file: `writer.rs` (publish path), `recovery.rs` (a writer attaching to a
+//! ring a previous one left), `reader.rs` (the cursor), `wait.rs` (blocking and waking).
 
 mod reader;
 mod recovery;
@@ -46,7 +55,15 @@ mod writer;
 
 pub use reader::RingReader;
 pub use recovery::Recovery;
+pub use wait::wake_readers;
 pub use writer::{Claim, RingWriter};
+
+/// Let `ticks` of the logical clock pass (loom models only: the clock that stands in for time
+/// under `--cfg loom`, see `clock.rs`): a thread preempted for that long.
+#[cfg(loom)]
+pub fn advance_logical_clock(ticks: u64) {
+    crate::clock::advance_logical_clock(ticks);
+}
 
 use crate::checksum::checksum;
 use crate::header::{HeaderView, PARAM_WORDS};
@@ -59,7 +76,6 @@ const W_TAIL: usize = 0x100 / 8;
 const W_TAIL_SEQ: usize = 0x108 / 8;
 const W_LEASE: usize = 0x180 / 8;
 const W_HEAD: usize = 0x188 / 8;
-pub(crate) const W_NOTIFY: usize = 0x200 / 8;
 const W_WAKE_WINDOW: usize = 0x208 / 8;
 /// Smallest legal data offset: the control block ends at 0x280.
 pub const MIN_DATA_OFFSET: u64 = 0x280;
@@ -76,6 +92,13 @@ pub const MIN_CAPACITY: u64 = 128;
 pub const MAX_SEQ: u64 = u64::MAX / 2;
 /// Largest position a valid ring reaches (2^62 bytes).
 pub const MAX_POS: u64 = u64::MAX / 4;
+/// Largest message any ring carries (64 MiB): a format limit, so a reader never sizes a buffer
+/// by what a hostile file claims beyond it (a record also stays within a quarter of the ring).
+pub const MAX_MESSAGE: u64 = 64 << 20;
+/// Longest adaptive wake window (1 ms): a writer clamps its window to it, and a reader treats a
+/// larger `wake_window` word as nonsense (the default), so a hostile file cannot make blocking
+/// waits spin for long before they sleep.
+pub const MAX_WAKE_WINDOW: Duration = Duration::from_millis(1);
 /// Resyncs a single read may do before giving up with [`ReadError::Overrun`].
 const MAX_RESYNCS: u32 = 64;
 
@@ -144,7 +167,7 @@ impl RingParams {
 
     /// Largest payload a ring of `capacity` bytes accepts.
     pub fn max_msg_limit(capacity: u64) -> u64 {
-        (capacity / 4).saturating_sub(RECORD_HEADER) & !7
+        ((capacity / 4).saturating_sub(RECORD_HEADER) & !7).min(MAX_MESSAGE)
     }
 
     /// Validate the geometry (also used on parameters read from an untrusted file).
@@ -193,7 +216,8 @@ pub enum WakePolicy {
     /// Wake only after a quiet gap of at least this long. Blocking readers spin for twice the
     /// window before they sleep, so a reader can only be asleep if the writer was quiet that
     /// long, and the writer then wakes it. Costs one clock read per publish call and no
-    /// syscall while messages flow faster than the window.
+    /// syscall while messages flow faster than the window. Windows are clamped to
+    /// 1 ns..=[`MAX_WAKE_WINDOW`].
     Adaptive(Duration),
     /// Never wake: readers poll or spin (blocking waits sleep in short naps).
     Never,
@@ -206,18 +230,25 @@ impl WakePolicy {
     fn to_word(self) -> u64 {
         match self {
             WakePolicy::Always => 0,
-            WakePolicy::Adaptive(d) => (d.as_nanos() as u64).clamp(1, u64::MAX - 1),
+            WakePolicy::Adaptive(d) => d.as_nanos().clamp(1, MAX_WAKE_WINDOW.as_nanos()) as u64,
             WakePolicy::Never => u64::MAX,
         }
     }
 
-    #[cfg_attr(loom, allow(dead_code))]
+    /// The policy a `wake_window` word stands for. The word is untrusted: a window beyond
+    /// [`MAX_WAKE_WINDOW`] (no writer stores one) is read as the default.
     fn from_word(w: u64) -> WakePolicy {
         match w {
             0 => WakePolicy::Always,
             u64::MAX => WakePolicy::Never,
-            ns => WakePolicy::Adaptive(Duration::from_nanos(ns)),
+            ns if u128::from(ns) <= MAX_WAKE_WINDOW.as_nanos() => WakePolicy::Adaptive(Duration::from_nanos(ns)),
+            _ => WakePolicy::DEFAULT,
         }
+    }
+
+    /// The policy as the writer applies it: the window clamped as stored in the file.
+    fn normalized(self) -> WakePolicy {
+        WakePolicy::from_word(self.to_word())
     }
 }
 

@@ -3,6 +3,7 @@
 use super::*;
 use crate::checksum::Checksummer;
 use crate::region::copy_out;
+use crate::sync::load_acquire;
 use std::sync::Arc;
 
 /// A reader's cursor over a ring. Never stores to the region: it works on a `PROT_READ`
@@ -66,8 +67,9 @@ impl RingReader {
 
     /// Move to the end: the next message read is the next one published.
     pub fn skip_to_newest(&mut self) {
-        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-        self.pos = self.region.words()[W_TAIL].load(Ordering::Acquire);
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.pos = load_acquire(&self.region.words()[W_TAIL]);
         self.cached_tail = self.pos;
         self.expect = Expect::Any { gap_from: None };
     }
@@ -89,14 +91,32 @@ impl RingReader {
 
     /// The writer's committed tail position now.
     pub fn writer_tail(&self) -> u64 {
-        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-        self.region.words()[W_TAIL].load(Ordering::Acquire)
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        load_acquire(&self.region.words()[W_TAIL])
     }
 
-    /// Sequence number the writer will give its next message.
+    /// Sequence number the writer will give its next message (a hint, for statistics: never
+    /// ahead of the tail this reader sees after it).
     pub fn writer_next_seq(&self) -> u64 {
-        // Relaxed: statistics only.
-        self.region.words()[W_TAIL_SEQ].load(Ordering::Relaxed)
+        // SYNC: Acquire, pairs with the Release store of tail_seq in RingWriter::commit (stored
+        // after tail): the tail loaded after this covers the messages the hint counts.
+        load_acquire(&self.region.words()[W_TAIL_SEQ])
+    }
+
+    /// The writer epoch in the file header (+1 for every writer that attached).
+    pub fn writer_epoch(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store of the epoch in header::bump_epoch
+        // (WriterFile::finish): a reader that sees a new epoch sees what the new writer's
+        // attach repaired and stored before it.
+        load_acquire(&self.region.words()[crate::header::W_EPOCH])
+    }
+
+    /// The writer-state word in the file header (running, closed, retired).
+    pub fn writer_state(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store in header::set_writer_state: a reader
+        // that sees a writer closed or the file retired sees everything stored before.
+        load_acquire(&self.region.words()[crate::header::W_WRITER_STATE])
     }
 
     /// Oldest intact position (statistics; may be stale by the time it is used).
@@ -111,8 +131,9 @@ impl RingReader {
         if self.pos < self.cached_tail {
             return true;
         }
-        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-        self.cached_tail = self.region.words()[W_TAIL].load(Ordering::Acquire);
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.cached_tail = load_acquire(&self.region.words()[W_TAIL]);
         self.pos != self.cached_tail
     }
 
@@ -122,12 +143,13 @@ impl RingReader {
         // SYNC: Acquire, pairs with the Release store of lease in RingWriter::extend_lease: a
         // reader lapped by a lease it saw then sees the head stored before that lease, which is
         // at least lease - capacity, so the same lease cannot lap it again.
-        let _ = w[W_LEASE].load(Ordering::Acquire);
+        let _ = load_acquire(&w[W_LEASE]);
         // SYNC: Acquire, pairs with the Release store of head in RingWriter::extend_lease:
         // the records from head up to the tail that covered them are visible.
-        let head = w[W_HEAD].load(Ordering::Acquire);
-        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-        self.cached_tail = w[W_TAIL].load(Ordering::Acquire);
+        let head = load_acquire(&w[W_HEAD]);
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.cached_tail = load_acquire(&w[W_TAIL]);
         self.pos = head;
         if let Expect::Seq(e) = self.expect {
             self.expect = Expect::Any { gap_from: Some(e) };
@@ -135,18 +157,24 @@ impl RingReader {
     }
 
     /// The sequence number of the record at our position, if one is there and intact: the
-    /// baseline for counting losses when a reader is lapped before its first message.
+    /// baseline for counting losses when a reader is lapped before its first message. A
+    /// padding marker at our position is skipped to the record at the next lap boundary.
     fn peek_seq(&self) -> Option<u64> {
-        if self.pos >= self.cached_tail || self.pos > MAX_POS {
+        if self.pos >= self.cached_tail || self.pos > MAX_POS || !self.pos.is_multiple_of(8) {
             return None;
         }
         let w = self.region.words();
-        let first = self.g.word(self.pos);
-        let w0 = w[first].load(Ordering::Relaxed);
-        if w0 as u32 == PAD_LEN || (self.pos & self.g.mask) + RECORD_HEADER > self.g.cap {
+        let off = self.pos & self.g.mask;
+        // Relaxed (all loads here): validated by the lap check below (its Acquire fence).
+        let w0 = w[self.g.word(self.pos)].load(Ordering::Relaxed);
+        // Where the record is: here, or after the padding at the start of the next lap.
+        let at = if w0 as u32 == PAD_LEN && off != 0 { self.pos + (self.g.cap - off) } else { self.pos };
+        if at >= self.cached_tail || (at & self.g.mask) + RECORD_HEADER > self.g.cap {
             return None;
         }
-        let seq = w[first + 1].load(Ordering::Relaxed);
+        let seq = w[self.g.word(at) + 1].load(Ordering::Relaxed);
+        // Not lapped at `pos` means no word from `pos` on was overwritten while we loaded it
+        // (`at` is further on), so both the marker and `seq` are what the writer committed.
         (!self.lapped(self.pos) && seq <= MAX_SEQ).then_some(seq)
     }
 
@@ -184,8 +212,9 @@ impl RingReader {
         let w = self.region.words();
         let pos = self.pos;
         if pos >= self.cached_tail {
-            // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-            self.cached_tail = w[W_TAIL].load(Ordering::Acquire);
+            // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+            // RingWriter::attach when it empties the ring).
+            self.cached_tail = load_acquire(&w[W_TAIL]);
             if pos == self.cached_tail {
                 return Fast::Empty;
             }
@@ -240,8 +269,9 @@ impl RingReader {
                 return Err(ReadError::Overrun);
             }
             if self.pos >= self.cached_tail {
-                // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit.
-                self.cached_tail = self.region.words()[W_TAIL].load(Ordering::Acquire);
+                // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+                // RingWriter::attach when it empties the ring).
+                self.cached_tail = load_acquire(&self.region.words()[W_TAIL]);
                 if self.pos == self.cached_tail {
                     return Ok(None);
                 }

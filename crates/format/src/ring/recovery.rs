@@ -23,6 +23,11 @@ impl RingWriter {
     /// and overwrites it. The records between `head` and `tail` are verified; if the control
     /// block or any record is inconsistent, the ring is emptied in a way readers notice as a
     /// lap.
+    ///
+    /// Readers may be asleep on the futex word with a message waiting: the previous writer
+    /// may have died between a commit's tail store and its wake. So attaching wakes every
+    /// blocked reader, and the new writer's first commits always wake (its clock knows no
+    /// earlier commit).
     pub fn attach(region: Arc<Region>, params: &RingParams, policy: WakePolicy) -> (RingWriter, Recovery) {
         assert!(region.is_writable(), "ring writer needs a writable region");
         let g = Geometry::new(&region, params);
@@ -43,11 +48,13 @@ impl RingWriter {
         // starts the numbering again.
         let tail_seq = if tail_seq > MAX_SEQ { 1 } else { tail_seq };
         let walked = if plausible { Self::walk(w, &g, head, tail) } else { None };
-        match walked {
+        let attached = match walked {
             Some((intact, last_seq)) => {
                 let next_seq = last_seq.map_or(tail_seq.max(1), |s| s + 1);
                 debug_assert!(next_seq <= MAX_SEQ + 1, "walk only accepts sequence numbers up to MAX_SEQ");
                 let me = Self::with_state(region, g, tail, next_seq, lease, head, policy);
+                // Relaxed: a hint, and never ahead of the tail: every record below it has a
+                // smaller sequence number.
                 me.region.words()[W_TAIL_SEQ].store(next_seq, Ordering::Relaxed);
                 (me, Recovery { intact, discarded: false })
             }
@@ -58,16 +65,22 @@ impl RingWriter {
                 let next_seq = tail_seq.max(1);
                 let mut me = Self::with_state(region, g, tail, next_seq, tail + g.cap, tail, policy);
                 let w = me.region.words();
+                // Relaxed: a hint; no message is added, so it is not ahead of the tail.
                 w[W_TAIL_SEQ].store(next_seq, Ordering::Relaxed);
-                // SYNC: Release, pairs with the Acquire load of head in RingReader::resync.
+                // SYNC: Release, pairs with the acquire load of head in RingReader::resync.
                 w[W_HEAD].store(tail, Ordering::Release);
+                // SYNC: Release, pairs with the acquire load of lease in RingReader::resync (a
+                // reader lapped by this lease then sees the head stored before it).
                 w[W_LEASE].store(tail + g.cap, Ordering::Release);
-                // SYNC: Release, pairs with the Acquire load of tail in RingReader::read.
+                // SYNC: Release, pairs with the acquire loads of tail in RingReader (as in
+                // RingWriter::commit).
                 w[W_TAIL].store(tail, Ordering::Release);
                 me.lease = tail + g.cap;
                 (me, Recovery { intact: 0, discarded: true })
             }
-        }
+        };
+        attached.0.wake();
+        attached
     }
 
     /// Verify records in `[head, tail)`: count them and return the last sequence number.

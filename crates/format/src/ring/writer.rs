@@ -53,6 +53,8 @@ impl RingWriter {
         policy: WakePolicy,
     ) -> RingWriter {
         let chunk = (g.cap / 16).max(8);
+        // The window as stored in the file: readers spin for twice what the file says.
+        let policy = policy.normalized();
         RingWriter {
             region,
             g,
@@ -206,10 +208,15 @@ impl RingWriter {
     #[inline]
     fn commit(&mut self, end: u64) {
         let w = self.region.words();
-        // Relaxed: a hint for recovery and statistics, never used to validate data.
-        w[W_TAIL_SEQ].store(self.next_seq, Ordering::Relaxed);
-        // SYNC: Release, pairs with the Acquire load of tail in RingReader::read.
+        // SYNC: Release, pairs with the acquire loads of tail in RingReader (`read_fast`,
+        // `read_general`, `has_data`, `resync`, `skip_to_newest`, `writer_tail`): a reader
+        // that sees this tail sees every record below it. Its low half is also the futex word
+        // (wait.rs): it changes on every commit.
         w[W_TAIL].store(end, Ordering::Release);
+        // SYNC: Release, after the tail store; pairs with the acquire load of tail_seq in
+        // RingReader::writer_next_seq, so a reader that sees this hint also sees the tail that
+        // holds its messages (the hint is never ahead of a visible tail).
+        w[W_TAIL_SEQ].store(self.next_seq, Ordering::Release);
         self.tail = end;
         let wake = match &mut self.waking {
             Waking::Never => false,
