@@ -24,7 +24,7 @@
 //! its timeout with the message in the ring.
 
 use podcache_reader::Subscriber;
-use podcache_tests::{child_role, die_with_parent, env_u64, report, self_command, ChildProc, Rng, Watchdog};
+use podcache_tests::{bounded, child_role, die_with_parent, env_u64, report, self_command, ChildProc, Rng, Watchdog};
 use podcache_writer::Publisher;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -83,6 +83,47 @@ fn blocked_subscribers_never_sleep_through_a_message() {
         env_u64("PODCACHE_WAKE_SPINNERS", 1),
         round_trips as f64 / secs
     );
+}
+
+/// Timeouts that do not fit an `Instant` (`Duration::MAX`) wait until a message comes, in
+/// every receive flavour, instead of panicking; the buffers `recv_vec` and `recv_typed` use
+/// grow to the messages received.
+#[test]
+fn timeouts_as_long_as_duration_max_wait_instead_of_panicking() {
+    if child_role().is_some() {
+        return;
+    }
+    let dir = podcache_tests::shm_tempdir();
+    let path = dir.path().join("forever.ring");
+    let mut publisher = Publisher::builder(&path).capacity(1 << 16).create().expect("create ring");
+    let mut sub = subscriber(&path);
+    let big = vec![9u8; 3000];
+    bounded("receives with Duration::MAX", 120, || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Each message some time after the last, so every receive below blocks.
+                for step in 0..4u8 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    match step {
+                        0 => publisher.publish(b"a").map(drop),
+                        1 => publisher.publish(b"bb").map(drop),
+                        2 => publisher.publish(&big).map(drop),
+                        _ => publisher.publish_typed("typed").map(drop).map_err(|e| panic!("{e}")),
+                    }
+                    .expect("publish");
+                }
+            });
+            let mut buf = [0u8; 8];
+            let m = sub.recv_timeout(&mut buf, Duration::MAX).expect("recv").expect("a message");
+            assert_eq!(&buf[..m.len], b"a");
+            let m = sub.recv_spin(&mut buf, Duration::MAX).expect("recv").expect("a message");
+            assert_eq!(&buf[..m.len], b"bb");
+            let (_, v) = sub.recv_vec(Duration::MAX).expect("recv").expect("a message");
+            assert_eq!(v, big);
+            let (_, t) = sub.recv_typed::<String>(Duration::MAX).expect("recv").expect("a message");
+            assert_eq!(t, "typed");
+        });
+    });
 }
 
 fn publisher(path: &Path) -> Publisher {

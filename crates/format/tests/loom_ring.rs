@@ -423,6 +423,25 @@ fn batch_three_lapped_reader() {
     .check();
 }
 
+/// The `tail_seq` hint is never ahead of a tail the reader can see: a reader that loads the
+/// hint and then the tail finds every message the hint counts below that tail (the writer
+/// stores `tail_seq` after `tail`, with Release; up to layout version 3 it was stored before).
+#[test]
+fn the_tail_seq_hint_is_never_ahead_of_the_tail() {
+    check("the_tail_seq_hint_is_never_ahead_of_the_tail", None, || {
+        let (region, mut w) = ring(WakePolicy::Never, 0);
+        let r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || {
+            let next = r.writer_next_seq();
+            let tail = r.writer_tail();
+            // Message 1 is 16 bytes: a 32-byte record.
+            assert!(next == 1 || tail >= 32, "hint says {next} but the tail is {tail}");
+        });
+        publish(&mut w, 1);
+        reader.join().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Negative controls: a reader that skips part of the validation must be caught by loom. The
 // reader is written out here over `Region::words`, following the byte map in `ring.rs`.

@@ -351,8 +351,10 @@ fn record_crc(seq: u64, payload: &[u8]) -> u32 {
 /// (the reader's validation; see the module docs).
 #[inline(always)]
 fn lapped(w: &[AtomicU64], g: &Geometry, pos: u64) -> bool {
-    // SYNC: Acquire fence, pairs with the Release stores of record words in RingWriter (which
-    // are sequenced after the lease store that allowed them).
+    // SYNC: Acquire fence, pairs with the Release stores of record words (RingWriter::
+    // finish_record, the payload stores of region::copy_in and WordWriter::write, the padding
+    // marker in RingWriter::reserve), each sequenced after the lease store in
+    // RingWriter::extend_lease that allowed it.
     fence(Ordering::Acquire);
     // Relaxed: ordered by the fence above.
     let lease = w[W_LEASE].load(Ordering::Relaxed);
@@ -390,4 +392,26 @@ pub enum Start {
     Oldest,
     /// After the newest message: only messages published from now on.
     Newest,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_window_words_are_clamped_and_nonsense_reads_as_the_default() {
+        assert_eq!(WakePolicy::DEFAULT.to_word(), 50_000);
+        assert_eq!(WakePolicy::from_word(50_000), WakePolicy::DEFAULT);
+        // A writer never stores a window over the limit, and applies the clamped one itself.
+        let long = WakePolicy::Adaptive(Duration::from_secs(10));
+        assert_eq!(long.to_word(), MAX_WAKE_WINDOW.as_nanos() as u64);
+        assert_eq!(long.normalized(), WakePolicy::Adaptive(MAX_WAKE_WINDOW));
+        assert_eq!(WakePolicy::Adaptive(Duration::ZERO).normalized(), WakePolicy::Adaptive(Duration::from_nanos(1)));
+        // A hostile word cannot make readers spin for long.
+        for w in [MAX_WAKE_WINDOW.as_nanos() as u64 + 1, 10_000_000_000, u64::MAX - 1] {
+            assert_eq!(WakePolicy::from_word(w), WakePolicy::DEFAULT, "word {w}");
+        }
+        assert_eq!(WakePolicy::from_word(0), WakePolicy::Always);
+        assert_eq!(WakePolicy::from_word(u64::MAX), WakePolicy::Never);
+    }
 }

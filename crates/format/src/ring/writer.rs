@@ -143,7 +143,8 @@ impl RingWriter {
             self.extend_lease(pos, start + rec);
         }
         if start != pos {
-            // SYNC: Release, pairs with the Acquire fence in RingReader::read (via the lease).
+            // SYNC: Release, pairs with the Acquire fence in `ring::lapped` (the reader's lap
+            // check after it loaded the marker).
             self.region.words()[self.g.word(pos)].store(u64::from(PAD_LEN), Ordering::Release);
         }
         start
@@ -170,10 +171,10 @@ impl RingWriter {
                 record_len(u64::from(len))
             };
         }
-        // SYNC: Release, pairs with the Acquire load of head in RingReader::resync: a reader
+        // SYNC: Release, pairs with the acquire load of head in RingReader::resync: a reader
         // that sees the new head also sees the records below the tail that covered it.
         w[W_HEAD].store(self.head, Ordering::Release);
-        // SYNC: Release, pairs with the Acquire load of lease in RingReader::resync (a reader
+        // SYNC: Release, pairs with the acquire load of lease in RingReader::resync (a reader
         // lapped by this lease then sees the head stored before it). For the data it covers,
         // the data's own Release stores order it.
         w[W_LEASE].store(new, Ordering::Release);
@@ -197,7 +198,8 @@ impl RingWriter {
     fn finish_record(&mut self, start: u64, seq: u64, len: u32, crc: u32) {
         let w = self.region.words();
         let first = self.g.word(start);
-        // SYNC: Release (both), pair with the Acquire fence in RingReader::read.
+        // SYNC: Release (both), pair with the Acquire fence in `ring::lapped` (the reader's lap
+        // check after it copied the record).
         w[first].store(u64::from(len) | (u64::from(crc) << 32), Ordering::Release);
         w[first + 1].store(seq, Ordering::Release);
         self.next_seq = seq + 1;
