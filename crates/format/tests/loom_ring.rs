@@ -32,6 +32,13 @@
 //! | 5   | 13  | 128..160 | padding marker at 120; overwrites 1; head = 32     |
 //! | 6   | 16  | 160..192 | overwrites 2 and 3; head = 88                      |
 //!
+//! The wait models (model 4 and 5) check the wait and wake protocol (docs/design.md §3.6): a
+//! reader blocked in `RingReader::wait` is never left asleep while a message waits for it,
+//! with an adaptive writer and a "time" thread that preempts anyone at any point, and across a
+//! writer that dies between its tail store and its wake and one that attaches after it. A
+//! reader left asleep shows as the deadlock loom reports. A model of the `tail_seq` hint
+//! checks it is never ahead of the tail.
+//!
 //! The negative controls at the end run a hand-written reader that skips part of the
 //! validation, and check that loom catches it.
 #![cfg(loom)]
@@ -311,7 +318,7 @@ fn publish_poll_two_readers() {
 
 /// Model 1, longer, lapped reader: messages 1..=3 are in the ring; the writer publishes 4, 5
 /// (wraps, pads, overwrites 1) and 6 (overwrites 2 and 3, head 88) with `WakePolicy::Always`
-/// (each commit also bumps the notify word); the reader can be lapped twice.
+/// (each commit also wakes, through the model futex); the reader can be lapped twice.
 #[test]
 fn publish_three_lapped_reader() {
     Model {
