@@ -388,6 +388,26 @@ fn absurd_ring_parameters_are_corrupt() {
     }
 }
 
+/// A (sparse) file that is as large as its header says, describing a 16 GiB ring with
+/// messages of up to 4 GiB: every check of layout version 3 passed, and a subscriber sized its
+/// buffers by that. Messages over 64 MiB are beyond the format, so it is corrupt.
+#[test]
+fn a_ring_claiming_messages_over_the_format_limit_is_corrupt() {
+    let dir = shm_tempdir();
+    let real = real_ring(dir.path(), 10);
+    let capacity = 1u64 << 34;
+    let max_msg = (capacity / 4 - 16) & !7;
+    let mut b = real[..DATA].to_vec();
+    set_word(&mut b, P_CAPACITY, capacity);
+    set_word(&mut b, P_MAX_MSG, max_msg);
+    set_word(&mut b, FILE_SIZE, DATA as u64 + capacity);
+    reseal(&mut b);
+    let path = put(dir.path(), "huge.ring", &b);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(DATA as u64 + capacity).unwrap();
+    let err = open_err(&path);
+    assert!(matches!(&err, OpenError::Corrupt { .. }), "max message {max_msg}: {err:?}");
+}
+
 /// Parameters that pass every check on their own but describe a ring that does not fit in
 /// the file: the reader must compare them with the file size before using them.
 #[test]

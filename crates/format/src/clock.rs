@@ -12,6 +12,14 @@
 //! early by the time a store takes to leave the core, tens of nanoseconds, against windows of
 //! microseconds. The TSC window is shortened by [`MARGIN`] to cover that and the calibration
 //! error, which only makes the writer wake a little more often.
+//!
+//! Under `--cfg loom` both the writer's stamps and a reader's [`Stopwatch`] read a **logical
+//! clock** instead: a counter that every read advances by one with an `AcqRel` read-modify-write
+//! and that a model can advance by any amount ([`advance_logical_clock`]: time passing while a
+//! thread is preempted). The real clocks cannot be modelled (loom has no time); the logical one
+//! is a stand-in that loom can explore, and it is a little stronger than a real clock: its reads
+//! synchronise with each other, which the proof in docs/design.md §3.6 uses only within the
+//! margin discussed there.
 
 use std::time::{Duration, Instant};
 
@@ -76,7 +84,7 @@ impl WakeClock {
     fn stamp(&mut self) -> (Stamp, bool) {
         match self.mode {
             Mode::Tsc { .. } => (tsc().unwrap_or(0), false),
-            Mode::Instant => (self.nanos(Instant::now()), false),
+            Mode::Instant => (self.now_ns(), false),
             Mode::Calibrating { at, tsc: tsc0 } => self.calibrate(at, tsc0),
         }
     }
@@ -109,7 +117,7 @@ impl WakeClock {
     }
 
     /// Whether stamps come from the TSC (for tests and docs).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     fn on_tsc(&self) -> bool {
         matches!(self.mode, Mode::Tsc { .. })
     }
@@ -117,6 +125,71 @@ impl WakeClock {
     fn nanos(&self, t: Instant) -> Stamp {
         t.duration_since(self.origin).as_nanos() as u64
     }
+
+    /// Now, in nanoseconds since `origin` (loom: logical ticks).
+    #[inline]
+    fn now_ns(&self) -> Stamp {
+        #[cfg(not(loom))]
+        return self.nanos(Instant::now());
+        #[cfg(loom)]
+        return logical_now();
+    }
+}
+
+/// A reader's stopwatch for its spin before sleeping: nanoseconds since it was started
+/// (`CLOCK_MONOTONIC` through `Instant`; loom: logical ticks).
+pub(crate) struct Stopwatch {
+    #[cfg(not(loom))]
+    origin: Instant,
+    #[cfg(loom)]
+    origin: u64,
+}
+
+impl Stopwatch {
+    /// Start now.
+    #[inline]
+    pub(crate) fn start() -> Stopwatch {
+        #[cfg(not(loom))]
+        return Stopwatch { origin: Instant::now() };
+        #[cfg(loom)]
+        return Stopwatch { origin: logical_now() };
+    }
+
+    /// Nanoseconds (loom: ticks) since the start.
+    #[inline]
+    pub(crate) fn elapsed_ns(&self) -> u64 {
+        #[cfg(not(loom))]
+        return self.origin.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        #[cfg(loom)]
+        return logical_now() - self.origin;
+    }
+
+    /// `deadline` as nanoseconds since the start (0 if it is past).
+    #[cfg(not(loom))]
+    pub(crate) fn at(&self, deadline: Instant) -> u64 {
+        deadline.saturating_duration_since(self.origin).as_nanos().min(u128::from(u64::MAX)) as u64
+    }
+}
+
+#[cfg(loom)]
+loom::lazy_static! {
+    /// The logical clock of a loom execution (reset for each execution).
+    static ref LOGICAL: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
+}
+
+/// Read the logical clock, advancing it by one tick.
+#[cfg(loom)]
+fn logical_now() -> u64 {
+    // AcqRel: a clock read happens after every read it returns a later value than; see the
+    // module docs.
+    LOGICAL.fetch_add(1, crate::sync::Ordering::AcqRel) + 1
+}
+
+/// Let `ticks` of logical time pass (loom models: a thread preempted for that long).
+#[cfg(loom)]
+pub(crate) fn advance_logical_clock(ticks: u64) {
+    // AcqRel: as in `logical_now`.
+    LOGICAL.fetch_add(ticks, crate::sync::Ordering::AcqRel);
 }
 
 /// The time-stamp counter, where there is one.

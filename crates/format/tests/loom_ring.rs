@@ -32,6 +32,13 @@
 //! | 5   | 13  | 128..160 | padding marker at 120; overwrites 1; head = 32     |
 //! | 6   | 16  | 160..192 | overwrites 2 and 3; head = 88                      |
 //!
+//! The wait models (model 4 and 5) check the wait and wake protocol (docs/design.md §3.6): a
+//! reader blocked in `RingReader::wait` is never left asleep while a message waits for it,
+//! with an adaptive writer and a "time" thread that preempts anyone at any point, and across a
+//! writer that dies between its tail store and its wake and one that attaches after it. A
+//! reader left asleep shows as the deadlock loom reports. A model of the `tail_seq` hint
+//! checks it is never ahead of the tail.
+//!
 //! The negative controls at the end run a hand-written reader that skips part of the
 //! validation, and check that loom catches it.
 #![cfg(loom)]
@@ -312,7 +319,7 @@ fn publish_poll_two_readers() {
 
 /// Model 1, longer, lapped reader: messages 1..=3 are in the ring; the writer publishes 4, 5
 /// (wraps, pads, overwrites 1) and 6 (overwrites 2 and 3, head 88) with `WakePolicy::Always`
-/// (each commit also bumps the notify word); the reader can be lapped twice.
+/// (each commit also wakes, through the model futex); the reader can be lapped twice.
 #[test]
 fn publish_three_lapped_reader() {
     Model {
@@ -424,6 +431,25 @@ fn batch_three_lapped_reader() {
     .check();
 }
 
+/// The `tail_seq` hint is never ahead of a tail the reader can see: a reader that loads the
+/// hint and then the tail finds every message the hint counts below that tail (the writer
+/// stores `tail_seq` after `tail`, with Release; up to layout version 3 it was stored before).
+#[test]
+fn the_tail_seq_hint_is_never_ahead_of_the_tail() {
+    check("the_tail_seq_hint_is_never_ahead_of_the_tail", None, || {
+        let (region, mut w) = ring(WakePolicy::Never, 0);
+        let r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || {
+            let next = r.writer_next_seq();
+            let tail = r.writer_tail();
+            // Message 1 is 16 bytes: a 32-byte record.
+            assert!(next == 1 || tail >= 32, "hint says {next} but the tail is {tail}");
+        });
+        publish(&mut w, 1);
+        reader.join().unwrap();
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Negative controls: a reader that skips part of the validation must be caught by loom. The
 // reader is written out here over `Region::words`, following the byte map in `ring.rs`.
@@ -431,6 +457,7 @@ fn batch_three_lapped_reader() {
 /// Control-block words (byte offsets from the map in `ring.rs`, divided by 8).
 const W_TAIL: usize = 0x100 / 8;
 const W_LEASE: usize = 0x180 / 8;
+const W_WAKE_WINDOW: usize = 0x208 / 8;
 const DATA_WORD: usize = (MIN_DATA_OFFSET / 8) as usize;
 
 /// How much of the real reader's validation the hand-written reader keeps.
@@ -532,4 +559,101 @@ fn negative_control_no_validation_is_caught() {
 fn negative_control_missing_fence_is_caught() {
     let msg = expect_model_failure(Validation::LeaseWithoutFence);
     assert!(msg.contains("torn read"), "unexpected failure: {msg}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting and waking (docs/design.md §3.6). A reader thread receives with `read` and blocks in
+// `RingReader::wait(None)` (no deadline) whenever the ring is empty, until it has every
+// message it expects; the model's main thread then joins it. A reader left asleep while a
+// message waits for it blocks forever, and loom reports the deadlock (every thread blocked).
+//
+// Under loom the futex is a mutex and a condition variable (ring/wait.rs), and time is a
+// logical clock (clock.rs): every clock read advances it by one tick, and a "time" thread
+// advances it by a jump at any point loom chooses, which is a thread preempted for that long.
+// The real clocks (TSC, CLOCK_MONOTONIC) cannot be modelled: loom has no time.
+
+/// The adaptive window of the wait models, in logical ticks (`Duration` nanoseconds are ticks
+/// under loom). Readers spin for twice that. Five ticks, so that three back-to-back commits
+/// (and a reader's clock reads between them) can fall within one window.
+const WINDOW_TICKS: u64 = 5;
+const ADAPTIVE: WakePolicy = WakePolicy::Adaptive(std::time::Duration::from_nanos(WINDOW_TICKS));
+
+/// A ring whose writer dies between a commit's tail store and its wake: a `Never` writer
+/// (its commits store the tail and never wake; dropping it runs no wake), with the file's
+/// `wake_window` word saying `ADAPTIVE`, as the dying writer's own would, so that readers
+/// sleep in the futex after their spin.
+fn ring_with_dying_writer() -> (Arc<Region>, RingWriter) {
+    let (region, w) = ring(WakePolicy::Never, 0);
+    region.words()[W_WAKE_WINDOW].store(WINDOW_TICKS, Ordering::Relaxed);
+    (region, w)
+}
+
+/// Receive until message `last`, blocking in `wait` when the ring is empty; check each one.
+fn receive_blocking(r: &mut RingReader, last: u64) -> Seen {
+    let mut seen = Seen::default();
+    let mut buf = [0u8; 16];
+    while seen.seqs.last() != Some(&last) {
+        match r.read(&mut buf) {
+            Ok(Some(m)) => seen.check(m, &buf),
+            Ok(None) => {
+                r.wait(None);
+            }
+            Err(e) => panic!("read failed: {e:?} ({e})"),
+        }
+    }
+    seen
+}
+
+/// Model 4, the adaptive wake-up: messages 1 and 2 were published back to back (the writer's
+/// clock has two recent commits), a reader at the end blocks for message 3, which the writer
+/// publishes while a time thread lets more than two windows pass at any point (the reader, or
+/// the writer, preempted). Whatever the interleaving, the reader is not left asleep: either
+/// a load of `tail` or the futex compare sees message 3, or message 3 came more than a window
+/// after message 1 and the writer wakes it.
+#[test]
+fn adaptive_wake_never_leaves_a_reader_asleep() {
+    check("adaptive_wake_never_leaves_a_reader_asleep", Some(3), || {
+        let (region, mut w) = ring(ADAPTIVE, 2);
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Newest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 3));
+        let time = thread::spawn(|| podcache_format::ring::advance_logical_clock(3 * WINDOW_TICKS));
+        publish(&mut w, 3);
+        time.join().unwrap();
+        assert_eq!(reader.join().unwrap().seqs, [3]);
+    });
+}
+
+/// Model 5, a restart: the writer publishes message 1 and dies between its tail store and its
+/// wake (see `ring_with_dying_writer`), and a new writer attaches. A reader blocked on the ring must get message 1 without any further
+/// publish: the attach wakes it.
+#[test]
+fn attach_wakes_readers_a_dead_writer_left_asleep() {
+    check("attach_wakes_readers_a_dead_writer_left_asleep", None, || {
+        let (region, mut dying) = ring_with_dying_writer();
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 1));
+        publish(&mut dying, 1);
+        drop(dying);
+        let (w, rec) = RingWriter::attach(Arc::clone(&region), &PARAMS, ADAPTIVE);
+        assert_eq!((rec.intact, rec.discarded), (1, false));
+        assert_eq!(reader.join().unwrap().seqs, [1]);
+        drop(w);
+    });
+}
+
+/// Model 5, continued: as above, and the new writer publishes message 2 at once. The reader
+/// gets both: the new writer's first commit wakes (its clock knows no earlier commit), also
+/// when the reader went back to sleep after the attach's wake.
+#[test]
+fn a_restarted_writers_first_message_wakes_readers() {
+    check("a_restarted_writers_first_message_wakes_readers", Some(2), || {
+        let (region, mut dying) = ring_with_dying_writer();
+        let mut r = RingReader::new(Arc::clone(&region), &PARAMS, Start::Oldest);
+        let reader = thread::spawn(move || receive_blocking(&mut r, 2));
+        publish(&mut dying, 1);
+        drop(dying);
+        let (mut w, _) = RingWriter::attach(Arc::clone(&region), &PARAMS, ADAPTIVE);
+        publish(&mut w, 2);
+        assert_eq!(reader.join().unwrap().seqs, [1, 2]);
+    });
 }

@@ -3,6 +3,7 @@
 
 use podcache_format::region::Region;
 use podcache_format::ring::{Msg, ReadError, RingParams, RingReader, RingWriter, Start, WakePolicy};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 fn params(capacity: u64, max_msg: u32) -> RingParams {
@@ -397,4 +398,83 @@ fn an_in_step_reader_refuses_well_checksummed_records_that_break_the_format() {
         assert_eq!(r.read(&mut buf), Err(ReadError::Corrupt { pos, reason }), "{reason}");
         assert_eq!(r.position(), pos, "{reason}: nothing consumed");
     }
+}
+
+const HEAD_WORD: usize = 0x188 / 8;
+
+/// A reader that starts at the oldest message while `head` is a padding marker takes the
+/// record after the marker (the first of the next lap) as its loss baseline: when it is lapped
+/// before its first read, the first message it gets counts every message it lost.
+#[test]
+fn start_oldest_keeps_its_loss_baseline_when_head_is_a_padding_marker() {
+    let p = params(1024, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    // 96-byte records leave a 64-byte gap at the end of each lap, filled with a padding marker;
+    // publish until the lease moves head onto one.
+    let head_is_padding = |reg: &Region| {
+        let head = word(reg, HEAD_WORD).load(Ordering::Relaxed);
+        let at = (p.data_offset + head % p.capacity) / 8;
+        word(reg, at as usize).load(Ordering::Relaxed) as u32 == u32::MAX
+    };
+    while !head_is_padding(&reg) {
+        w.publish(&[7u8; 80]).unwrap();
+        assert!(w.next_seq() < 1000, "head never landed on a padding marker");
+    }
+    let oldest = w.next_seq() - (w.tail() - word(&reg, HEAD_WORD).load(Ordering::Relaxed)) / 96;
+    let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+    // Lap the reader before its first read.
+    for _ in 0..40 {
+        w.publish(&[7u8; 80]).unwrap();
+    }
+    let mut buf = [0u8; 100];
+    let m = r.read(&mut buf).unwrap().expect("a message");
+    assert!(r.laps() > 0, "the reader was lapped");
+    assert_eq!(m.lost, m.seq - oldest, "lost counts from the oldest message there was at open ({oldest})");
+    assert_eq!(r.lost(), m.lost);
+}
+
+/// No ring carries messages over `MAX_MESSAGE`, whatever its capacity: a file that claims more
+/// is refused, so a reader never sizes a buffer by it.
+#[test]
+fn max_message_is_capped_by_the_format() {
+    use podcache_format::ring::{ParamsError, MAX_MESSAGE};
+    let cap = 1u64 << 34;
+    assert_eq!(RingParams::max_msg_limit(cap), MAX_MESSAGE);
+    assert!(RingParams::new(cap, MAX_MESSAGE as u32).is_ok());
+    let too_big = RingParams { data_offset: 4096, capacity: cap, max_msg: u32::MAX - 7 };
+    assert_eq!(too_big.check(), Err(ParamsError::BadMaxMessage { max_msg: u32::MAX - 7, limit: MAX_MESSAGE }));
+    // Small rings keep their quarter-of-the-ring limit.
+    assert_eq!(RingParams::max_msg_limit(1024), 240);
+}
+
+/// `wait` without a deadline returns at once when a message is waiting, and after the
+/// writer's wake when one is published later (a watchdog thread would catch a hang).
+#[test]
+fn wait_without_a_deadline_returns_for_a_message() {
+    let p = params(4096, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::DEFAULT);
+    let mut r = RingReader::new(reg, &p, Start::Oldest);
+    w.publish(b"first").unwrap();
+    assert!(r.wait(None));
+    let mut buf = [0u8; 100];
+    assert_eq!(recv(&mut r, &mut buf).unwrap().1, b"first");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let watchdog = std::thread::spawn(move || {
+        if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            eprintln!("WATCHDOG: wait(None) did not return");
+            std::process::abort();
+        }
+    });
+    let publisher = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        w.publish(b"second").unwrap();
+        w
+    });
+    assert!(r.wait(None));
+    tx.send(()).unwrap();
+    watchdog.join().unwrap();
+    drop(publisher.join().unwrap());
+    assert_eq!(recv(&mut r, &mut buf).unwrap().1, b"second");
 }

@@ -2,7 +2,7 @@
 
 use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file;
-use podcache_format::header::{self, RETIRED};
+use podcache_format::header::RETIRED;
 use podcache_format::region::Region;
 use podcache_format::ring::{Msg, ReadError, RingParams, RingReader, Start};
 use podcache_format::{Kind, OpenError};
@@ -38,8 +38,15 @@ impl SubscriberBuilder {
         let params = RingParams::from_header(&view)
             .map_err(|e| OpenError::Corrupt { path: self.path.clone(), reason: format!("ring layout: {e}") })?;
         let reader = RingReader::new(Arc::clone(&region), &params, self.start);
-        let epoch = header::epoch(region.words());
-        Ok(Subscriber { path: self.path, region, reader, max_msg: params.max_msg as usize, epoch, scratch: Vec::new() })
+        let epoch = reader.writer_epoch();
+        Ok(Subscriber {
+            path: self.path,
+            _region: region,
+            reader,
+            max_msg: params.max_msg as usize,
+            epoch,
+            scratch: Vec::new(),
+        })
     }
 }
 
@@ -48,10 +55,12 @@ impl SubscriberBuilder {
 /// Three ways to wait for the next message: [`try_recv`](Self::try_recv) polls and never
 /// blocks; [`recv_spin`](Self::recv_spin) busy-waits (lowest latency, burns a core);
 /// [`recv_timeout`](Self::recv_timeout) spins briefly then sleeps on a futex in the shared
-/// mapping until the publisher wakes it or the timeout passes.
+/// mapping until the publisher wakes it or the timeout passes. Timeouts may be as long as
+/// `Duration::MAX` (wait forever).
 pub struct Subscriber {
     path: PathBuf,
-    region: Arc<Region>,
+    /// The mapping (the reader holds it too; kept for the subscriber's lifetime).
+    _region: Arc<Region>,
     reader: RingReader,
     max_msg: usize,
     epoch: u64,
@@ -103,26 +112,33 @@ impl Subscriber {
         if let Some(m) = self.reader.read(buf)? {
             return Ok(Some(m));
         }
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add (`Duration::MAX`) has no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut n = 0u32;
         loop {
             if let Some(m) = self.reader.read(buf)? {
                 return Ok(Some(m));
             }
             n = n.wrapping_add(1);
-            if n.is_multiple_of(1024) && Instant::now() >= deadline {
+            if n.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
             std::hint::spin_loop();
         }
     }
 
-    /// Wait for the next message up to `timeout`: spin briefly, then sleep on the futex.
+    /// Wait for the next message up to `timeout` (`Duration::MAX`: no limit): spin briefly,
+    /// then sleep on the futex.
     pub fn recv_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, ReadError> {
         if let Some(m) = self.reader.read(buf)? {
             return Ok(Some(m));
         }
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add (`Duration::MAX`) has no deadline.
+        self.recv_until(buf, Instant::now().checked_add(timeout))
+    }
+
+    /// [`recv_timeout`](Self::recv_timeout) with a deadline (`None`: none).
+    fn recv_until(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Result<Option<Msg>, ReadError> {
         loop {
             if let Some(m) = self.reader.read(buf)? {
                 return Ok(Some(m));
@@ -133,13 +149,25 @@ impl Subscriber {
         }
     }
 
-    /// Receive the next message into a new `Vec` (blocking up to `timeout`).
+    /// Receive the next message into a new `Vec` of its length (blocking up to `timeout`).
     pub fn recv_vec(&mut self, timeout: Duration) -> Result<Option<(Msg, Vec<u8>)>, ReadError> {
-        let mut buf = vec![0u8; self.max_msg];
-        Ok(self.recv_timeout(&mut buf, timeout)?.map(|m| {
-            buf.truncate(m.len);
-            (m, buf)
-        }))
+        Ok(self.recv_scratch(timeout)?.map(|m| (m, self.scratch[..m.len].to_vec())))
+    }
+
+    /// Receive the next message into the scratch buffer, which grows to the size of the
+    /// messages received, never to what the file claims as the largest message.
+    fn recv_scratch(&mut self, timeout: Duration) -> Result<Option<Msg>, ReadError> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut buf = std::mem::take(&mut self.scratch);
+        let got = loop {
+            match self.recv_until(&mut buf, deadline) {
+                // `needed` is at most the ring's `max_msg` (checked against the format limit).
+                Err(ReadError::BufferTooSmall { needed }) => buf.resize(needed, 0),
+                other => break other,
+            }
+        };
+        self.scratch = buf;
+        got
     }
 
     /// Receive and decode the next message with postcard (blocking up to `timeout`).
@@ -153,16 +181,11 @@ impl Subscriber {
         codec: &C,
         timeout: Duration,
     ) -> Result<Option<(Msg, T)>, TypedRecvError> {
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.resize(self.max_msg, 0);
-        let got = self.recv_timeout(&mut buf, timeout);
-        let out = match got {
-            Ok(Some(m)) => codec.decode(&buf[..m.len]).map(|v| Some((m, v))).map_err(TypedRecvError::Decode),
+        match self.recv_scratch(timeout) {
+            Ok(Some(m)) => codec.decode(&self.scratch[..m.len]).map(|v| Some((m, v))).map_err(TypedRecvError::Decode),
             Ok(None) => Ok(None),
             Err(e) => Err(TypedRecvError::Recv(e)),
-        };
-        self.scratch = buf;
-        out
+        }
     }
 
     /// Skip everything not yet read: the next message is the next one published.
@@ -205,12 +228,14 @@ impl Subscriber {
 
     /// The writer epoch now (1 for the creator, +1 per restarted publisher).
     pub fn writer_epoch(&self) -> u64 {
-        header::epoch(self.region.words())
+        self.reader.writer_epoch()
     }
 
     /// Whether a publisher restarted since this subscriber opened (or last called this).
     /// Messages are not lost by a restart: the new publisher continues the sequence.
     pub fn take_restarted(&mut self) -> bool {
+        // An acquire load (RingReader::writer_epoch): after seeing the new epoch, this
+        // subscriber sees the ring as the new publisher's attach left it.
         let now = self.writer_epoch();
         let changed = now != self.epoch;
         self.epoch = now;
@@ -219,7 +244,7 @@ impl Subscriber {
 
     /// Whether the file was replaced by a new one at the same path (re-open to follow it).
     pub fn is_retired(&self) -> bool {
-        header::writer_state(self.region.words()) == RETIRED
+        self.reader.writer_state() == RETIRED
     }
 
     /// The file's path.

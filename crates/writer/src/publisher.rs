@@ -71,7 +71,9 @@ impl PublisherBuilder {
 /// The single writer of a broadcast ring file.
 ///
 /// Publishing never blocks and never waits for a reader. Dropping the publisher marks the file
-/// cleanly closed and releases the writer lock; readers keep reading what is there.
+/// cleanly closed, wakes blocked subscribers and releases the writer lock; readers keep
+/// reading what is there. A publisher that attaches to a file a previous one left wakes every
+/// blocked subscriber (the previous one may have died between a commit and its wake).
 pub struct Publisher {
     file: WriterFile,
     ring: RingWriter,
@@ -189,5 +191,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.file.close();
+        // Blocked subscribers re-check the ring (and can see the file closed).
+        self.ring.wake();
     }
 }

@@ -1,0 +1,357 @@
+//! The reader side of the ring: a cursor that never stores to the region.
+
+use super::*;
+use crate::checksum::Checksummer;
+use crate::region::copy_out;
+use crate::sync::load_acquire;
+use std::sync::Arc;
+
+/// A reader's cursor over a ring. Never stores to the region: it works on a `PROT_READ`
+/// mapping.
+pub struct RingReader {
+    pub(super) region: Arc<Region>,
+    pub(super) g: Geometry,
+    pub(super) pos: u64,
+    pub(super) cached_tail: u64,
+    /// What the next record's sequence number must be.
+    expect: Expect,
+    /// Prototype of every record checksum this reader takes.
+    pub(super) crc: Checksummer,
+    pub(super) lost_total: u64,
+    pub(super) laps: u64,
+}
+
+/// What a reader knows about the sequence number of the next record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Exactly this one: the successor of the last message read.
+    Seq(u64),
+    /// Any (right after a start or a lap); not below `gap_from`, the sequence we expected when
+    /// we were lapped (or the oldest there was at start), from which losses are counted.
+    Any { gap_from: Option<u64> },
+}
+
+/// What the straight-line path of [`RingReader::read`] concluded.
+enum Fast {
+    /// A message was read, checked and consumed.
+    Msg(Msg),
+    /// The ring holds no message for us yet.
+    Empty,
+    /// Anything else: the general path decides.
+    Unsure,
+}
+
+impl RingReader {
+    /// A reader of the ring in `region`, starting at `start`.
+    pub fn new(region: Arc<Region>, params: &RingParams, start: Start) -> RingReader {
+        let g = Geometry::new(&region, params);
+        let mut r = RingReader {
+            region,
+            g,
+            pos: 0,
+            cached_tail: 0,
+            expect: Expect::Any { gap_from: None },
+            crc: Checksummer::new(),
+            lost_total: 0,
+            laps: 0,
+        };
+        match start {
+            Start::Oldest => {
+                r.resync();
+                r.expect = Expect::Any { gap_from: r.peek_seq() };
+            }
+            Start::Newest => r.skip_to_newest(),
+        }
+        r
+    }
+
+    /// Move to the end: the next message read is the next one published.
+    pub fn skip_to_newest(&mut self) {
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.pos = load_acquire(&self.region.words()[W_TAIL]);
+        self.cached_tail = self.pos;
+        self.expect = Expect::Any { gap_from: None };
+    }
+
+    /// Total messages this reader lost to laps.
+    pub fn lost(&self) -> u64 {
+        self.lost_total
+    }
+
+    /// Number of times this reader was lapped.
+    pub fn laps(&self) -> u64 {
+        self.laps
+    }
+
+    /// This reader's position (bytes since the ring was created).
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The writer's committed tail position now.
+    pub fn writer_tail(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        load_acquire(&self.region.words()[W_TAIL])
+    }
+
+    /// Sequence number the writer will give its next message (a hint, for statistics: never
+    /// ahead of the tail this reader sees after it).
+    pub fn writer_next_seq(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store of tail_seq in RingWriter::commit (stored
+        // after tail): the tail loaded after this covers the messages the hint counts.
+        load_acquire(&self.region.words()[W_TAIL_SEQ])
+    }
+
+    /// The writer epoch in the file header (+1 for every writer that attached).
+    pub fn writer_epoch(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store of the epoch in header::bump_epoch
+        // (WriterFile::finish): a reader that sees a new epoch sees what the new writer's
+        // attach repaired and stored before it.
+        load_acquire(&self.region.words()[crate::header::W_EPOCH])
+    }
+
+    /// The writer-state word in the file header (running, closed, retired).
+    pub fn writer_state(&self) -> u64 {
+        // SYNC: Acquire, pairs with the Release store in header::set_writer_state: a reader
+        // that sees a writer closed or the file retired sees everything stored before.
+        load_acquire(&self.region.words()[crate::header::W_WRITER_STATE])
+    }
+
+    /// Oldest intact position (statistics; may be stale by the time it is used).
+    pub fn writer_head(&self) -> u64 {
+        // Relaxed: statistics only.
+        self.region.words()[W_HEAD].load(Ordering::Relaxed)
+    }
+
+    /// Whether a message is (probably) waiting: cheap, for spin loops.
+    #[inline]
+    pub fn has_data(&mut self) -> bool {
+        if self.pos < self.cached_tail {
+            return true;
+        }
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.cached_tail = load_acquire(&self.region.words()[W_TAIL]);
+        self.pos != self.cached_tail
+    }
+
+    /// Jump to the oldest intact record after being lapped (or at start).
+    fn resync(&mut self) {
+        let w = self.region.words();
+        // SYNC: Acquire, pairs with the Release store of lease in RingWriter::extend_lease: a
+        // reader lapped by a lease it saw then sees the head stored before that lease, which is
+        // at least lease - capacity, so the same lease cannot lap it again.
+        let _ = load_acquire(&w[W_LEASE]);
+        // SYNC: Acquire, pairs with the Release store of head in RingWriter::extend_lease:
+        // the records from head up to the tail that covered them are visible.
+        let head = load_acquire(&w[W_HEAD]);
+        // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+        // RingWriter::attach when it empties the ring).
+        self.cached_tail = load_acquire(&w[W_TAIL]);
+        self.pos = head;
+        if let Expect::Seq(e) = self.expect {
+            self.expect = Expect::Any { gap_from: Some(e) };
+        }
+    }
+
+    /// The sequence number of the record at our position, if one is there and intact: the
+    /// baseline for counting losses when a reader is lapped before its first message. A
+    /// padding marker at our position is skipped to the record at the next lap boundary.
+    fn peek_seq(&self) -> Option<u64> {
+        if self.pos >= self.cached_tail || self.pos > MAX_POS || !self.pos.is_multiple_of(8) {
+            return None;
+        }
+        let w = self.region.words();
+        let off = self.pos & self.g.mask;
+        // Relaxed (all loads here): validated by the lap check below (its Acquire fence).
+        let w0 = w[self.g.word(self.pos)].load(Ordering::Relaxed);
+        // Where the record is: here, or after the padding at the start of the next lap.
+        let at = if w0 as u32 == PAD_LEN && off != 0 { self.pos + (self.g.cap - off) } else { self.pos };
+        if at >= self.cached_tail || (at & self.g.mask) + RECORD_HEADER > self.g.cap {
+            return None;
+        }
+        let seq = w[self.g.word(at) + 1].load(Ordering::Relaxed);
+        // Not lapped at `pos` means no word from `pos` on was overwritten while we loaded it
+        // (`at` is further on), so both the marker and `seq` are what the writer committed.
+        (!self.lapped(self.pos) && seq <= MAX_SEQ).then_some(seq)
+    }
+
+    #[inline]
+    fn lapped(&self, pos: u64) -> bool {
+        lapped(self.region.words(), &self.g, pos)
+    }
+
+    fn on_lap(&mut self) {
+        self.laps += 1;
+        self.resync();
+    }
+
+    /// Copy the next message into `buf`. `Ok(None)` when there is none yet.
+    #[inline]
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
+        match self.read_fast(buf) {
+            Fast::Msg(m) => Ok(Some(m)),
+            Fast::Empty => Ok(None),
+            Fast::Unsure => self.read_general(buf),
+        }
+    }
+
+    /// The common case of [`read`](Self::read) in a straight line: the next record lies below
+    /// the cached tail, is a message (not padding) of a valid length that fits `buf`, was not
+    /// overwritten while copied, and is the successor of the last message read. Anything else
+    /// (padding, a lap, a start, a too-small buffer, a corrupt record) is `Unsure` and
+    /// [`read_general`](Self::read_general), which handles every case, decides from scratch.
+    /// Both conclusions drawn here are ones `read_general` draws from the same loads, and
+    /// nothing but `cached_tail` (which `read_general` reloads the same way) changes unless a
+    /// message is returned.
+    #[inline(always)]
+    fn read_fast(&mut self, buf: &mut [u8]) -> Fast {
+        let g = &self.g;
+        let w = self.region.words();
+        let pos = self.pos;
+        if pos >= self.cached_tail {
+            // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+            // RingWriter::attach when it empties the ring).
+            self.cached_tail = load_acquire(&w[W_TAIL]);
+            if pos == self.cached_tail {
+                return Fast::Empty;
+            }
+            if pos > self.cached_tail {
+                return Fast::Unsure;
+            }
+        }
+        let Expect::Seq(expected) = self.expect else { return Fast::Unsure };
+        // `pos <= MAX_POS` (the top two bits clear), 8-aligned, and not more than a ring behind
+        // the tail: as `read_general` requires before it looks at the record.
+        const BAD_POS_BITS: u64 = !MAX_POS | 7;
+        if pos & BAD_POS_BITS != 0 || self.cached_tail - pos > g.cap {
+            return Fast::Unsure;
+        }
+        let off = pos & g.mask;
+        let first = g.word(pos);
+        // In the mapping: `Geometry::new` checked the data region is, and `off < cap`.
+        let w0 = w[first].load(Ordering::Relaxed);
+        let len = w0 as u32;
+        // One compare refuses a zero length, a padding marker (`u32::MAX`) and anything over
+        // `max_msg` (which is below `u32::MAX`).
+        if len.wrapping_sub(1) >= g.max_msg {
+            return Fast::Unsure;
+        }
+        let rec = record_len(u64::from(len));
+        let len = len as usize;
+        if off + rec > g.cap || buf.len() < len {
+            return Fast::Unsure;
+        }
+        // The record's words after `w0` (seq, payload), in the data region: `off + rec <= cap`.
+        let Some(body) = w.get(first + 1..first + (rec / 8) as usize) else { return Fast::Unsure };
+        let seq = body[0].load(Ordering::Relaxed);
+        let out = &mut buf[..len];
+        copy_out(body, 1, out);
+        if lapped(w, g, pos) || seq != expected || seq > MAX_SEQ {
+            return Fast::Unsure;
+        }
+        if self.crc.checksum(seq, out) != (w0 >> 32) as u32 {
+            return Fast::Unsure;
+        }
+        self.expect = Expect::Seq(seq + 1);
+        self.pos = pos + rec;
+        Fast::Msg(Msg { len, seq, lost: 0 })
+    }
+
+    /// [`read`](Self::read) for every case: starts, laps, padding, errors.
+    #[inline(never)]
+    fn read_general(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
+        let mut resyncs = 0;
+        loop {
+            if resyncs > MAX_RESYNCS {
+                return Err(ReadError::Overrun);
+            }
+            if self.pos >= self.cached_tail {
+                // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
+                // RingWriter::attach when it empties the ring).
+                self.cached_tail = load_acquire(&self.region.words()[W_TAIL]);
+                if self.pos == self.cached_tail {
+                    return Ok(None);
+                }
+                if self.pos > self.cached_tail {
+                    // Only a discarded (emptied) ring moves tail; treat it as a lap.
+                    resyncs += 1;
+                    self.on_lap();
+                    continue;
+                }
+            }
+            if self.pos > MAX_POS {
+                return Err(ReadError::Corrupt { pos: self.pos, reason: "position out of range" });
+            }
+            if self.cached_tail - self.pos > self.g.cap || !self.pos.is_multiple_of(8) {
+                resyncs += 1;
+                self.on_lap();
+                continue;
+            }
+            let pos = self.pos;
+            let off = pos & self.g.mask;
+            let w = self.region.words();
+            let first = self.g.word(pos);
+            let w0 = w[first].load(Ordering::Relaxed);
+            let len = w0 as u32;
+            if len == PAD_LEN {
+                if self.lapped(pos) {
+                    resyncs += 1;
+                    self.on_lap();
+                    continue;
+                }
+                if off == 0 {
+                    return Err(ReadError::Corrupt { pos, reason: "padding at the start of the ring" });
+                }
+                self.pos += self.g.cap - off;
+                continue;
+            }
+            let rec = record_len(u64::from(len));
+            if len == 0 || len > self.g.max_msg || off + rec > self.g.cap {
+                if self.lapped(pos) {
+                    resyncs += 1;
+                    self.on_lap();
+                    continue;
+                }
+                return Err(ReadError::Corrupt { pos, reason: "record length out of range" });
+            }
+            let len = len as usize;
+            if buf.len() < len {
+                if self.lapped(pos) {
+                    resyncs += 1;
+                    self.on_lap();
+                    continue;
+                }
+                return Err(ReadError::BufferTooSmall { needed: len });
+            }
+            let seq = w[first + 1].load(Ordering::Relaxed);
+            copy_out(w, first + 2, &mut buf[..len]);
+            if self.lapped(pos) {
+                resyncs += 1;
+                self.on_lap();
+                continue;
+            }
+            // The copy is exactly what the writer committed; now check it is what it meant.
+            let in_order = match self.expect {
+                Expect::Seq(e) => seq == e,
+                Expect::Any { gap_from } => gap_from.is_none_or(|g| seq >= g),
+            };
+            if seq > MAX_SEQ || !in_order {
+                return Err(ReadError::Corrupt { pos, reason: "sequence number out of order" });
+            }
+            if self.crc.checksum(seq, &buf[..len]) != (w0 >> 32) as u32 {
+                return Err(ReadError::Corrupt { pos, reason: "checksum mismatch" });
+            }
+            let lost = match self.expect {
+                Expect::Any { gap_from: Some(g) } => seq - g,
+                _ => 0,
+            };
+            self.lost_total += lost;
+            self.expect = Expect::Seq(seq + 1);
+            self.pos += rec;
+            return Ok(Some(Msg { len, seq, lost }));
+        }
+    }
+}
