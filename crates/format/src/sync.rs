@@ -76,6 +76,13 @@ mod crash {
             self.0.load(order)
         }
 
+        /// As loom's `fetch_add` (the loom clock's; no writer uses read-modify-writes, so the
+        /// crash budget does not count them).
+        #[inline]
+        pub fn fetch_add(&self, v: u64, order: loom::sync::atomic::Ordering) -> u64 {
+            self.0.fetch_add(v, order)
+        }
+
         /// As loom's `store`, unless the crash budget is spent: then it panics.
         #[inline]
         pub fn store(&self, v: u64, order: loom::sync::atomic::Ordering) {
