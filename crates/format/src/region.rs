@@ -190,7 +190,8 @@ pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
     let (chunks, rest) = src.as_chunks::<8>();
     let dst = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
     for (chunk, w) in chunks.iter().zip(dst) {
-        // SYNC: Release, pairs with the Acquire fence in RingReader::validate.
+        // SYNC: Release, pairs with the Acquire fence of the ring reader's lapping check
+        // (`lapped` in the ring module), which it runs after copying these words out.
         w.store(u64::from_le_bytes(*chunk), Ordering::Release);
     }
     if let (false, Some(w)) = (rest.is_empty(), dst.last()) {
@@ -285,7 +286,8 @@ pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
 }
 
 /// Appends a byte stream to shared words, one Release store per word (SYNC: pairs with the
-/// Acquire fence of the reader's validation). A word is stored each time it fills, and the
+/// Acquire fence of the reader's validation: `lapped` in the ring module for a ring claim, the
+/// table reader's `still_valid` for a table record). A word is stored each time it fills, and the
 /// partial last word (zero-padded) at once, so what was written is in shared memory when
 /// `write` returns.
 pub(crate) struct WordWriter {
@@ -328,7 +330,8 @@ impl WordWriter {
         if fill != 0 {
             let n = (8 - fill).min(src.len());
             self.partial[fill..fill + n].copy_from_slice(&src[..n]);
-            // SYNC: Release, pairs with the reader's Acquire fence before its re-check.
+            // SYNC: Release, pairs with the reader's Acquire fence before its re-check
+            // (`lapped` in the ring module, `still_valid` in the table reader).
             words[self.first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
             self.len += n;
             src = &src[n..];
