@@ -331,7 +331,7 @@ fn a_layout_3_file_gives_version_mismatch_with_what_to_do() {
         }
         assert!(!err.is_transient());
         let shown = err.to_string();
-        for part in ["older podcache (layout 3)", "reads layout 4", "upgrade the writer", "HTTP API"] {
+        for part in ["older podcache (layout version 3)", "reads layout version 4", "upgrade the writer", "HTTP API"] {
             assert!(shown.contains(part), "{shown:?} lacks {part:?}");
         }
     }
@@ -339,7 +339,10 @@ fn a_layout_3_file_gives_version_mismatch_with_what_to_do() {
     match table(&table_path) {
         Err(e @ CreateError::VersionMismatch { found: 3, expected: 4, .. }) => {
             let shown = e.to_string();
-            assert!(shown.contains("older podcache (layout 3)") && shown.contains(&table_path.display().to_string()));
+            assert!(
+                shown.contains("older podcache (layout version 3)")
+                    && shown.contains(&table_path.display().to_string())
+            );
             assert!(shown.contains("replace"), "{shown}");
         }
         other => panic!("expected CreateError::VersionMismatch, got {:?}", other.err()),

@@ -213,16 +213,17 @@ impl std::fmt::Display for CreateError {
             ),
             CreateError::VersionMismatch { path, found, expected } if found < expected => write!(
                 f,
-                "{}: written by an older podcache (layout {found}); this writer writes layout {expected}: allow \
-                 replacing it (replace_mismatched) or remove it, and upgrade the readers (app images) to a \
-                 release that reads layout {expected}; the HTTP API works across versions",
+                "{}: written by an older podcache (layout version {found}); this writer writes layout \
+                 version {expected}: allow replacing it (replace_mismatched) or remove it, and upgrade the \
+                 readers (app images) to a release that reads layout version {expected}; the HTTP API works \
+                 across versions",
                 path.display()
             ),
             CreateError::VersionMismatch { path, found, expected } => write!(
                 f,
-                "{}: written by a newer podcache (layout {found}); this writer writes layout {expected}: upgrade \
-                 this writer (sidecar image), or allow replacing the file (replace_mismatched); the HTTP API \
-                 works across versions",
+                "{}: written by a newer podcache (layout version {found}); this writer writes layout \
+                 version {expected}: upgrade this writer (sidecar image), or allow replacing the file \
+                 (replace_mismatched); the HTTP API works across versions",
                 path.display()
             ),
             CreateError::Replaced { path } => {

@@ -163,15 +163,15 @@ impl std::error::Error for HeaderError {}
 pub fn version_advice(found: u32, expected: u32) -> String {
     if found < expected {
         format!(
-            "written by an older podcache (layout {found}); this build reads layout {expected}: upgrade the \
-             writer (sidecar image) or pin this reader to a release that reads layout {found}; the HTTP API \
-             works across versions"
+            "written by an older podcache (layout version {found}); this build reads layout version \
+             {expected}: upgrade the writer (sidecar image) or pin this reader to a release that reads \
+             layout version {found}; the HTTP API works across versions"
         )
     } else {
         format!(
-            "written by a newer podcache (layout {found}); this build reads layout {expected}: upgrade this \
-             reader (app image) or pin the writer to a release that writes layout {expected}; the HTTP API \
-             works across versions"
+            "written by a newer podcache (layout version {found}); this build reads layout version \
+             {expected}: upgrade this reader (app image) or pin the writer to a release that writes \
+             layout version {expected}; the HTTP API works across versions"
         )
     }
 }
