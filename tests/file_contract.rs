@@ -114,6 +114,19 @@ fn a_writer_refuses_a_foreign_file_and_leaves_it_untouched() {
             assert!(temps_of(&path).is_empty(), "{name}: no temporary file left");
         }
     }
+    // A short file with podcache's magic is podcache's (truncated): refused untouched, and
+    // replaced (not wiped in place) when replacing is allowed.
+    let short = dir.path().join("short-podcache.table");
+    put_file(&short, &[&MAGIC.to_le_bytes()[..], &[7u8; 92]].concat(), 0o600);
+    let before = snapshot(&short);
+    assert!(matches!(table(&short), Err(CreateError::Existing(OpenError::Truncated { .. }))));
+    assert_eq!(snapshot(&short), before);
+    let old = File::open(&short).unwrap();
+    drop(other_table(&short, true).expect("replaced"));
+    let mut kept = vec![0u8; 100];
+    old.read_exact_at(&mut kept, 0).unwrap();
+    assert_eq!(kept, before.0, "the old inode is not rewritten");
+    assert!(TableReader::open(&short).is_ok());
     // An empty file is the one existing file a writer may initialise.
     let empty = dir.path().join("empty.table");
     put_file(&empty, &[], 0o600);
@@ -223,17 +236,32 @@ fn temporary_files_of_a_killed_replacer_are_removed_by_the_next_writer() {
     assert_eq!(temps_of(&path), temps, "a killed replacer leaves its temporary file ({size} bytes)");
 
     // A temporary file some live process is building (it holds its lock) is left alone.
-    let live = dir.path().join(".replaced.table.new-4242-livefile");
+    let live = dir.path().join(".replaced.table.new-4242-0123abcd");
     put_file(&live, b"PODCREAT", 0o600);
     let held = ExclusiveLock::try_lock(File::open(&live).unwrap()).unwrap();
+    // Files that only look like temporary files (another name pattern, or not podcache's
+    // bytes) are not podcache's: never removed.
+    let lookalikes = [
+        (dir.path().join(".replaced.table.new-notes"), &b"PODCREAT"[..]),
+        (dir.path().join(".replaced.table.new-1-deadbeef"), &b"someone's data"[..]),
+    ];
+    for (p, bytes) in &lookalikes {
+        put_file(p, bytes, 0o600);
+    }
 
     let w = table(&path).expect("the next writer attaches");
     assert_eq!(w.stats().items, 20, "it attached to the table the replacer never replaced");
-    assert_eq!(temps_of(&path), vec![live.clone()], "the dead replacer's file is gone, the live one stays");
+    let mut left = vec![live.clone(), lookalikes[0].0.clone(), lookalikes[1].0.clone()];
+    left.sort();
+    assert_eq!(temps_of(&path), left, "the dead replacer's file is gone, the live one and the lookalikes stay");
     drop(w);
     drop(held);
     drop(table(&path).unwrap());
-    assert!(temps_of(&path).is_empty(), "once its lock is free, it is removed too");
+    left.retain(|p| p != &live);
+    assert_eq!(temps_of(&path), left, "once its lock is free, the live one is removed too");
+    for (p, bytes) in &lookalikes {
+        assert_eq!(std::fs::read(p).unwrap(), *bytes, "{} untouched", p.display());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -342,7 +342,10 @@ pub fn writer_state(words: &[AtomicU64]) -> u64 {
 pub fn set_writer_state(words: &[AtomicU64], state: u64) {
     // SYNC: Release, pairs with the `load_acquire` in `writer_state`: a reader that sees
     // RETIRED or CLOSED sees everything written before (for RETIRED: after the rename).
-    words[W_WRITER_STATE].store(state, Ordering::Release);
+    // A file too short to hold the word (a truncated file being replaced) has no state to set.
+    if let Some(w) = words.get(W_WRITER_STATE) {
+        w.store(state, Ordering::Release);
+    }
 }
 
 #[cfg(all(test, not(loom), feature = "write"))]

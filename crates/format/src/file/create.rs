@@ -271,6 +271,7 @@ fn init_fresh(
     params: &[u64; PARAM_WORDS],
     size: u64,
     mode: u32,
+    created_ns: u64,
 ) -> Result<Arc<Region>, CreateError> {
     let len = file.metadata().map_err(io_err(path))?.len();
     if len != 0 {
@@ -294,7 +295,7 @@ fn init_fresh(
         Err(e) => return Err(CreateError::Io { path: path.to_path_buf(), source: e.into() }),
     }
     let region = map_rw(path, file, size)?;
-    header::write_fields(region.words(), kind, size, params, now_ns());
+    header::write_fields(region.words(), kind, size, params, created_ns);
     Ok(region)
 }
 
@@ -375,8 +376,8 @@ fn create(
     };
     match inspect(path, file, len, kind)? {
         Found::Empty | Found::Creating => {
-            let region = init_fresh(path, file, kind, &fresh_params, size, opts.mode)?;
             let header = fresh_view(kind, &fresh_params, size);
+            let region = init_fresh(path, file, kind, &fresh_params, size, opts.mode, header.created_ns)?;
             Ok(WriterFile { path: path.to_path_buf(), _lock: lock, region, fresh: true, header, pending: None })
         }
         Found::Foreign(reason) => Err(CreateError::Foreign { path: path.to_path_buf(), reason }),
@@ -411,8 +412,10 @@ fn create(
     }
 }
 
+/// The header a fresh file gets (created now).
 fn fresh_view(kind: Kind, params: &[u64; PARAM_WORDS], size: u64) -> HeaderView {
-    HeaderView { kind, file_size: size, params_hash: header::params_hash(kind, params), created_ns: 0, params: *params }
+    let params_hash = header::params_hash(kind, params);
+    HeaderView { kind, file_size: size, params_hash, created_ns: now_ns(), params: *params }
 }
 
 fn describe(kind: Kind, params: &[u64; PARAM_WORDS], size: u64) -> String {
@@ -425,10 +428,11 @@ fn temp_prefix(path: &Path) -> String {
     format!(".{name}.new-")
 }
 
-/// Remove the temporary files a replacer of `path` left when it died (`.NAME.new-*`, full size
-/// and in tmpfs memory). Each is podcache's own; it is removed only if its `flock` can be taken
-/// (nobody is building it) and the name still names the locked inode. Returns how many were
-/// removed. Best effort: a file that cannot be opened or locked is left alone.
+/// Remove the temporary files a replacer of `path` left when it died (`.NAME.new-PID-XXXXXXXX`,
+/// full size and in tmpfs memory). Only podcache's own are touched (that name, and empty or
+/// starting with the creating magic); one is removed only if its `flock` can be taken (nobody
+/// is building it) and the name still names the locked inode. Returns how many were removed.
+/// Best effort: a file that cannot be opened or locked is left alone.
 ///
 /// [`create_or_attach`] calls it while holding the lock of `path`'s file, so no replacement of
 /// `path` can be under way (a replacer holds that lock until its rename).
@@ -438,7 +442,9 @@ pub fn remove_stale_temps(path: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.strip_prefix(&prefix).is_some_and(is_temp_suffix) {
             continue;
         }
         let tmp = entry.path();
@@ -449,6 +455,17 @@ pub fn remove_stale_temps(path: &Path) -> usize {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
             _ => continue,
         }
+        // Only a file podcache left: empty (its creator died right after `O_EXCL`) or starting
+        // with the creating magic (a temporary file is never published before its rename).
+        let mut first = [0u8; 8];
+        let ours = match file.metadata() {
+            Ok(m) if m.len() == 0 => true,
+            Ok(m) if m.len() >= 8 => file.read_exact_at(&mut first, 0).is_ok() && u64::from_le_bytes(first) == CREATING,
+            _ => false,
+        };
+        if !ours {
+            continue;
+        }
         if let Ok(_lock) = lock_opened(file, &tmp) {
             if std::fs::remove_file(&tmp).is_ok() {
                 removed += 1;
@@ -456,6 +473,19 @@ pub fn remove_stale_temps(path: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Whether `s` is what [`replace`] puts after the prefix: `PID-XXXXXXXX` (decimal, 8 hex digits).
+fn is_temp_suffix(s: &str) -> bool {
+    match s.split_once('-') {
+        Some((pid, rand)) => {
+            !pid.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && rand.len() == 8
+                && rand.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
 }
 
 /// Build a new file beside `path`; [`WriterFile::finish`] renames it into place.
@@ -479,7 +509,8 @@ fn replace(
             return Err(CreateError::Io { path: tmp, source: e.into() });
         }
     };
-    let built = init_fresh(&tmp, lock.file(), kind, params, size, opts.mode).and_then(|region| {
+    let header = fresh_view(kind, params, size);
+    let built = init_fresh(&tmp, lock.file(), kind, params, size, opts.mode, header.created_ns).and_then(|region| {
         // Keep the old file mapped (to mark it retired) and locked until the rename.
         let old_len = old.file().metadata().map_err(io_err(path))?.len();
         let old_region = map_rw(path, old.file(), old_size.max(HEADER_BYTES).min(old_len) & !7)?;
@@ -497,7 +528,7 @@ fn replace(
         _lock: lock,
         region,
         fresh: true,
-        header: fresh_view(kind, params, size),
+        header,
         pending: Some((tmp, WriterFileOld { _lock: old, region: old_region })),
     })
 }
