@@ -24,7 +24,7 @@
 //!
 //! A creator's first store into a file is [`CREATING`] at offset 0 (into an empty file, before
 //! it is extended). Every other field follows; the table or ring is initialised; then
-//! [`publish_ready`] stores `ready` and, last, the real [`MAGIC`] with Release. So:
+//! `publish_ready` stores `ready` and, last, the real [`MAGIC`] with Release. So:
 //!
 //! * magic [`CREATING`]: a creation in progress or one that died: not ready; a writer may
 //!   initialise it again (no reader ever mapped it).

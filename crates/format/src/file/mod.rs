@@ -1,5 +1,5 @@
 //! Files on the shared volume: the read-only open side ([`open_read`]) and, with the `write`
-//! feature, the create side ([`create_or_attach`]): `O_NOFOLLOW`, preallocation, the writer
+//! feature, the create side (`create_or_attach`): `O_NOFOLLOW`, preallocation, the writer
 //! lock and the inode re-check, the "creating" magic, replacement by rename.
 //!
 //! Mapping a file that another process changes is what podcache is for; it is sound here
@@ -10,9 +10,8 @@
 //! ## Symbolic links
 //!
 //! A writer never follows one: it opens with `O_NOFOLLOW` (and `O_EXCL` for its temporary
-//! files), so a link planted at `NAME.table` fails the writer with
-//! [`CreateError::Foreign`](crate::CreateError::Foreign) instead of making it overwrite the
-//! link's target. A reader follows links: it opens `O_RDONLY`, maps `PROT_READ` and validates
+//! files), so a link planted at `NAME.table` fails the writer with `CreateError::Foreign`
+//! instead of making it overwrite the link's target. A reader follows links: it opens `O_RDONLY`, maps `PROT_READ` and validates
 //! everything it reads as untrusted input, so a link can at worst point it at a file it cannot
 //! use (a typed error), and a link is a legitimate way to show a consumer a file under another
 //! name. [`is_replaced`] follows links too, like the open it is compared with. Only the last
