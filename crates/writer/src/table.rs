@@ -20,6 +20,7 @@ pub struct TableWriterBuilder {
     segment_size: u64,
     policy: EvictionPolicy,
     opts: CreateOptions,
+    hash_seed: u64,
 }
 
 impl TableWriterBuilder {
@@ -52,6 +53,15 @@ impl TableWriterBuilder {
         self
     }
 
+    /// Fix the key hash seed of a newly created file instead of choosing one at random (the
+    /// default); 0 means random. For reproducible tests and benchmarks only: whoever knows the
+    /// seed can choose keys that collide. A writer attaching to an existing file keeps the
+    /// file's seed whatever this says.
+    pub fn hash_seed(mut self, seed: u64) -> Self {
+        self.hash_seed = seed;
+        self
+    }
+
     /// Permission bits of a newly created file (default `0o640`).
     pub fn mode(mut self, mode: u32) -> Self {
         self.opts.mode = mode;
@@ -71,7 +81,7 @@ impl TableWriterBuilder {
         // nobody can predict which keys collide in a file. It is not part of the configuration:
         // a writer restarted with the same sizes attaches to the file whatever its seed, and
         // uses the file's seed (read back from its header below).
-        let wanted = TableParams::new(self.max_items, data, self.segment_size, 0)
+        let wanted = TableParams::new(self.max_items, data, self.segment_size, self.hash_seed)
             .map_err(|e| CreateError::InvalidOptions(e.to_string()))?;
         let mut file = file::create_or_attach_seeded(
             &self.path,
@@ -84,7 +94,11 @@ impl TableWriterBuilder {
         let params = TableParams::from_header(file.header()).map_err(|e| {
             CreateError::Existing(OpenError::Corrupt { path: self.path.clone(), reason: e.to_string() })
         })?;
-        debug_assert_eq!(TableParams { hash_seed: 0, ..params }, wanted, "the file has the configured layout");
+        debug_assert_eq!(
+            TableParams { hash_seed: wanted.hash_seed, ..params },
+            wanted,
+            "the file has the configured layout"
+        );
         let region = file.region().clone();
         let (table, recovery) = if file.is_fresh() {
             (table::TableWriter::create(region, &params, self.policy), None)
@@ -153,6 +167,7 @@ impl TableWriter {
             segment_size: 0,
             policy: EvictionPolicy::default(),
             opts: CreateOptions::default(),
+            hash_seed: 0,
         }
     }
 
@@ -277,5 +292,10 @@ mod tests {
         let (a, b) = (seed("a.table"), seed("b.table"));
         assert_ne!(a, b, "two files of one configuration have different seeds");
         assert_eq!(seed("a.table"), a, "a restarted writer attaches and keeps the file's seed");
+        let w = TableWriter::builder(dir.path().join("a.table")).max_items(100).hash_seed(5).create().unwrap();
+        assert_eq!(w.table_params().hash_seed, a, "an attaching writer keeps the file's seed");
+        drop(w);
+        let w = TableWriter::builder(dir.path().join("c.table")).max_items(100).hash_seed(5).create().unwrap();
+        assert_eq!(w.table_params().hash_seed, 5, "a fixed seed for a new file");
     }
 }

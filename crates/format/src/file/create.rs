@@ -330,9 +330,10 @@ pub fn create_or_attach(
     create(path, kind, params, None, size, opts)
 }
 
-/// [`create_or_attach`] for a layout whose parameter word `random_word` is chosen at random
-/// for each new file (the table's hash seed). An existing file attaches when every other
-/// parameter word and the size match: its own random word is kept. Read the file's actual
+/// [`create_or_attach`] for a layout whose parameter word `random_word` is chosen for each new
+/// file (the table's hash seed): at random when `params[random_word]` is 0, else that value (a
+/// fixed seed for reproducible tests and benchmarks). An existing file attaches when every
+/// other parameter word and the size match: its own word is kept. Read the file's actual
 /// parameters from [`WriterFile::header`].
 pub fn create_or_attach_seeded(
     path: &Path,
@@ -361,7 +362,7 @@ fn create(
     let file = lock.file();
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut fresh_params = *params;
-    if let Some(i) = random_word {
+    if let Some(i) = random_word.filter(|&i| params[i] == 0) {
         fresh_params[i] = random_u64();
     }
     let same_layout = |view: &HeaderView| {
