@@ -4,7 +4,7 @@
 //! runs under a watchdog, and read loops are bounded). A publisher attaching to a damaged
 //! ring recovers (discarding what it cannot verify) instead of panicking.
 
-use podcache_format::header::{params_hash, HEADER_BYTES, LAYOUT_VERSION};
+use podcache_format::header::{self, params_hash, HEADER_BYTES, LAYOUT_VERSION};
 use podcache_reader::{Kind, OpenError, RecvError, Start, Subscriber};
 use podcache_tests::{bounded, payload_into, payload_matches, shm_tempdir, Rng};
 use podcache_writer::Publisher;
@@ -22,7 +22,6 @@ const VERSION_KIND: usize = 0x08;
 const FILE_SIZE: usize = 0x10;
 const PARAMS_HASH: usize = 0x18;
 const HEADER_CRC: usize = 0x28;
-const READY: usize = 0x38;
 const P_DATA_OFFSET: usize = 0x40;
 const P_CAPACITY: usize = 0x48;
 const P_MAX_MSG: usize = 0x50;
@@ -218,12 +217,12 @@ fn an_empty_file_is_not_ready() {
     let dir = shm_tempdir();
     let path = put(dir.path(), "empty.ring", &[]);
     assert!(matches!(open_err(&path), OpenError::NotReady { .. }));
-    // All zeros: a creator that has not written anything yet.
+    // All zeros: not a podcache file (a v4 creator's first store is the creating magic).
     let path = put(dir.path(), "zeros.ring", &[0u8; FILE_LEN]);
-    assert!(matches!(open_err(&path), OpenError::NotReady { .. }));
-    // Every field written but the ready flag: a creator that died half-way.
+    assert!(matches!(open_err(&path), OpenError::Corrupt { .. }));
+    // Every field written, the creating magic still in place: a creator that died half-way.
     let mut b = real_ring(dir.path(), 10);
-    set_word(&mut b, READY, 0);
+    set_word(&mut b, 0, header::CREATING);
     let path = put(dir.path(), "unready.ring", &b);
     assert!(matches!(open_err(&path), OpenError::NotReady { .. }));
 }

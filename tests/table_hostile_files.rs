@@ -279,11 +279,13 @@ fn an_empty_or_unfinished_table_file_is_not_ready() {
     let (_, img, _) = real_table(dir.path(), "real.table", SMALL);
     let path = put_file(dir.path(), "empty.table", &[]);
     assert!(matches!(open_err(&path, SMALL), OpenError::NotReady { .. }));
+    // All zeros: not a podcache file (a v4 creator's first store is the creating magic).
     let path = put_file(dir.path(), "zeros.table", &vec![0u8; img.bytes.len()]);
-    assert!(matches!(open_err(&path, SMALL), OpenError::NotReady { .. }));
-    // Every header field written but the ready flag: a creator that died half-way.
+    assert!(matches!(open_err(&path, SMALL), OpenError::Corrupt { .. }));
+    // Every header field written, the creating magic still in place: a creator that died
+    // half-way.
     let mut b = img.clone();
-    b.set_word(0x38, 0);
+    b.set_word(0, header::CREATING);
     let path = put_file(dir.path(), "unready.table", &b.bytes);
     assert!(matches!(open_err(&path, SMALL), OpenError::NotReady { .. }));
     // A foreign file: not ready, and the magic is wrong.
@@ -308,7 +310,7 @@ fn a_writer_initialising_an_unfinished_file_starts_from_an_empty_table() {
     let dir = shm_tempdir();
     let (_, img, written) = real_table(dir.path(), "real.table", SMALL);
     let mut b = img.clone();
-    b.set_word(0x38, 0);
+    b.set_word(0, header::CREATING);
     let path = put_file(dir.path(), "unready.table", &b.bytes);
     let w = SMALL.writer(&path).expect("a writer initialises an unfinished file");
     assert!(w.recovery().is_none() && w.epoch() == 1, "initialised, not attached");
@@ -328,7 +330,7 @@ fn a_writer_initialising_an_unfinished_file_starts_from_an_empty_table() {
     // A stale slot under the tag of the key being put, pointing beyond the file: the writer's
     // own lookup must not index beyond its mapping.
     let mut b = img.clone();
-    b.set_word(0x38, 0);
+    b.set_word(0, header::CREATING);
     let (home, tag) = b.home_tag(&kv_key(1 << 20));
     let off = b.slot_off(home, 6);
     b.set_word(off, (tag << TAG_SHIFT) | LOC_MASK);

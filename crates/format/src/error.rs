@@ -68,7 +68,9 @@ impl OpenError {
             HeaderError::VersionMismatch { found, expected } => OpenError::VersionMismatch { path, found, expected },
             HeaderError::WrongKind { found, expected } => OpenError::WrongKind { path, found, expected },
             HeaderError::Truncated { expected, actual } => OpenError::Truncated { path, expected, actual },
-            HeaderError::BadMagic | HeaderError::Corrupt(_) => OpenError::Corrupt { path, reason: e.to_string() },
+            HeaderError::BadMagic | HeaderError::ReadyLost | HeaderError::Corrupt(_) => {
+                OpenError::Corrupt { path, reason: e.to_string() }
+            }
         }
     }
 
@@ -93,11 +95,9 @@ impl std::fmt::Display for OpenError {
             OpenError::NotReady { path } => {
                 write!(f, "{}: not ready (the writer is still creating it)", path.display())
             }
-            OpenError::VersionMismatch { path, found, expected } => write!(
-                f,
-                "{}: layout version {found}, this build reads version {expected} (upgrade the reader or the writer)",
-                path.display()
-            ),
+            OpenError::VersionMismatch { path, found, expected } => {
+                write!(f, "{}: {}", path.display(), crate::header::version_advice(*found, *expected))
+            }
             OpenError::WrongKind { path, found, expected } => {
                 write!(f, "{}: ", path.display())?;
                 std::fmt::Display::fmt(&HeaderError::WrongKind { found: *found, expected: *expected }, f)
@@ -121,6 +121,7 @@ impl std::error::Error for OpenError {
 }
 
 /// A writer could not create or attach to a file.
+#[cfg(feature = "write")]
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CreateError {
@@ -137,6 +138,31 @@ pub enum CreateError {
         needed: u64,
         /// Bytes free on the volume (as `statvfs` reports them), if known.
         available: Option<u64>,
+    },
+    /// Something that is not podcache's own file is at the path (a symbolic link, a directory or
+    /// other non-regular file, or a non-empty file that neither is a podcache file nor starts
+    /// with podcache's "creating" magic). It is left untouched.
+    Foreign {
+        /// The path.
+        path: PathBuf,
+        /// What was found there.
+        reason: String,
+    },
+    /// The existing file was written by a build with another layout version (and replacing
+    /// was not allowed).
+    VersionMismatch {
+        /// The path.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version this build writes.
+        expected: u32,
+    },
+    /// The path was replaced (renamed over or removed) again and again while this writer was
+    /// locking it: another process keeps replacing it.
+    Replaced {
+        /// The path.
+        path: PathBuf,
     },
     /// The existing file has another layout than requested and replacing was not allowed.
     LayoutMismatch {
@@ -160,6 +186,7 @@ pub enum CreateError {
     },
 }
 
+#[cfg(feature = "write")]
 impl std::fmt::Display for CreateError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -178,6 +205,30 @@ impl std::fmt::Display for CreateError {
                 "{}: existing file has layout {found}, requested {wanted}; remove it or allow replacing",
                 path.display()
             ),
+            CreateError::Foreign { path, reason } => write!(
+                f,
+                "{}: not a podcache file ({reason}); a writer never touches a file that is not empty and not \
+                 podcache's own: remove it or use another name",
+                path.display()
+            ),
+            CreateError::VersionMismatch { path, found, expected } if found < expected => write!(
+                f,
+                "{}: written by an older podcache (layout version {found}); this writer writes layout \
+                 version {expected}: allow replacing it (replace_mismatched) or remove it, and upgrade the \
+                 readers (app images) to a release that reads layout version {expected}; the HTTP API works \
+                 across versions",
+                path.display()
+            ),
+            CreateError::VersionMismatch { path, found, expected } => write!(
+                f,
+                "{}: written by a newer podcache (layout version {found}); this writer writes layout \
+                 version {expected}: upgrade this writer (sidecar image), or allow replacing the file \
+                 (replace_mismatched); the HTTP API works across versions",
+                path.display()
+            ),
+            CreateError::Replaced { path } => {
+                write!(f, "{}: the file kept being replaced while this writer was locking it", path.display())
+            }
             CreateError::InvalidOptions(why) => write!(f, "invalid options: {why}"),
             CreateError::Existing(e) => write!(f, "existing file unusable: {e}"),
             CreateError::Io { path, source } => write!(f, "{}: {source}", path.display()),
@@ -185,6 +236,7 @@ impl std::fmt::Display for CreateError {
     }
 }
 
+#[cfg(feature = "write")]
 impl std::error::Error for CreateError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

@@ -5,27 +5,43 @@
 //!
 //! | offset | word | field        | written                                    |
 //! |-------:|-----:|--------------|--------------------------------------------|
-//! | 0x00   | 0    | magic        | at creation: `b"PODCACHE"`                 |
+//! | 0x00   | 0    | magic        | [`CREATING`] first; [`MAGIC`] last, Release |
 //! | 0x08   | 1    | version, kind| at creation: low u32 version, high u32 kind|
 //! | 0x10   | 2    | file_size    | at creation: total bytes of the file       |
 //! | 0x18   | 3    | params_hash  | at creation: FNV-1a of kind + params       |
 //! | 0x20   | 4    | created_ns   | at creation: unix time in ns               |
 //! | 0x28   | 5    | header_crc   | at creation: crc32 of words 0..5 and 8..16 |
 //! | 0x30   | 6    | epoch        | +1 by every writer that attaches           |
-//! | 0x38   | 7    | ready        | [`READY`], stored last with Release        |
+//! | 0x38   | 7    | ready        | [`READY`], just before the real magic      |
 //! | 0x40   | 8-15 | params       | kind-specific layout parameters            |
 //! | 0x80   | 16   | writer_state | [`WRITER_RUNNING`] / [`WRITER_CLOSED`] / [`RETIRED`] |
 //! | 0x88   | 17-31| reserved     | zero                                       |
 //!
 //! The offsets of `magic`, `version` and `ready` are frozen for every future version, so any
 //! reader can tell "not yet initialised" from "a version I do not understand".
+//!
+//! ## Creation states (docs/design.md §2)
+//!
+//! A creator's first store into a file is [`CREATING`] at offset 0 (into an empty file, before
+//! it is extended). Every other field follows; the table or ring is initialised; then
+//! `publish_ready` stores `ready` and, last, the real [`MAGIC`] with Release. So:
+//!
+//! * magic [`CREATING`]: a creation in progress or one that died: not ready; a writer may
+//!   initialise it again (no reader ever mapped it).
+//! * magic [`MAGIC`]: the creator finished. `ready` must then be [`READY`]: a real magic
+//!   without it is damage (a flipped word), reported as corrupt, never wiped.
+//! * anything else: not a podcache file (of this version family); a writer never touches it.
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{load_acquire, AtomicU64, Ordering};
 
 /// Bytes reserved for the header at the start of every file.
 pub const HEADER_BYTES: u64 = 256;
-/// `b"PODCACHE"` read as a little-endian u64.
+/// `b"PODCACHE"` read as a little-endian u64: a complete podcache file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PODCACHE");
+/// `b"PODCREAT"` read as a little-endian u64: the first word a creator writes, replaced by
+/// [`MAGIC`] as the last store of creation. Only a file that is empty or starts with it may be
+/// (re)initialised by a writer.
+pub const CREATING: u64 = u64::from_le_bytes(*b"PODCREAT");
 /// Layout version this build reads and writes. See "Version changes" in docs/design.md.
 pub const LAYOUT_VERSION: u32 = 4;
 /// Value of the ready word once the creator finished initialising the file.
@@ -86,10 +102,14 @@ impl std::fmt::Display for Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HeaderError {
-    /// The creator has not finished initialising the file (or died while doing so).
+    /// The creator has not finished initialising the file (or died while doing so): the magic
+    /// is [`CREATING`].
     NotReady,
-    /// The magic bytes are not `PODCACHE`: not a podcache file.
+    /// The magic bytes are neither `PODCACHE` nor [`CREATING`]: not a podcache file.
     BadMagic,
+    /// The magic says the creator finished, but `ready` is not [`READY`]: the file was damaged
+    /// (a creator stores `ready` before the magic). Reported, never wiped.
+    ReadyLost,
     /// The file's layout version is not the one this build understands.
     VersionMismatch {
         /// Version stored in the file.
@@ -120,9 +140,11 @@ impl std::fmt::Display for HeaderError {
         match self {
             HeaderError::NotReady => f.write_str("file is not initialised yet"),
             HeaderError::BadMagic => f.write_str("not a podcache file (bad magic)"),
-            HeaderError::VersionMismatch { found, expected } => {
-                write!(f, "layout version {found}, this build reads version {expected}")
-            }
+            HeaderError::ReadyLost => f.write_str(
+                "corrupt header: complete (real magic) but its ready word is not set; the file was damaged \
+                 after creation (podcache never wipes it: remove the file to start over)",
+            ),
+            HeaderError::VersionMismatch { found, expected } => f.write_str(&version_advice(*found, *expected)),
             HeaderError::WrongKind { found, expected } => match Kind::from_u32(*found) {
                 Some(k) => write!(f, "file holds a {k}, expected a {expected}"),
                 None => write!(f, "file holds unknown kind {found}, expected a {expected}"),
@@ -136,6 +158,23 @@ impl std::fmt::Display for HeaderError {
 }
 
 impl std::error::Error for HeaderError {}
+
+/// What to do about a file of layout `found` met by code that reads layout `expected`.
+pub fn version_advice(found: u32, expected: u32) -> String {
+    if found < expected {
+        format!(
+            "written by an older podcache (layout version {found}); this build reads layout version \
+             {expected}: upgrade the writer (sidecar image) or pin this reader to a release that reads \
+             layout version {found}; the HTTP API works across versions"
+        )
+    } else {
+        format!(
+            "written by a newer podcache (layout version {found}); this build reads layout version \
+             {expected}: upgrade this reader (app image) or pin the writer to a release that writes \
+             layout version {expected}; the HTTP API works across versions"
+        )
+    }
+}
 
 /// An immutable snapshot of a validated header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,23 +219,26 @@ pub fn validate(words: &[AtomicU64], actual_len: u64, expected: Kind) -> Result<
     if (words.len() as u64) * 8 < HEADER_BYTES {
         return Err(HeaderError::Truncated { expected: HEADER_BYTES, actual: actual_len });
     }
-    // SYNC: Acquire, pairs with the Release store of READY in `publish_ready`: every field the
-    // creator wrote before is visible below.
-    let ready = words[W_READY].load(Ordering::Acquire);
-    // Relaxed for the rest: they were written before READY and never change afterwards.
+    // SYNC: Acquire (the read-only-safe form), pairs with the Release store of MAGIC in
+    // `publish_ready`, the last store of creation: every field and every structure word the
+    // creator wrote before it is visible to this thread from here on.
+    let magic = load_acquire(&words[W_MAGIC]);
+    // Relaxed for the rest: written before MAGIC and never changed afterwards.
     let load = |i: usize| words[i].load(Ordering::Relaxed);
-    let magic = load(W_MAGIC);
-    if ready != READY {
-        // A file being created has no magic yet either; a foreign file has neither.
-        return Err(if magic == MAGIC || magic == 0 { HeaderError::NotReady } else { HeaderError::BadMagic });
+    match magic {
+        MAGIC => {}
+        CREATING => return Err(HeaderError::NotReady),
+        _ => return Err(HeaderError::BadMagic),
     }
-    if magic != MAGIC {
-        return Err(HeaderError::BadMagic);
-    }
+    // The version first (its offset is frozen): a file of another version may order its
+    // creation differently, so nothing else of it is interpreted.
     let vk = load(W_VERSION_KIND);
     let version = vk as u32;
     if version != LAYOUT_VERSION {
         return Err(HeaderError::VersionMismatch { found: version, expected: LAYOUT_VERSION });
+    }
+    if load(W_READY) != READY {
+        return Err(HeaderError::ReadyLost);
     }
     let kind_raw = (vk >> 32) as u32;
     let kind = match Kind::from_u32(kind_raw) {
@@ -232,16 +274,21 @@ pub fn validate_bytes(bytes: &[u8], actual_len: u64, expected: Kind) -> Result<H
     validate(&words, actual_len, expected)
 }
 
-/// Write every header field except `ready` (the creator owns the file exclusively here).
-/// `created_ns` is passed in so that tests are deterministic.
+/// Write every header field except `ready`, with the magic [`CREATING`] (the creator owns
+/// the file exclusively here; the real magic comes last, in [`publish_ready`]). `created_ns` is
+/// passed in so that tests are deterministic. The header checksum covers the final [`MAGIC`].
+#[cfg(feature = "write")]
 pub fn write_fields(words: &[AtomicU64], kind: Kind, file_size: u64, params: &[u64; PARAM_WORDS], created_ns: u64) {
-    for w in &words[..HEADER_WORDS] {
+    // Relaxed everywhere: nothing in this process or another reads these words before the
+    // Release store of MAGIC in `publish_ready` publishes them (readers refuse CREATING).
+    words[W_MAGIC].store(CREATING, Ordering::Relaxed);
+    for w in &words[1..HEADER_WORDS] {
         w.store(0, Ordering::Relaxed);
     }
     let vk = u64::from(LAYOUT_VERSION) | ((kind as u64) << 32);
     let hash = params_hash(kind, params);
     let fixed = [MAGIC, vk, file_size, hash, created_ns];
-    for (i, v) in fixed.iter().enumerate() {
+    for (i, v) in fixed.iter().enumerate().skip(1) {
         words[i].store(*v, Ordering::Relaxed);
     }
     for (i, p) in params.iter().enumerate() {
@@ -251,39 +298,57 @@ pub fn write_fields(words: &[AtomicU64], kind: Kind, file_size: u64, params: &[u
     words[W_EPOCH].store(0, Ordering::Relaxed);
 }
 
-/// Mark the file ready: the last store of initialisation.
+/// Publish the file: store `ready`, then the real magic, the last store of creation.
+#[cfg(feature = "write")]
 pub fn publish_ready(words: &[AtomicU64]) {
-    // SYNC: Release, pairs with the Acquire load of READY in `validate`.
-    words[W_READY].store(READY, Ordering::Release);
+    // Relaxed: made visible to readers by the Release store of MAGIC just below. Stored before
+    // the magic so that a complete magic always comes with a set ready word: a creator killed
+    // between the two stores leaves CREATING (initialised again), never "MAGIC without READY"
+    // (which is damage).
+    words[W_READY].store(READY, Ordering::Relaxed);
+    // SYNC: Release, pairs with the `load_acquire` of the magic in `validate`.
+    words[W_MAGIC].store(MAGIC, Ordering::Release);
 }
 
 /// The writer epoch (number of writer attaches since creation).
 pub fn epoch(words: &[AtomicU64]) -> u64 {
-    // Relaxed: informational; readers compare it with the last value they saw.
-    words[W_EPOCH].load(Ordering::Relaxed)
+    // SYNC: Acquire (the read-only-safe form), pairs with the Release store in `bump_epoch`:
+    // a reader that sees a new epoch also sees the repairs its writer made before bumping it.
+    load_acquire(&words[W_EPOCH])
 }
 
 /// Bump the writer epoch; returns the new value. Writer only.
+#[cfg(feature = "write")]
 pub fn bump_epoch(words: &[AtomicU64]) -> u64 {
-    let e = words[W_EPOCH].load(Ordering::Relaxed) + 1;
-    // SYNC: Release, so a reader that sees the new epoch also sees the repairs made before it.
+    // Relaxed: the writer's own earlier store (one writer per file, under its lock).
+    let e = words[W_EPOCH].load(Ordering::Relaxed).wrapping_add(1);
+    // SYNC: Release, pairs with the `load_acquire` in `epoch`: a reader that sees the new
+    // epoch also sees the repairs made before it.
     words[W_EPOCH].store(e, Ordering::Release);
     e
 }
 
 /// Current `writer_state` word.
 pub fn writer_state(words: &[AtomicU64]) -> u64 {
-    // Relaxed: informational only (clean-close flag, retirement notice).
-    words[W_WRITER_STATE].load(Ordering::Relaxed)
+    // SYNC: Acquire (the read-only-safe form), pairs with the Release store in
+    // `set_writer_state`: a reader that sees RETIRED sees it after the rename that replaced
+    // the file (the replacer renames, then stores RETIRED), so re-opening the path finds the
+    // new file.
+    load_acquire(&words[W_WRITER_STATE])
 }
 
 /// Set the `writer_state` word. Writer only.
+#[cfg(feature = "write")]
 pub fn set_writer_state(words: &[AtomicU64], state: u64) {
-    // SYNC: Release, so a reader that sees RETIRED/CLOSED sees everything written before.
-    words[W_WRITER_STATE].store(state, Ordering::Release);
+    // SYNC: Release, pairs with the `load_acquire` in `writer_state`: a reader that sees
+    // RETIRED or CLOSED sees everything written before (for RETIRED: after the rename).
+    // A file too short to hold the word (a truncated file being replaced) has no state to set.
+    if let Some(w) = words.get(W_WRITER_STATE) {
+        w.store(state, Ordering::Release);
+    }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(loom), feature = "write"))]
 mod tests {
     use super::*;
     use crate::region::Region;
@@ -319,7 +384,19 @@ mod tests {
             validate(r.words(), 512, Kind::Ring),
             Err(HeaderError::VersionMismatch { found: 7, expected: LAYOUT_VERSION })
         );
+        r.words()[W_READY].store(0, Ordering::Relaxed);
+        assert_eq!(
+            validate(r.words(), 512, Kind::Ring),
+            Err(HeaderError::VersionMismatch { found: 7, expected: LAYOUT_VERSION }),
+            "another version is reported before anything else of it is interpreted"
+        );
+        r.words()[W_VERSION_KIND].store(u64::from(LAYOUT_VERSION) | (1 << 32), Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::ReadyLost));
+        r.words()[W_MAGIC].store(CREATING, Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::NotReady));
         r.words()[W_MAGIC].store(5, Ordering::Relaxed);
+        assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::BadMagic));
+        r.words()[W_MAGIC].store(0, Ordering::Relaxed);
         assert_eq!(validate(r.words(), 512, Kind::Ring), Err(HeaderError::BadMagic));
     }
 }

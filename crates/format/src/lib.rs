@@ -7,7 +7,9 @@
 //! * [`header`]: the header every file starts with, and the attach protocol.
 //! * [`ring`]: the broadcast ring — one writer, many readers that never write, lapping.
 //! * [`table`]: the key-value table — lock-free gets from read-only readers, TTL, eviction.
-//! * [`mod@file`]: creating, locking, preallocating and mapping files (not under loom).
+//! * [`mod@file`]: opening and mapping files read-only; with the `write` feature (on by
+//!   default, off in `podcache-reader`) also creating, locking, preallocating and replacing them
+//!   (not under loom).
 //! * [`codec`]: the serde codec trait for typed messages.
 //!
 //! Everything in shared memory is accessed as 64-bit atomic words ([`region::Region`]); no
@@ -33,7 +35,9 @@ pub mod ring;
 mod sync;
 pub mod table;
 
-pub use error::{CreateError, OpenError};
+#[cfg(feature = "write")]
+pub use error::CreateError;
+pub use error::OpenError;
 pub use header::Kind;
 /// Loom models only: make the writer "crash" at a chosen store (see `tests/loom_table.rs`).
 #[cfg(loom)]

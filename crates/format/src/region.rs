@@ -2,10 +2,14 @@
 //!
 //! Every access to shared memory goes through [`Region::words`]: a `&[AtomicU64]` over the
 //! mapping. References to atomics are sound over memory another process changes (that is what
-//! atomics are for), and plain atomic loads are allowed on read-only memory (std's "atomic
-//! accesses to read-only memory"), so a reader's `PROT_READ` mapping is covered too. No `&[u8]`
-//! or `&T` is ever formed over shared bytes: payloads are copied word by word with
-//! `copy_out` / `copy_in`.
+//! atomics are for), and `Relaxed` atomic loads are allowed on read-only memory (std's "atomic
+//! accesses to read-only memory"), so a reader's `PROT_READ` mapping is covered too; an acquire
+//! there is `crate::sync::load_acquire` (a `Relaxed` load and an `Acquire` fence).
+//!
+//! Mappings are held as [`memmap2::MmapRaw`]: a base pointer and a length, never a `&[u8]` or
+//! `&mut [u8]` (`Mmap`'s `Deref<Target = [u8]>` would assert that no other process stores to
+//! those bytes while the reference lives, which is false here). No `&[u8]` or `&T` is ever
+//! formed over shared bytes: payloads are copied word by word with `copy_out` / `copy_in`.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -13,12 +17,20 @@ use crate::sync::{AtomicU64, Ordering};
 enum Backing {
     /// Process-local heap words: tests and loom models.
     Heap(#[allow(dead_code)] Box<[AtomicU64]>),
-    /// A read-only (`PROT_READ`) file mapping.
+    /// A file mapping: read-only (`PROT_READ`, a reader's) or read-write (the single writer's).
+    /// Held only to keep the mapping alive and to unmap it on drop.
     #[cfg(not(loom))]
-    MapRead(#[allow(dead_code)] memmap2::Mmap),
-    /// A read-write shared file mapping (the single writer's).
-    #[cfg(not(loom))]
-    MapWrite(#[allow(dead_code)] memmap2::MmapMut),
+    Map(#[allow(dead_code)] memmap2::MmapRaw),
+}
+
+/// Which file a mapping is of: device and inode number as `fstat` gave them when it was
+/// opened. A path that names another identity now was replaced (or removed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
 }
 
 /// A region of shared memory, 8-byte aligned, a whole number of words long.
@@ -26,6 +38,7 @@ pub struct Region {
     base: *const AtomicU64,
     len_words: usize,
     writable: bool,
+    file_id: Option<FileId>,
     _backing: Backing,
 }
 
@@ -40,36 +53,40 @@ impl Region {
     pub fn heap(len_words: usize) -> Region {
         let words: Box<[AtomicU64]> = (0..len_words).map(|_| AtomicU64::new(0)).collect();
         let base = words.as_ptr();
-        Region { base, len_words, writable: true, _backing: Backing::Heap(words) }
+        Region { base, len_words, writable: true, file_id: None, _backing: Backing::Heap(words) }
     }
 
-    /// A region over a read-only mapping.
+    /// A region over a file mapping made with `MmapOptions::map_raw_read_only` (`writable`
+    /// false) or `MmapOptions::map_raw` (`writable` true). Only the raw base pointer is taken:
+    /// no reference to the mapped bytes is formed.
     #[cfg(not(loom))]
-    pub(crate) fn from_map(map: memmap2::Mmap) -> Region {
-        let (base, len_words) = Self::base_of(map.as_ptr(), map.len());
-        Region { base, len_words, writable: false, _backing: Backing::MapRead(map) }
-    }
-
-    /// A region over the writer's read-write mapping.
-    #[cfg(not(loom))]
-    pub(crate) fn from_map_mut(map: memmap2::MmapMut) -> Region {
-        let (base, len_words) = Self::base_of(map.as_ptr(), map.len());
-        Region { base, len_words, writable: true, _backing: Backing::MapWrite(map) }
-    }
-
-    #[cfg(not(loom))]
-    fn base_of(ptr: *const u8, len: usize) -> (*const AtomicU64, usize) {
+    pub(crate) fn from_raw_map(map: memmap2::MmapRaw, writable: bool, file_id: FileId) -> Region {
         // mmap returns page-aligned addresses, so word alignment always holds.
+        let ptr = map.as_ptr();
         assert_eq!(ptr as usize % 8, 0, "mapping is not 8-byte aligned");
-        (ptr.cast::<AtomicU64>(), len / 8)
+        let len_words = map.len() / 8;
+        Region {
+            base: ptr.cast::<AtomicU64>(),
+            len_words,
+            writable,
+            file_id: Some(file_id),
+            _backing: Backing::Map(map),
+        }
+    }
+
+    /// The identity of the mapped file (`None` for a heap region).
+    pub fn file_id(&self) -> Option<FileId> {
+        self.file_id
     }
 
     /// The region as atomic words.
     #[inline]
     pub fn words(&self) -> &[AtomicU64] {
         // SAFETY: `base` points to `len_words` initialised, 8-byte aligned words owned by
-        // `_backing` for the lifetime of `self`. `AtomicU64` has the layout of `u64` and allows
-        // shared mutation (by this or another process) through `&`.
+        // `_backing` for the lifetime of `self` (a mapping of at least that many bytes, or the
+        // heap box). `AtomicU64` has the layout of `u64` and allows shared mutation (by this or
+        // another process) through `&`; on a `PROT_READ` mapping the crate only loads through
+        // it (`Relaxed` loads, see `crate::sync::load_acquire`).
         unsafe { std::slice::from_raw_parts(self.base, self.len_words) }
     }
 
@@ -173,7 +190,8 @@ pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
     let (chunks, rest) = src.as_chunks::<8>();
     let dst = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
     for (chunk, w) in chunks.iter().zip(dst) {
-        // SYNC: Release, pairs with the Acquire fence in RingReader::validate.
+        // SYNC: Release, pairs with the Acquire fence of the ring reader's lapping check
+        // (`lapped` in the ring module), which it runs after copying these words out.
         w.store(u64::from_le_bytes(*chunk), Ordering::Release);
     }
     if let (false, Some(w)) = (rest.is_empty(), dst.last()) {
@@ -268,7 +286,8 @@ pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
 }
 
 /// Appends a byte stream to shared words, one Release store per word (SYNC: pairs with the
-/// Acquire fence of the reader's validation). A word is stored each time it fills, and the
+/// Acquire fence of the reader's validation: `lapped` in the ring module for a ring claim, the
+/// table reader's `still_valid` for a table record). A word is stored each time it fills, and the
 /// partial last word (zero-padded) at once, so what was written is in shared memory when
 /// `write` returns.
 pub(crate) struct WordWriter {
@@ -311,7 +330,8 @@ impl WordWriter {
         if fill != 0 {
             let n = (8 - fill).min(src.len());
             self.partial[fill..fill + n].copy_from_slice(&src[..n]);
-            // SYNC: Release, pairs with the reader's Acquire fence before its re-check.
+            // SYNC: Release, pairs with the reader's Acquire fence before its re-check
+            // (`lapped` in the ring module, `still_valid` in the table reader).
             words[self.first + self.len / 8].store(u64::from_le_bytes(self.partial), Ordering::Release);
             self.len += n;
             src = &src[n..];

@@ -2,7 +2,7 @@
 
 use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file;
-use podcache_format::header;
+use podcache_format::header::{self, RETIRED};
 use podcache_format::region::Region;
 use podcache_format::table::{self, GetError, KeyIter, ReaderCounters, SharedBytes, TableParams, TableStats};
 use podcache_format::{Kind, OpenError};
@@ -42,6 +42,11 @@ impl std::error::Error for TypedGetError {}
 /// times if the writer recycles the very record it reads, then fails with
 /// [`GetError::Contended`]. Not `Sync` (hit/miss counters are plain cells): open one reader per
 /// thread, they are cheap.
+///
+/// A writer that changes the table's layout builds a new file and renames it over the path;
+/// this reader keeps reading the old file (still valid, no longer written). Check now and then
+/// (not on every get: [`file_replaced`](Self::file_replaced) is a system call) and
+/// [`reopen`](Self::reopen).
 pub struct TableReader {
     path: PathBuf,
     region: Arc<Region>,
@@ -54,7 +59,8 @@ impl TableReader {
         Self::open_wait(path, Duration::ZERO)
     }
 
-    /// Open the table at `path`, waiting up to `timeout` for the writer to create it.
+    /// Open the table at `path`, waiting up to `timeout` for the writer to create it
+    /// (`Duration::MAX`: as long as it takes).
     pub fn open_wait(path: impl AsRef<Path>, timeout: Duration) -> Result<TableReader, OpenError> {
         let path = path.as_ref().to_path_buf();
         let (region, view) = file::open_read_wait(&path, Kind::Table, timeout)?;
@@ -142,5 +148,26 @@ impl TableReader {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the writer marked this file retired: it was replaced by a new file at the same
+    /// path, and will not change again. One load from shared memory.
+    pub fn is_retired(&self) -> bool {
+        header::writer_state(self.region.words()) == RETIRED
+    }
+
+    /// Whether the path now names another file than the one this reader maps (it was replaced,
+    /// or removed): one `stat` system call, for a periodic check rather than every get. Also
+    /// true when the file is [retired](Self::is_retired).
+    pub fn file_replaced(&self) -> bool {
+        self.is_retired() || file::is_replaced(&self.region, &self.path)
+    }
+
+    /// Open the path again (waiting up to `timeout` for a file being created), replacing this
+    /// reader's view with the file the path names now. This reader's counters start again.
+    /// On error the reader keeps its current file.
+    pub fn reopen(&mut self, timeout: Duration) -> Result<(), OpenError> {
+        *self = Self::open_wait(&self.path, timeout)?;
+        Ok(())
     }
 }

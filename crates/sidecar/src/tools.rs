@@ -318,9 +318,10 @@ fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
         e => e.to_string(),
     })?;
     let p = TableParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
-    // The writer library derives the hash seed from the sizes: recover the data size it used.
-    let data = p.hash_seed ^ p.max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    match TableWriter::builder(path).max_items(p.max_items).data_bytes(data).segment_size(p.segment_size).create() {
+    // The same sizes as the file (the data region is whole segments, so it maps back to the
+    // same number of segments); the writer keeps the file's own random hash seed.
+    let builder = TableWriter::builder(path).max_items(p.max_items).data_bytes(p.data_bytes());
+    match builder.segment_size(p.segment_size).create() {
         Ok(w) => Ok(Some(w)),
         Err(CreateError::Locked { .. }) => Ok(None),
         Err(e) => Err(e.to_string()),

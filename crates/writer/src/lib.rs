@@ -72,7 +72,9 @@ mod table;
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
 pub use podcache_format::ring::{Claim, PublishError, Recovery, WakePolicy};
-pub use podcache_format::table::{record_size, EvictionPolicy, PutError, TableRecovery, TableStats, MAX_KEY};
+pub use podcache_format::table::{
+    record_size, EvictionPolicy, PutError, TableParams, TableRecovery, TableStats, MAX_KEY,
+};
 pub use podcache_format::{CreateError, Kind};
 pub use publisher::{Publisher, PublisherBuilder, TypedPublishError};
 pub use table::{TableWriter, TableWriterBuilder, TypedPutError};

@@ -3,10 +3,13 @@
 use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file::{self, CreateOptions, WriterFile};
 use podcache_format::table::{self, now_ms, EvictionPolicy, PutError, TableParams, TableRecovery, TableStats};
-use podcache_format::{CreateError, Kind};
+use podcache_format::{CreateError, Kind, OpenError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The parameter word of `TableParams::to_words` that holds the hash seed.
+const SEED_WORD: usize = 4;
 
 /// Builds a [`TableWriter`]: see [`TableWriter::builder`].
 #[derive(Clone, Debug)]
@@ -17,6 +20,7 @@ pub struct TableWriterBuilder {
     segment_size: u64,
     policy: EvictionPolicy,
     opts: CreateOptions,
+    hash_seed: u64,
 }
 
 impl TableWriterBuilder {
@@ -49,6 +53,15 @@ impl TableWriterBuilder {
         self
     }
 
+    /// Fix the key hash seed of a newly created file instead of choosing one at random (the
+    /// default); 0 means random. For reproducible tests and benchmarks only: whoever knows the
+    /// seed can choose keys that collide. A writer attaching to an existing file keeps the
+    /// file's seed whatever this says.
+    pub fn hash_seed(mut self, seed: u64) -> Self {
+        self.hash_seed = seed;
+        self
+    }
+
     /// Permission bits of a newly created file (default `0o640`).
     pub fn mode(mut self, mode: u32) -> Self {
         self.opts.mode = mode;
@@ -64,13 +77,28 @@ impl TableWriterBuilder {
     /// Create the file, or attach to the one a previous writer left (recovering it).
     pub fn create(self) -> Result<TableWriter, CreateError> {
         let data = self.data_bytes.unwrap_or(self.max_items.saturating_mul(256));
-        // The seed is part of the layout: derived from the sizes so that a writer restarted
-        // with the same configuration attaches to the same file.
-        let seed = self.max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ data;
-        let params = TableParams::new(self.max_items, data, self.segment_size, seed)
+        // The hash seed is random for each new file (chosen by `create_or_attach_seeded`), so
+        // nobody can predict which keys collide in a file. It is not part of the configuration:
+        // a writer restarted with the same sizes attaches to the file whatever its seed, and
+        // uses the file's seed (read back from its header below).
+        let wanted = TableParams::new(self.max_items, data, self.segment_size, self.hash_seed)
             .map_err(|e| CreateError::InvalidOptions(e.to_string()))?;
-        let mut file =
-            file::create_or_attach(&self.path, Kind::Table, &params.to_words(), params.file_size(), &self.opts)?;
+        let mut file = file::create_or_attach_seeded(
+            &self.path,
+            Kind::Table,
+            &wanted.to_words(),
+            SEED_WORD,
+            wanted.file_size(),
+            &self.opts,
+        )?;
+        let params = TableParams::from_header(file.header()).map_err(|e| {
+            CreateError::Existing(OpenError::Corrupt { path: self.path.clone(), reason: e.to_string() })
+        })?;
+        debug_assert_eq!(
+            TableParams { hash_seed: wanted.hash_seed, ..params },
+            wanted,
+            "the file has the configured layout"
+        );
         let region = file.region().clone();
         let (table, recovery) = if file.is_fresh() {
             (table::TableWriter::create(region, &params, self.policy), None)
@@ -79,7 +107,7 @@ impl TableWriterBuilder {
             (t, Some(r))
         };
         let epoch = file.finish().map_err(|source| CreateError::Io { path: self.path.clone(), source })?;
-        Ok(TableWriter { file, table, recovery, epoch, scratch: Vec::new(), file_size: params.file_size() })
+        Ok(TableWriter { file, table, recovery, epoch, scratch: Vec::new(), file_size: params.file_size(), params })
     }
 }
 
@@ -126,6 +154,7 @@ pub struct TableWriter {
     epoch: u64,
     scratch: Vec<u8>,
     file_size: u64,
+    params: TableParams,
 }
 
 impl TableWriter {
@@ -138,6 +167,7 @@ impl TableWriter {
             segment_size: 0,
             policy: EvictionPolicy::default(),
             opts: CreateOptions::default(),
+            hash_seed: 0,
         }
     }
 
@@ -227,10 +257,45 @@ impl TableWriter {
     pub fn path(&self) -> &Path {
         self.file.path()
     }
+
+    /// The file's table layout (sizes, and the hash seed chosen at random when it was created).
+    pub fn table_params(&self) -> TableParams {
+        self.params
+    }
 }
 
 impl Drop for TableWriter {
     fn drop(&mut self) {
         self.file.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_word_is_the_hash_seed() {
+        let p = TableParams::new(1000, 1 << 20, 0, 0x5EED).unwrap();
+        assert_eq!(p.to_words()[SEED_WORD], 0x5EED);
+    }
+
+    #[test]
+    fn each_new_file_has_its_own_seed_and_a_restart_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = |name: &str| {
+            let w = TableWriter::builder(dir.path().join(name)).max_items(100).create().unwrap();
+            let seed = w.table_params().hash_seed;
+            drop(w);
+            seed
+        };
+        let (a, b) = (seed("a.table"), seed("b.table"));
+        assert_ne!(a, b, "two files of one configuration have different seeds");
+        assert_eq!(seed("a.table"), a, "a restarted writer attaches and keeps the file's seed");
+        let w = TableWriter::builder(dir.path().join("a.table")).max_items(100).hash_seed(5).create().unwrap();
+        assert_eq!(w.table_params().hash_seed, a, "an attaching writer keeps the file's seed");
+        drop(w);
+        let w = TableWriter::builder(dir.path().join("c.table")).max_items(100).hash_seed(5).create().unwrap();
+        assert_eq!(w.table_params().hash_seed, 5, "a fixed seed for a new file");
     }
 }
