@@ -434,7 +434,16 @@ fn with_params(img: &TableImage, params: [u64; PARAM_WORDS], file_size: u64) -> 
 }
 
 fn params_of(l: &TableLayout) -> [u64; PARAM_WORDS] {
-    [l.nsegments, l.segment_size, l.nbuckets, l.max_items, l.hash_seed, l.index_offset, l.data_offset, 0]
+    [
+        l.nsegments,
+        l.segment_size,
+        l.nbuckets,
+        l.max_items,
+        l.hash_seed,
+        l.index_offset,
+        l.data_offset,
+        podcache_format::header::CHECKSUM_CRC32,
+    ]
 }
 
 /// (what, parameter index, value): each makes the layout impossible or reach beyond the file.
@@ -464,6 +473,8 @@ fn absurd_cases(l: &TableLayout) -> Vec<(&'static str, usize, u64)> {
         ("data beyond the file", 6, l.data_offset + 4096),
         ("data at 2^62", 6, 1 << 62),
         ("data at 2^64 - 8", 6, !7u64),
+        ("no checksum algorithm", 7, 0),
+        ("an unknown checksum algorithm", 7, 2),
     ]
 }
 

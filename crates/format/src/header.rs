@@ -64,6 +64,11 @@ pub(crate) const W_READY: usize = 7;
 pub(crate) const W_PARAMS: usize = 8;
 /// Number of kind-specific parameter words.
 pub const PARAM_WORDS: usize = 8;
+/// The parameter word that names the records' checksum algorithm (both kinds).
+pub const PARAM_CHECKSUM: usize = 7;
+/// Checksum algorithm 1: CRC-32 with the IEEE polynomial (`crc32fast`), docs/design.md §6. The
+/// only one layout 4 defines; a reader refuses a file that names another.
+pub const CHECKSUM_CRC32: u64 = 1;
 pub(crate) const W_WRITER_STATE: usize = W_PARAMS + PARAM_WORDS;
 const HEADER_WORDS: usize = (HEADER_BYTES / 8) as usize;
 const _: () = assert!(W_WRITER_STATE < HEADER_WORDS);

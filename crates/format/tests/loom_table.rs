@@ -5,7 +5,7 @@
 
 use loom::thread;
 use podcache_format::region::Region;
-use podcache_format::table::{EvictionPolicy, GetError, TableParams, TableReader, TableWriter};
+use podcache_format::table::{EvictionPolicy, GetError, RawTableReader, RawTableWriter, TableParams};
 
 /// Two tiny segments (64 bytes: two 28-byte records each, the second starting mid-word), so
 /// a few puts force eviction and reuse.
@@ -30,7 +30,7 @@ fn value(v: u8) -> [u8; VLEN] {
 }
 
 /// A get through the reader's straight-line path (`get`, `which == 0`) or its general lookup.
-fn get(r: &TableReader, key: &[u8], which: usize) -> Option<Vec<u8>> {
+fn get(r: &RawTableReader, key: &[u8], which: usize) -> Option<Vec<u8>> {
     if which == 0 {
         let mut buf = [0u8; VLEN];
         r.get(key, &mut buf).unwrap().map(|n| buf[..n].to_vec())
@@ -63,13 +63,13 @@ fn get_races_overwrite_delete_and_eviction() {
     builder().check(|| {
         RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (p, region) = tiny();
-        let mut w = TableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
+        let mut w = RawTableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
         w.put(b"a", value(1), None).unwrap();
         let readers: Vec<_> = (0..2)
             .map(|which| {
                 let region = region.clone();
                 thread::spawn(move || {
-                    let r = TableReader::new(region, &p);
+                    let r = RawTableReader::new(region, &p);
                     check(get(&r, b"a", which), &[1, 2, 3]);
                 })
             })
@@ -82,7 +82,7 @@ fn get_races_overwrite_delete_and_eviction() {
         for h in readers {
             h.join().unwrap();
         }
-        let r = TableReader::new(region, &p);
+        let r = RawTableReader::new(region, &p);
         assert_eq!(r.get_vec(b"a").unwrap(), Some(value(3).to_vec()));
     });
     let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
@@ -94,13 +94,13 @@ fn get_races_overwrite_delete_and_eviction() {
 fn get_races_segment_recycling() {
     builder().check(|| {
         let (p, region) = tiny();
-        let mut w = TableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
+        let mut w = RawTableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
         w.put(b"a", value(1), None).unwrap();
         w.put(b"b", value(2), None).unwrap();
         let reader = {
             let region = region.clone();
             thread::spawn(move || {
-                let r = TableReader::new(region, &p);
+                let r = RawTableReader::new(region, &p);
                 check(get(&r, b"a", 0), &[1]);
                 if let Some(v) = get(&r, b"b", 1) {
                     assert_eq!(v, value(2));
@@ -124,9 +124,9 @@ const A2: [u8; 3] = [2; 3];
 
 /// Segment 0: `b` (a 16-byte record) at offset 0, `a` (12 bytes) at 16; segment 1: `c` (52
 /// bytes), so the next record of 16 bytes or more recycles segment 0 and starts at offset 0.
-fn recycle_setup() -> (TableParams, std::sync::Arc<Region>, TableWriter) {
+fn recycle_setup() -> (TableParams, std::sync::Arc<Region>, RawTableWriter) {
     let (p, region) = tiny();
-    let mut w = TableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
+    let mut w = RawTableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
     w.put(b"b", [7u8; 7], None).unwrap();
     w.put(b"a", A1, None).unwrap();
     w.put(b"c", [3u8; 43], None).unwrap();
@@ -135,14 +135,14 @@ fn recycle_setup() -> (TableParams, std::sync::Arc<Region>, TableWriter) {
 
 /// Recycle segment 0 (which evicts `a` and `b`) with `y` at offset 0, then put `a` again at
 /// the very place its old record lay (offset 16), with `value`.
-fn recycle_and_reput_a(w: &mut TableWriter, value: [u8; 3]) {
+fn recycle_and_reput_a(w: &mut RawTableWriter, value: [u8; 3]) {
     w.put(b"y", [5u8; 7], None).unwrap();
     w.put(b"a", value, None).unwrap();
 }
 
 /// How a model reads key `a`: every get flavour of the reader (`contains` and `keys` report
 /// presence as an empty value).
-fn read_a(r: &TableReader, flavour: usize) -> Result<Option<Vec<u8>>, GetError> {
+fn read_a(r: &RawTableReader, flavour: usize) -> Result<Option<Vec<u8>>, GetError> {
     match flavour {
         0 => {
             let mut buf = [0u8; 8];
@@ -178,7 +178,7 @@ fn a_crafted_value_never_poses_as_another_keys_record() {
         let out = fake.clone();
         loom::model(move || {
             let (p, region) = tiny();
-            let mut w = TableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
+            let mut w = RawTableWriter::create(region.clone(), &p, EvictionPolicy::Fifo);
             w.put(b"a", [0xEE; 3], None).unwrap();
             let d = (p.data_offset / 8) as usize;
             let words: Vec<u8> = (d..d + 2)
@@ -201,7 +201,7 @@ fn a_crafted_value_never_poses_as_another_keys_record() {
             let reader = {
                 let region = region.clone();
                 thread::spawn(move || {
-                    let r = TableReader::new(region, &p);
+                    let r = RawTableReader::new(region, &p);
                     let got = read_a(&r, flavour).expect("a healthy table");
                     assert!(
                         got.is_none() || got.as_deref() == Some(&A1[..]),
@@ -223,7 +223,7 @@ fn one_reader_sees_a_key_monotonically() {
             let reader = {
                 let region = region.clone();
                 thread::spawn(move || {
-                    let r = TableReader::new(region, &p);
+                    let r = RawTableReader::new(region, &p);
                     let first = read_a(&r, flavour).unwrap();
                     let second = read_a(&r, flavour).unwrap();
                     // `a` is put (1), evicted (absent), put again (2), and nothing removes it after.
@@ -252,7 +252,7 @@ fn a_healthy_table_is_never_reported_corrupt() {
             let reader = {
                 let region = region.clone();
                 thread::spawn(move || {
-                    let r = TableReader::new(region, &p);
+                    let r = RawTableReader::new(region, &p);
                     let got = read_a(&r, flavour);
                     assert!(got.is_ok(), "flavour {flavour}: {got:?} on a healthy table");
                 })
@@ -273,7 +273,7 @@ enum Op {
 }
 
 impl Op {
-    fn run(self, w: &mut TableWriter) {
+    fn run(self, w: &mut RawTableWriter) {
         match self {
             Op::Overwrite => w.put(b"a", A2, None).unwrap(),
             Op::Insert => w.put(b"d", [4u8; 3], None).unwrap(),
@@ -336,18 +336,18 @@ fn the_writer_recovers_from_a_crash_at_every_store() {
                 let reader = {
                     let region = region.clone();
                     thread::spawn(move || {
-                        let r = TableReader::new(region, &p);
+                        let r = RawTableReader::new(region, &p);
                         for key in [&b"a"[..], b"y"] {
                             let got = r.get_vec(key).expect("never an error after a crash");
                             assert!(op.allowed(key).contains(&got), "{op:?} crashed at store {stores}: {got:?}");
                         }
                     })
                 };
-                let (mut w, _) = TableWriter::attach(region.clone(), &p, EvictionPolicy::Fifo);
+                let (mut w, _) = RawTableWriter::attach(region.clone(), &p, EvictionPolicy::Fifo);
                 reader.join().unwrap();
                 let check = podcache_format::table::verify(&region, &p);
                 assert!(check.is_ok(), "{op:?} crashed at store {stores}: {:?}", check.problems);
-                let r = TableReader::new(region.clone(), &p);
+                let r = RawTableReader::new(region.clone(), &p);
                 for key in KEYS {
                     let got = r.get_vec(key).unwrap();
                     assert!(op.allowed(key).contains(&got), "{op:?} crashed at store {stores}: {got:?} after recovery");

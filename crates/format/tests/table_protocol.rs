@@ -3,7 +3,7 @@
 #![cfg(not(loom))]
 
 use podcache_format::region::Region;
-use podcache_format::table::{now_ms, EvictionPolicy, GetError, PutError, TableParams, TableReader, TableWriter};
+use podcache_format::table::{now_ms, EvictionPolicy, GetError, PutError, RawTableReader, RawTableWriter, TableParams};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ fn value_for(key: u64, version: u64, len: usize) -> Vec<u8> {
 #[test]
 fn put_get_overwrite_delete() {
     let (p, r) = table(1000, 1 << 20, 0);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r, &p);
     let mut buf = [0u8; 256];
     assert_eq!(rd.get(b"k", &mut buf), Ok(None));
     w.put(b"k", b"v1", None).unwrap();
@@ -48,8 +48,8 @@ fn put_get_overwrite_delete() {
 #[test]
 fn tag_collisions_in_a_bucket_are_resolved_by_comparing_keys() {
     let (p, r) = table(100, 1 << 18, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r, &p);
     let place = |k: &[u8]| {
         let h = podcache_format::hash::hash(p.hash_seed, k);
         (((h & 0xffff_ffff) * p.nbuckets) >> 32, (h >> 48) | 1)
@@ -77,12 +77,12 @@ fn tag_collisions_in_a_bucket_are_resolved_by_comparing_keys() {
 type Owned = Result<Option<Vec<u8>>, GetError>;
 
 /// What `get` returns for `key`, the value copied out.
-fn get_owned(rd: &TableReader, key: &[u8], buf: &mut [u8]) -> Owned {
+fn get_owned(rd: &RawTableReader, key: &[u8], buf: &mut [u8]) -> Owned {
     rd.get(key, buf).map(|found| found.map(|len| buf[..len].to_vec()))
 }
 
 /// `get_many`'s results, in the order it reported them, each with the index it gave.
-fn get_many_owned(rd: &TableReader, keys: &[Vec<u8>], buf: &mut [u8]) -> Vec<(usize, Owned)> {
+fn get_many_owned(rd: &RawTableReader, keys: &[Vec<u8>], buf: &mut [u8]) -> Vec<(usize, Owned)> {
     let mut out = Vec::new();
     rd.get_many(keys, buf, |i, r| out.push((i, r.map(|v| v.map(<[u8]>::to_vec)))));
     out
@@ -91,8 +91,8 @@ fn get_many_owned(rd: &TableReader, keys: &[Vec<u8>], buf: &mut [u8]) -> Vec<(us
 #[test]
 fn get_many_returns_what_get_returns_for_every_key_in_order() {
     let (p, r) = table(1000, 1 << 20, 0);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r.clone(), &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r.clone(), &p);
     let mut keys: Vec<Vec<u8>> = Vec::new();
     for i in 0..(3 * podcache_format::table::BATCH as u64 + 5) {
         let key = format!("key-{i}").into_bytes();
@@ -118,7 +118,7 @@ fn get_many_returns_what_get_returns_for_every_key_in_order() {
     let got = get_many_owned(&rd, &keys, &mut buf);
     let after = rd.counters();
     assert_eq!(got, expected.into_iter().enumerate().collect::<Vec<_>>(), "each key once, in order, as get");
-    let gets = TableReader::new(r, &p);
+    let gets = RawTableReader::new(r, &p);
     for k in &keys {
         let _ = gets.get(k, &mut buf);
     }
@@ -130,7 +130,7 @@ fn get_many_returns_what_get_returns_for_every_key_in_order() {
 #[test]
 fn refuses_bad_keys_and_oversized_values_handing_them_back() {
     let (p, r) = table(100, 1 << 18, 4096);
-    let mut w = TableWriter::create(r, &p, EvictionPolicy::default());
+    let mut w = RawTableWriter::create(r, &p, EvictionPolicy::default());
     let big = vec![1u8; 5000];
     match w.put(b"k", big.clone(), None) {
         Err(PutError::TooLarge { len: 5000, max, value }) => {
@@ -147,8 +147,8 @@ fn refuses_bad_keys_and_oversized_values_handing_them_back() {
 #[test]
 fn expired_entries_are_invisible_at_once_and_expire_removes_them() {
     let (p, r) = table(1000, 1 << 18, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r, &p);
     w.put(b"past", b"x", Some(now_ms() - 1)).unwrap();
     w.put(b"future", b"y", Some(now_ms() + 60_000)).unwrap();
     assert_eq!(rd.get_vec(b"past").unwrap(), None);
@@ -167,8 +167,8 @@ fn expired_entries_are_invisible_at_once_and_expire_removes_them() {
 #[test]
 fn full_table_evicts_oldest_segment_first() {
     let (p, r) = table(10_000, 64 << 10, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
+    let rd = RawTableReader::new(r, &p);
     for i in 0..5000u64 {
         w.put(&i.to_le_bytes(), value_for(i, 0, 100), None).unwrap();
     }
@@ -189,8 +189,8 @@ fn full_table_evicts_oldest_segment_first() {
 #[test]
 fn item_limit_is_enforced_by_eviction() {
     let (p, r) = table(100, 1 << 20, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r, &p);
     for i in 0..1000u64 {
         w.put(&i.to_le_bytes(), [1u8; 8], None).unwrap();
         assert!(rd.stats().items <= 100);
@@ -201,8 +201,8 @@ fn item_limit_is_enforced_by_eviction() {
 #[test]
 fn clear_removes_everything() {
     let (p, r) = table(1000, 1 << 18, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
-    let rd = TableReader::new(r, &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(r, &p);
     for i in 0..500u64 {
         w.put(&i.to_le_bytes(), [3u8; 20], None).unwrap();
     }
@@ -216,19 +216,19 @@ fn clear_removes_everything() {
 #[test]
 fn attach_recovers_state_and_repairs_bad_slots() {
     let (p, r) = table(2000, 1 << 18, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::default());
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::default());
     for i in 0..1500u64 {
         w.put(&(i % 700).to_le_bytes(), value_for(i % 700, i, 30), None).unwrap();
     }
     let before = w.stats();
     drop(w);
-    let (mut w2, rec) = TableWriter::attach(r.clone(), &p, EvictionPolicy::default());
+    let (mut w2, rec) = RawTableWriter::attach(r.clone(), &p, EvictionPolicy::default());
     assert_eq!(rec.items, before.items);
     assert_eq!(rec.cleared_slots, 0);
     assert_eq!(w2.stats().items, before.items);
     assert_eq!(w2.stats().bytes_used, before.bytes_used);
     w2.put(b"new", b"after restart", None).unwrap();
-    let rd = TableReader::new(r.clone(), &p);
+    let rd = RawTableReader::new(r.clone(), &p);
     assert_eq!(rd.get_vec(b"new").unwrap().unwrap(), b"after restart");
     for i in 800..1500u64 {
         assert_eq!(rd.get_vec(&(i % 700).to_le_bytes()).unwrap(), Some(value_for(i % 700, i, 30)));
@@ -242,7 +242,7 @@ fn attach_recovers_state_and_repairs_bad_slots() {
     let v = r.words()[slot].load(std::sync::atomic::Ordering::Relaxed);
     r.words()[slot].store(v ^ 8, std::sync::atomic::Ordering::Relaxed);
     drop(w2);
-    let (w3, rec) = TableWriter::attach(r.clone(), &p, EvictionPolicy::default());
+    let (w3, rec) = RawTableWriter::attach(r.clone(), &p, EvictionPolicy::default());
     assert_eq!(rec.cleared_slots, 1);
     assert_eq!(w3.stats().items, before.items);
 }
@@ -258,8 +258,8 @@ fn random_operations_match_a_hashmap_oracle() {
         rng
     };
     let (p, r) = table(400, 48 << 10, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::ExpiredFirst);
-    let rd = TableReader::new(r.clone(), &p);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::ExpiredFirst);
+    let rd = RawTableReader::new(r.clone(), &p);
     // key -> (value, expiry, order of the last put)
     let mut oracle: HashMap<u64, (Vec<u8>, Option<u64>, u64)> = HashMap::new();
     let mut order = 0u64;
@@ -286,7 +286,7 @@ fn random_operations_match_a_hashmap_oracle() {
             }
             801..=820 => {
                 drop(w);
-                w = TableWriter::attach(r.clone(), &p, EvictionPolicy::ExpiredFirst).0;
+                w = RawTableWriter::attach(r.clone(), &p, EvictionPolicy::ExpiredFirst).0;
             }
             _ => {}
         }
@@ -327,13 +327,13 @@ fn random_operations_match_a_hashmap_oracle() {
 #[test]
 fn concurrent_gets_see_whole_values_only() {
     let (p, r) = table(256, 64 << 10, 4096);
-    let mut w = TableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
+    let mut w = RawTableWriter::create(r.clone(), &p, EvictionPolicy::Fifo);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // One reader with `get`, one with `get_many`.
     let readers: Vec<_> = [false, true]
         .into_iter()
         .map(|batched| {
-            let rd = TableReader::new(r.clone(), &p);
+            let rd = RawTableReader::new(r.clone(), &p);
             let stop = stop.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 4096];

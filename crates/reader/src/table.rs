@@ -50,7 +50,7 @@ impl std::error::Error for TypedGetError {}
 pub struct TableReader {
     path: PathBuf,
     region: Arc<Region>,
-    inner: table::TableReader,
+    inner: table::RawTableReader,
 }
 
 impl TableReader {
@@ -66,7 +66,7 @@ impl TableReader {
         let (region, view) = file::open_read_wait(&path, Kind::Table, timeout)?;
         let params = TableParams::from_header(&view)
             .map_err(|e| OpenError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-        let inner = table::TableReader::new(Arc::clone(&region), &params);
+        let inner = table::RawTableReader::new(Arc::clone(&region), &params);
         Ok(TableReader { path, region, inner })
     }
 
@@ -78,7 +78,7 @@ impl TableReader {
 
     /// Get every key of `keys`, calling `f(i, result)` for `keys[i]` in order, the value in
     /// `buf`. Each result is what [`get`](Self::get) returns, but the keys' cache misses
-    /// overlap (see [`table::TableReader::get_many`]): on a table larger than the CPU caches
+    /// overlap (see [`table::RawTableReader::get_many`]): on a table larger than the CPU caches
     /// a key took between half and three quarters of the time of a `get` in our runs (100,000
     /// keys, benches/RESULTS.md; the slower the memory, the larger the gain); on one that fits
     /// the caches, a little more.

@@ -101,9 +101,9 @@ impl TableWriterBuilder {
         );
         let region = file.region().clone();
         let (table, recovery) = if file.is_fresh() {
-            (table::TableWriter::create(region, &params, self.policy), None)
+            (table::RawTableWriter::create(region, &params, self.policy), None)
         } else {
-            let (t, r) = table::TableWriter::attach(region, &params, self.policy);
+            let (t, r) = table::RawTableWriter::attach(region, &params, self.policy);
             (t, Some(r))
         };
         let epoch = file.finish().map_err(|source| CreateError::Io { path: self.path.clone(), source })?;
@@ -149,7 +149,7 @@ fn forget_value<V>(e: PutError<V>) -> PutError<()> {
 /// writer marks the file cleanly closed.
 pub struct TableWriter {
     file: WriterFile,
-    table: table::TableWriter,
+    table: table::RawTableWriter,
     recovery: Option<TableRecovery>,
     epoch: u64,
     scratch: Vec<u8>,

@@ -149,6 +149,9 @@ impl WriterFile {
                 return Err(e);
             }
             header::set_writer_state(old.region.words(), RETIRED);
+            // Subscribers asleep on the old ring wake and see it retired (a futex wake on any
+            // other kind's word wakes nobody).
+            crate::ring::wake_readers(&old.region);
         }
         Ok(epoch)
     }

@@ -129,6 +129,8 @@ pub enum ParamsError {
     },
     /// The data offset is not 8-aligned or overlaps the control block.
     BadDataOffset(u64),
+    /// The file names a checksum algorithm this build does not know.
+    UnknownChecksum(u64),
     /// The layout reaches past the end of the file.
     BeyondFile {
         /// Bytes the layout needs.
@@ -148,6 +150,9 @@ impl std::fmt::Display for ParamsError {
                 write!(f, "max message {max_msg} B must be between 1 and {limit} B for this capacity")
             }
             ParamsError::BadDataOffset(o) => write!(f, "data offset {o} is invalid"),
+            ParamsError::UnknownChecksum(id) => {
+                write!(f, "checksum algorithm {id} unknown (this build knows {})", crate::header::CHECKSUM_CRC32)
+            }
             ParamsError::BeyondFile { needed, file_size } => {
                 write!(f, "ring layout needs {needed} B but the file has {file_size} B")
             }
@@ -192,13 +197,17 @@ impl RingParams {
 
     /// The header parameter words.
     pub fn to_words(&self) -> [u64; PARAM_WORDS] {
-        [self.data_offset, self.capacity, u64::from(self.max_msg), 0, 0, 0, 0, 0]
+        [self.data_offset, self.capacity, u64::from(self.max_msg), 0, 0, 0, 0, crate::header::CHECKSUM_CRC32]
     }
 
     /// Read back from a validated header. The values are still checked: the file is untrusted.
     pub fn from_header(h: &HeaderView) -> Result<RingParams, ParamsError> {
         let max_msg = u32::try_from(h.params[2])
             .map_err(|_| ParamsError::BadMaxMessage { max_msg: u32::MAX, limit: Self::max_msg_limit(h.params[1]) })?;
+        let checksum = h.params[crate::header::PARAM_CHECKSUM];
+        if checksum != crate::header::CHECKSUM_CRC32 {
+            return Err(ParamsError::UnknownChecksum(checksum));
+        }
         let p = RingParams { data_offset: h.params[0], capacity: h.params[1], max_msg };
         p.check()?;
         if p.file_size() > h.file_size {

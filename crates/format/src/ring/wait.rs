@@ -33,9 +33,12 @@ impl RingWriter {
 }
 
 /// Wake every reader blocked on the ring in `region` (a writer attaching, closing or retiring
-/// the file: readers then re-check the ring and the file's state).
+/// the file: readers then re-check the ring and the file's state). A region too short to hold
+/// the word (a file of another kind being replaced) has nobody to wake.
 pub fn wake_readers(region: &Region) {
-    futex::wake_all(region, W_TAIL);
+    if (W_TAIL as u64 + 1) * 8 <= region.len_bytes() {
+        futex::wake_all(region, W_TAIL);
+    }
 }
 
 impl RingReader {

@@ -41,9 +41,9 @@ mod reader;
 mod verify;
 mod writer;
 
-pub use reader::{GetError, KeyIter, ReaderCounters, SharedBytes, TableReader, BATCH, MAX_RETRIES};
+pub use reader::{GetError, KeyIter, RawTableReader, ReaderCounters, SharedBytes, BATCH, MAX_RETRIES};
 pub use verify::{verify, TableCheck};
-pub use writer::{EvictionPolicy, PutError, TableRecovery, TableWriter};
+pub use writer::{EvictionPolicy, PutError, RawTableWriter, TableRecovery};
 
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::sync::{AtomicU64, Ordering};
@@ -279,13 +279,20 @@ impl TableParams {
             self.hash_seed,
             self.index_offset,
             self.data_offset,
-            0,
+            crate::header::CHECKSUM_CRC32,
         ]
     }
 
     /// Read back from a validated header; still checked (the file is untrusted).
     pub fn from_header(h: &HeaderView) -> Result<TableParams, TableParamsError> {
         let w = h.params;
+        if w[crate::header::PARAM_CHECKSUM] != crate::header::CHECKSUM_CRC32 {
+            return Err(TableParamsError(format!(
+                "checksum algorithm {} unknown (this build knows {})",
+                w[crate::header::PARAM_CHECKSUM],
+                crate::header::CHECKSUM_CRC32
+            )));
+        }
         let p = TableParams {
             nsegments: w[0],
             segment_size: w[1],

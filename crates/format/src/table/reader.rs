@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// the whole data region faster than one get copies one value.
 pub const MAX_RETRIES: u32 = 64;
 
-/// Keys [`TableReader::get_many`] looks up together.
+/// Keys [`RawTableReader::get_many`] looks up together.
 pub const BATCH: usize = 16;
 
 /// A get failed. `Copy`, no allocation.
@@ -52,7 +52,7 @@ impl std::fmt::Display for GetError {
 
 impl std::error::Error for GetError {}
 
-/// Bytes of a value still in shared memory, for [`TableReader::get_with`]. They may be
+/// Bytes of a value still in shared memory, for [`RawTableReader::get_with`]. They may be
 /// changing while the closure runs (the get validates afterwards and calls the closure again if
 /// they were), so the closure must not trust them: it can copy them out or look at them, and
 /// only the closure's result of the validated call is returned.
@@ -119,11 +119,11 @@ struct Hit {
     crc: u32,
 }
 
-/// What [`TableReader::get_fast`] concluded.
+/// What [`RawTableReader::get_fast`] concluded.
 enum Fast {
     Hit(usize),
     Miss,
-    /// Not the common case: ask [`TableReader::lookup`].
+    /// Not the common case: ask [`RawTableReader::lookup`].
     Unsure,
 }
 
@@ -153,7 +153,7 @@ enum Step {
 
 /// A reader of a table: gets never block, never allocate (except `get_vec`), never write shared
 /// memory. Hit/miss/retry counters live in this process.
-pub struct TableReader {
+pub struct RawTableReader {
     region: Arc<Region>,
     g: Geo,
     data_bytes: u64,
@@ -173,11 +173,11 @@ pub struct ReaderCounters {
     pub retries: u64,
 }
 
-impl TableReader {
+impl RawTableReader {
     /// A reader of the table in `region` with (validated) `params`.
-    pub fn new(region: Arc<Region>, params: &TableParams) -> TableReader {
+    pub fn new(region: Arc<Region>, params: &TableParams) -> RawTableReader {
         let g = Geo::new(region.len_bytes(), params);
-        TableReader {
+        RawTableReader {
             region,
             g,
             data_bytes: params.data_bytes(),
@@ -409,11 +409,11 @@ impl TableReader {
     /// `state` was loaded: then every word copied is what the writer stored in that generation.
     #[inline]
     fn still_valid(&self, seg: u64, state: u64) -> bool {
-        // SYNC: Acquire fence, pairs with the Release stores of record words in TableWriter::put
+        // SYNC: Acquire fence, pairs with the Release stores of record words in RawTableWriter::put
         // (sequenced after the generation bump that recycled the segment, see `reset_segment`):
         // if a copied word came from the next generation, the load below sees the bump.
         fence(Ordering::Acquire);
-        // SYNC: acquire, pairs with the Release generation bump in TableWriter::reset_segment: a
+        // SYNC: acquire, pairs with the Release generation bump in RawTableWriter::reset_segment: a
         // get that starts over after seeing it also sees the slot clears made before it.
         load_acquire(&self.region.words()[self.g.seg_state(seg)]) >> FILL_BITS == state >> FILL_BITS
     }
@@ -499,8 +499,8 @@ impl TableReader {
         if seg >= g.nsegments {
             return Err(GetError::Corrupt { reason: "slot points outside the data region" });
         }
-        // SYNC: acquire, pairs with the Release store of the segment state in TableWriter::put
-        // (the fill covering the record) and TableWriter::reset_segment (a recycling).
+        // SYNC: acquire, pairs with the Release store of the segment state in RawTableWriter::put
+        // (the fill covering the record) and RawTableWriter::reset_segment (a recycling).
         let state = load_acquire(&words[g.seg_state(seg)]);
         if !slot_matches_state(slot, state) {
             return Ok(self.stale_slot(slot_word, slot));
@@ -573,7 +573,7 @@ impl TableReader {
     /// loads, docs/design.md §4.4).
     #[cold]
     fn stale_slot(&self, slot_word: usize, slot: u64) -> Step {
-        // SYNC: acquire, pairs with the Release slot stores in TableWriter (put, remove_slot).
+        // SYNC: acquire, pairs with the Release slot stores in RawTableWriter (put, remove_slot).
         if load_acquire(&self.region.words()[slot_word]) != slot {
             Step::Recycled
         } else {
@@ -632,16 +632,16 @@ fn scan(bucket: &[AtomicU64; super::BUCKET_WORDS], tag: u64) -> ([u64; super::SL
     // Relaxed loads, then one Acquire fence: together an acquire load of each slot that a
     // read-only mapping allows (see `sync::load_acquire`).
     let slots: [u64; super::SLOTS] = std::array::from_fn(|i| bucket[i + 1].load(Ordering::Relaxed));
-    // SYNC: Acquire fence, pairs with the Release slot stores in TableWriter::put and
+    // SYNC: Acquire fence, pairs with the Release slot stores in RawTableWriter::put and
     // insert_slot: the record and the segment fill a slot names are visible.
     fence(Ordering::Acquire);
     let matches = slots.iter().enumerate().fold(0, |m, (i, s)| m | u32::from(slot_tag(*s) == tag) << i);
     (slots, matches)
 }
 
-/// Iterator over the live keys of a table; see [`TableReader::keys`].
+/// Iterator over the live keys of a table; see [`RawTableReader::keys`].
 pub struct KeyIter<'r> {
-    reader: &'r TableReader,
+    reader: &'r RawTableReader,
     bucket: u64,
     slot: usize,
 }

@@ -60,13 +60,13 @@ pub fn verify(region: &Region, params: &TableParams) -> TableCheck {
     let g = Geo::new(region.len_bytes(), params);
     let words = region.words();
     let mut check = TableCheck { stats: read_stats(words, params.data_bytes()), ..TableCheck::default() };
-    // SYNC: acquire, pairs with the Release stores of the segment state in TableWriter (put,
-    // reset_segment), as in TableReader::read_record.
+    // SYNC: acquire, pairs with the Release stores of the segment state in RawTableWriter (put,
+    // reset_segment), as in RawTableReader::read_record.
     let state_of = |seg: u64| load_acquire(&words[g.seg_state(seg)]);
     // Whether segment `seg` is still in the generation of `state` (after copies from it).
     let unchanged = |seg: u64, state: u64| {
         // SYNC: Acquire fence, pairs with the Release record stores of a later generation, as
-        // in TableReader::still_valid.
+        // in RawTableReader::still_valid.
         fence(Ordering::Acquire);
         state_of(seg) >> FILL_BITS == state >> FILL_BITS
     };
@@ -211,7 +211,7 @@ fn slot_key(
     check: &mut TableCheck,
 ) -> Option<(u64, usize)> {
     let sw = g.bucket(b) + slot;
-    // SYNC: acquire, pairs with the Release slot stores in TableWriter, as in the reader's `scan`.
+    // SYNC: acquire, pairs with the Release slot stores in RawTableWriter, as in the reader's `scan`.
     let s = load_acquire(&words[sw]);
     if s == 0 {
         return None;
@@ -265,13 +265,13 @@ fn slot_key(
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::table::{EvictionPolicy, TableWriter};
+    use crate::table::{EvictionPolicy, RawTableWriter};
     use std::sync::Arc;
 
-    fn table() -> (Arc<Region>, TableParams, TableWriter) {
+    fn table() -> (Arc<Region>, TableParams, RawTableWriter) {
         let p = TableParams::new(64, 64 << 10, 8 << 10, 7).unwrap();
         let region = Arc::new(Region::heap((p.file_size() / 8) as usize));
-        let w = TableWriter::create(Arc::clone(&region), &p, EvictionPolicy::default());
+        let w = RawTableWriter::create(Arc::clone(&region), &p, EvictionPolicy::default());
         (region, p, w)
     }
 

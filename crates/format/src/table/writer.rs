@@ -86,7 +86,7 @@ pub struct TableRecovery {
 
 /// The single writer of a table. Lives in the format crate so loom can check it; the writer
 /// library wraps it with file handling.
-pub struct TableWriter {
+pub struct RawTableWriter {
     region: Arc<Region>,
     g: Geo,
     data_bytes: u64,
@@ -101,14 +101,14 @@ pub struct TableWriter {
     stats: TableStats,
 }
 
-impl TableWriter {
+impl RawTableWriter {
     /// Take over a freshly created (all-zero) table.
-    pub fn create(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> TableWriter {
+    pub fn create(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> RawTableWriter {
         assert!(region.is_writable(), "table writer needs a writable region");
         let g = Geo::new(region.len_bytes(), params);
         let n = g.nsegments as usize;
         let stats = TableStats { bytes_capacity: params.data_bytes(), ..TableStats::default() };
-        TableWriter {
+        RawTableWriter {
             region,
             g,
             data_bytes: params.data_bytes(),
@@ -180,7 +180,7 @@ impl TableWriter {
         let region = Arc::clone(&self.region);
         let words = region.words();
         // Record words: Release stores (SYNC: pair with the reader's Acquire fence in
-        // TableReader::still_valid), published below by the fill store. The record may start
+        // RawTableReader::still_valid), published below by the fill store. The record may start
         // in the last word of the previous one, whose bytes are stored again unchanged.
         let mut out = WordWriter::at_byte(words, self.g.rec_byte(loc));
         out.write(words, &(u64::from(crc) | (u64::from(hi) << 32)).to_le_bytes());
@@ -193,7 +193,7 @@ impl TableWriter {
         // Relaxed: the writer's own earlier store.
         let state = (words[self.g.seg_state(seg)].load(Ordering::Relaxed) & !FILL_MASK) | self.cur_fill;
         // SYNC: Release, pairs with the reader's acquire load of the segment state
-        // (TableReader::read_record, get_fast): the record is complete below the new fill.
+        // (RawTableReader::read_record, get_fast): the record is complete below the new fill.
         words[self.g.seg_state(seg)].store(state, Ordering::Release);
         let exp = expiry_ms.unwrap_or(u64::MAX);
         if exp > self.max_expiry[seg as usize] {
@@ -245,7 +245,7 @@ impl TableWriter {
         let words = self.region.words();
         for b in 0..self.g.nbuckets {
             for w in &words[self.g.bucket(b)..self.g.bucket(b) + super::BUCKET_WORDS] {
-                // SYNC: Release, pairs with the Acquire slot loads in TableReader::lookup.
+                // SYNC: Release, pairs with the Acquire slot loads in RawTableReader::lookup.
                 w.store(0, Ordering::Release);
             }
         }
@@ -378,18 +378,18 @@ impl TableWriter {
         for _ in 0..dist {
             let o = self.g.bucket(p);
             // SYNC: Release, pairs with the Acquire load of the overflow word in
-            // TableReader::lookup.
+            // RawTableReader::lookup.
             words[o].store(words[o].load(Ordering::Relaxed) + 1, Ordering::Release);
             p = self.g.next_bucket(p);
         }
-        // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+        // SYNC: Release, pairs with the Acquire slot load in RawTableReader::lookup.
         words[slot_word].store(val, Ordering::Release);
     }
 
     /// Empty slot `slot_word` (whose key hashes to `home`) and undo its overflow counts.
     fn remove_slot(&mut self, home: u64, slot_word: usize) {
         let words = self.region.words();
-        // SYNC: Release, pairs with the Acquire slot load in TableReader::lookup.
+        // SYNC: Release, pairs with the Acquire slot load in RawTableReader::lookup.
         words[slot_word].store(0, Ordering::Release);
         let slot_bucket = ((slot_word - self.g.index_word) / super::BUCKET_WORDS) as u64;
         let mut p = home;
@@ -521,7 +521,11 @@ impl TableWriter {
     ///
     /// Memory: one bit per 4 bytes of the data region (where intact records start) and one
     /// word per bucket, whatever the number of records.
-    pub fn attach(region: Arc<Region>, params: &TableParams, policy: EvictionPolicy) -> (TableWriter, TableRecovery) {
+    pub fn attach(
+        region: Arc<Region>,
+        params: &TableParams,
+        policy: EvictionPolicy,
+    ) -> (RawTableWriter, TableRecovery) {
         let mut me = Self::create(region, params, policy);
         let mut rec = TableRecovery::default();
         let g = me.g;
