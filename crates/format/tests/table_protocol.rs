@@ -382,3 +382,18 @@ fn concurrent_gets_see_whole_values_only() {
         assert!(hits > 0);
     }
 }
+
+#[test]
+fn an_expired_key_is_a_miss_whatever_the_buffer() {
+    let (p, region) = table(64, 64 << 10, 8 << 10);
+    let mut w = RawTableWriter::create(region.clone(), &p, EvictionPolicy::default());
+    let rd = RawTableReader::new(region, &p);
+    w.put(b"gone", [7u8; 100], Some(now_ms() - 1)).unwrap();
+    w.put(b"here", [7u8; 100], Some(now_ms() + 3_600_000)).unwrap();
+    for buf_len in [0, 10, 99, 100] {
+        let mut buf = vec![0u8; buf_len];
+        assert_eq!(rd.get(b"gone", &mut buf), Ok(None), "buffer of {buf_len} B");
+    }
+    // A live key still reports the buffer it needs.
+    assert_eq!(rd.get(b"here", &mut [0u8; 10]), Err(GetError::BufferTooSmall { needed: 100 }));
+}

@@ -99,6 +99,8 @@ pub struct RawTableWriter {
     max_expiry: Vec<u64>,
     live: Vec<u64>,
     stats: TableStats,
+    /// Segments recycled so far (a put looks its key up again only after one was).
+    recycled: u64,
 }
 
 impl RawTableWriter {
@@ -121,6 +123,7 @@ impl RawTableWriter {
             max_expiry: vec![0; n],
             live: vec![0; n],
             stats,
+            recycled: 0,
         }
     }
 
@@ -156,22 +159,30 @@ impl RawTableWriter {
         let (home, tag) = self.g.home(h);
         // A refused put changes nothing: a new key without a free slot within the probe bound
         // is refused before anything is evicted. (Evictions below only free slots.)
-        let present = self.find(key, home, tag).is_some();
-        if !present && self.free_slot(home).is_none() {
+        // (A put of a new key into a table at `max_items` evicts whatever happens, and is
+        // refused only if that freed no slot on its chain.)
+        let mut existing = self.find(key, home, tag);
+        if existing.is_none() && self.stats.items < self.g.max_items && self.free_slot(home).is_none() {
             return Err(PutError::IndexFull { value });
         }
+        let recycled = self.recycled;
         // Make room first (eviction may remove this very key); an overwrite needs no room.
-        if self.stats.items >= self.g.max_items && !present {
+        if self.stats.items >= self.g.max_items && existing.is_none() {
             while self.stats.items >= self.g.max_items && self.evict_one() {}
         }
         if self.cur.is_none() || self.cur_fill + rec_len > self.g.seg_size {
             self.next_segment();
         }
-        // Looked up again: an eviction above may have removed the key (freeing its slot).
-        let existing = self.find(key, home, tag);
+        if self.recycled != recycled {
+            // An eviction may have removed the key (freeing its slot): look again.
+            existing = self.find(key, home, tag);
+        }
         let free = match existing {
             Some(_) => None,
-            None => Some(self.free_slot(home).expect("a free slot: there was one, and evictions only free slots")),
+            None => match self.free_slot(home) {
+                Some(free) => Some(free),
+                None => return Err(PutError::IndexFull { value }),
+            },
         };
         let seg = self.cur.expect("a current segment after next_segment");
         let loc = self.g.loc(seg, self.cur_fill);
@@ -500,6 +511,7 @@ impl RawTableWriter {
 
     /// Bump the generation and empty the segment (its slots are already cleared).
     fn reset_segment(&mut self, seg: u64) {
+        self.recycled += 1;
         let w = self.region.words();
         let next = next_generation(w[self.g.seg_state(seg)].load(Ordering::Relaxed));
         // SYNC: Release, pairs with the reader's acquire loads of the state (read_record,
@@ -724,5 +736,56 @@ impl RawTableWriter {
         copy_out_bytes(self.words(), self.g.rec_byte(loc) + hdr.key_off(), scratch);
         let hi = RecHeader::encode_hi(hdr.klen, hdr.vlen, hdr.has_expiry);
         record_crc(hi, expiry, hash(self.g.seed, &scratch[..hdr.klen]), &scratch[hdr.klen..]) == hdr.crc
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Keys `prefix0`, `prefix1`, … whose home bucket is (or, with `same` false, is not within
+    /// the probe bound after) `home`.
+    fn keys_homed(g: &Geo, prefix: &str, home: u64, same: bool, n: usize) -> Vec<Vec<u8>> {
+        (0u64..)
+            .map(|i| format!("{prefix}{i:08}").into_bytes())
+            .filter(|k| {
+                let h = g.home(hash(g.seed, k)).0;
+                if same {
+                    h == home
+                } else {
+                    (h + g.nbuckets - home) % g.nbuckets >= g.max_probe && (home + g.nbuckets - h) % g.nbuckets > 8
+                }
+            })
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_put_refused_for_a_full_probe_chain_changes_nothing() {
+        // 229 buckets (a chain is at most 128 of them), 6 segments of 204 records of 20 bytes.
+        let p = TableParams::new(1400, 6 * 4096, 4096, 7).unwrap();
+        assert_eq!((p.nbuckets, p.nsegments), (229, 6));
+        let region = Arc::new(Region::heap((p.file_size() / 8) as usize));
+        let mut w = RawTableWriter::create(region, &p, EvictionPolicy::Fifo);
+        let g = w.g;
+        let chain = keys_homed(&g, "c", 0, true, 128 * SLOTS + 1);
+        let others = keys_homed(&g, "o", 0, false, 204 + 124);
+        assert!(chain.iter().chain(&others).all(|k| record_size_of(k) == 20));
+        // Segment 0: keys of other chains; then the chain of bucket 0 fills up, every slot.
+        for k in others[..204].iter().chain(&chain[..128 * SLOTS]).chain(&others[204..]) {
+            w.put(k, [1u8], None).unwrap();
+        }
+        assert_eq!((w.stats().items, w.stats().evictions), (1224, 0), "every segment full, nothing evicted");
+        let before = w.stats();
+        match w.put(&chain[128 * SLOTS], [2u8], None) {
+            Err(PutError::IndexFull { value }) => assert_eq!(value, [2u8]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(w.stats(), before, "a refused put evicts nothing");
+        assert!(w.find(&others[0], g.home(hash(g.seed, &others[0])).0, g.home(hash(g.seed, &others[0])).1).is_some());
+    }
+
+    fn record_size_of(key: &[u8]) -> u64 {
+        super::super::record_size(key.len(), 1, false)
     }
 }
