@@ -234,9 +234,12 @@ impl RawTableReader {
             let Some(bucket) = words.get(base..base + super::BUCKET_WORDS) else {
                 return Fast::Unsure;
             };
-            let (slots, matches) = scan(bucket.try_into().expect("a bucket is 8 words"), tag);
-            if matches != 0 {
-                break slots[matches.trailing_zeros() as usize];
+            // Relaxed loads up to the first slot with the key's tag, then an Acquire fence: an
+            // acquire load of that slot (as in `scan`; the common case needs no mask of all 7).
+            if let Some(slot) = bucket[1..].iter().map(|s| s.load(Ordering::Relaxed)).find(|&s| slot_tag(s) == tag) {
+                // SYNC: Acquire fence, pairs with the Release slot store in RawTableWriter::put.
+                fence(Ordering::Acquire);
+                break slot;
             }
             probes += 1;
             // Relaxed: the count only says whether to look further; a stale one is the
