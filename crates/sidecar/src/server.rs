@@ -101,10 +101,6 @@ pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The seed `TableWriter::builder` derives from the sizes (part of the layout).
-fn table_seed(max_items: u64, data_bytes: u64) -> u64 {
-    max_items.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ data_bytes
-}
-
 fn lock_dir(dir: &Path) -> Result<ExclusiveLock, Error> {
     let lock = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -124,7 +120,8 @@ fn lock_dir(dir: &Path) -> Result<ExclusiveLock, Error> {
 fn check_space(config: &Config) -> Result<(), Error> {
     let mut files = Vec::new();
     for t in &config.tables {
-        let p = TableParams::new(t.max_items, t.data_bytes, 0, table_seed(t.max_items, t.data_bytes))
+        // Only the size is used: the seed a new file gets is random (any value sizes the same).
+        let p = TableParams::new(t.max_items, t.data_bytes, 0, 1)
             .map_err(|e| Error::Config(format!("table {}: {e}", t.name)))?;
         files.push((table_path(&config.dir, &t.name), p.file_size()));
     }
