@@ -49,15 +49,19 @@ pub(crate) fn spin_hint() {
 /// before it, in program order, none after), and the model catches the panic and recovers.
 #[cfg(loom)]
 mod crash {
-    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+    use std::cell::Cell;
 
-    /// Stores left before the crash; `usize::MAX`: never.
-    static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+    std::thread_local! {
+        /// Stores left before the crash; `usize::MAX`: never. Per OS thread, so that models
+        /// run in parallel by the test harness do not share it (loom runs a model's threads
+        /// on the OS thread that called it).
+        static BUDGET: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
 
     /// Let the next `n` stores to shared words happen, then panic at the one after (`None`:
     /// disarm). Meant for a model's single thread while it runs the operation to crash.
     pub fn crash_after_stores(n: Option<usize>) {
-        BUDGET.store(n.unwrap_or(usize::MAX), StdOrdering::SeqCst);
+        BUDGET.with(|b| b.set(n.unwrap_or(usize::MAX)));
     }
 
     /// A shared word.
@@ -86,12 +90,12 @@ mod crash {
         /// As loom's `store`, unless the crash budget is spent: then it panics.
         #[inline]
         pub fn store(&self, v: u64, order: loom::sync::atomic::Ordering) {
-            let left = BUDGET.load(StdOrdering::SeqCst);
+            let left = BUDGET.with(Cell::get);
             if left != usize::MAX {
                 if left == 0 {
                     panic!("simulated crash");
                 }
-                BUDGET.store(left - 1, StdOrdering::SeqCst);
+                BUDGET.with(|b| b.set(left - 1));
             }
             self.0.store(v, order);
         }

@@ -140,6 +140,16 @@ fn recycle_and_reput_a(w: &mut RawTableWriter, value: [u8; 3]) {
     w.put(b"a", value, None).unwrap();
 }
 
+/// A thread that runs `f` on a reader of the table in `region`.
+fn spawn_reader(
+    region: &std::sync::Arc<Region>,
+    p: TableParams,
+    f: impl FnOnce(RawTableReader) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let region = region.clone();
+    thread::spawn(move || f(RawTableReader::new(region, &p)))
+}
+
 /// How a model reads key `a`: every get flavour of the reader (`contains` and `keys` report
 /// presence as an empty value).
 fn read_a(r: &RawTableReader, flavour: usize) -> Result<Option<Vec<u8>>, GetError> {
@@ -198,17 +208,10 @@ fn a_crafted_value_never_poses_as_another_keys_record() {
         let xval = xval.clone();
         builder().check(move || {
             let (p, region, mut w) = recycle_setup();
-            let reader = {
-                let region = region.clone();
-                thread::spawn(move || {
-                    let r = RawTableReader::new(region, &p);
-                    let got = read_a(&r, flavour).expect("a healthy table");
-                    assert!(
-                        got.is_none() || got.as_deref() == Some(&A1[..]),
-                        "flavour {flavour}: a = {got:?}, never put"
-                    );
-                })
-            };
+            let reader = spawn_reader(&region, p, move |r| {
+                let got = read_a(&r, flavour).expect("a healthy table");
+                assert!(got.is_none() || got.as_deref() == Some(&A1[..]), "flavour {flavour}: a = {got:?}, never put");
+            });
             w.put(b"x", &xval, None).unwrap();
             reader.join().unwrap();
         });
@@ -220,22 +223,18 @@ fn one_reader_sees_a_key_monotonically() {
     for flavour in 0..2 {
         builder().check(move || {
             let (p, region, mut w) = recycle_setup();
-            let reader = {
-                let region = region.clone();
-                thread::spawn(move || {
-                    let r = RawTableReader::new(region, &p);
-                    let first = read_a(&r, flavour).unwrap();
-                    let second = read_a(&r, flavour).unwrap();
-                    // `a` is put (1), evicted (absent), put again (2), and nothing removes it after.
-                    let order = |v: &Option<Vec<u8>>| match v.as_deref() {
-                        None => 1,
-                        Some(v) if v == A1 => 0,
-                        Some(v) if v == A2 => 2,
-                        Some(other) => panic!("a = {other:?}, never put"),
-                    };
-                    assert!(order(&first) <= order(&second), "flavour {flavour}: {first:?} then {second:?}");
-                })
-            };
+            let reader = spawn_reader(&region, p, move |r| {
+                let first = read_a(&r, flavour).unwrap();
+                let second = read_a(&r, flavour).unwrap();
+                // `a` is put (1), evicted (absent), put again (2), and nothing removes it after.
+                let order = |v: &Option<Vec<u8>>| match v.as_deref() {
+                    None => 1,
+                    Some(v) if v == A1 => 0,
+                    Some(v) if v == A2 => 2,
+                    Some(other) => panic!("a = {other:?}, never put"),
+                };
+                assert!(order(&first) <= order(&second), "flavour {flavour}: {first:?} then {second:?}");
+            });
             recycle_and_reput_a(&mut w, A2);
             reader.join().unwrap();
         });
@@ -249,14 +248,10 @@ fn a_healthy_table_is_never_reported_corrupt() {
     for flavour in 0..FLAVOURS {
         builder().check(move || {
             let (p, region, mut w) = recycle_setup();
-            let reader = {
-                let region = region.clone();
-                thread::spawn(move || {
-                    let r = RawTableReader::new(region, &p);
-                    let got = read_a(&r, flavour);
-                    assert!(got.is_ok(), "flavour {flavour}: {got:?} on a healthy table");
-                })
-            };
+            let reader = spawn_reader(&region, p, move |r| {
+                let got = read_a(&r, flavour);
+                assert!(got.is_ok(), "flavour {flavour}: {got:?} on a healthy table");
+            });
             recycle_and_reput_a(&mut w, A1);
             reader.join().unwrap();
         });
