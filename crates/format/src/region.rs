@@ -181,6 +181,7 @@ fn store16(dst: &mut [u8; 16], lo: u64, hi: u64) {
     }
 }
 
+#[cfg(feature = "write")]
 /// Copy `src` into `words` starting at word `first`, zero-padding the last word.
 ///
 /// Every store is Release: whatever the writer stored before (above all its lease, see
@@ -285,6 +286,7 @@ pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
     (w ^ head) & mask == 0 && eq_words(words, first + 1, &bytes[n..])
 }
 
+#[cfg(feature = "write")]
 /// Appends a byte stream to shared words, one Release store per word (SYNC: pairs with the
 /// Acquire fence of the reader's validation: `lapped` in the ring module for a ring claim, the
 /// table reader's `still_valid` for a table record). A word is stored each time it fills, and the
@@ -299,6 +301,7 @@ pub(crate) struct WordWriter {
     partial: [u8; 8],
 }
 
+#[cfg(feature = "write")]
 impl WordWriter {
     /// A writer at word `first`.
     pub(crate) fn new(first: usize) -> WordWriter {

@@ -49,13 +49,17 @@
 //! ring a previous one left), `reader.rs` (the cursor), `wait.rs` (blocking and waking).
 
 mod reader;
+#[cfg(feature = "write")]
 mod recovery;
 mod wait;
+#[cfg(feature = "write")]
 mod writer;
 
 pub use reader::RingReader;
+#[cfg(feature = "write")]
 pub use recovery::Recovery;
 pub use wait::wake_readers;
+#[cfg(feature = "write")]
 pub use writer::{Claim, RingWriter};
 
 /// Let `ticks` of the logical clock pass (loom models only: the clock that stands in for time
@@ -65,6 +69,7 @@ pub fn advance_logical_clock(ticks: u64) {
     crate::clock::advance_logical_clock(ticks);
 }
 
+#[cfg(feature = "write")]
 use crate::checksum::checksum;
 use crate::header::{HeaderView, PARAM_WORDS};
 use crate::region::Region;
@@ -236,6 +241,7 @@ impl WakePolicy {
     /// The default: adaptive with a 50 µs window.
     pub const DEFAULT: WakePolicy = WakePolicy::Adaptive(Duration::from_micros(50));
 
+    #[cfg(feature = "write")]
     fn to_word(self) -> u64 {
         match self {
             WakePolicy::Always => 0,
@@ -256,6 +262,7 @@ impl WakePolicy {
     }
 
     /// The policy as the writer applies it: the window clamped as stored in the file.
+    #[cfg(feature = "write")]
     fn normalized(self) -> WakePolicy {
         WakePolicy::from_word(self.to_word())
     }
@@ -349,6 +356,7 @@ fn record_len(payload: u64) -> u64 {
     (RECORD_HEADER + payload + 7) & !7
 }
 
+#[cfg(feature = "write")]
 /// The record checksum: crc32 of the payload under the sequence number (see
 /// [`crate::checksum`]); a wrong `len` makes the reader hash other bytes, so it is caught too.
 #[inline]

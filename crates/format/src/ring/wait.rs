@@ -10,6 +10,7 @@
 //! long): the adaptive writer wakes every such commit (docs/design.md §3.6).
 
 use super::reader::RingReader;
+#[cfg(feature = "write")]
 use super::writer::RingWriter;
 use super::*;
 use crate::clock::Stopwatch;
@@ -24,6 +25,7 @@ const SPIN_NOT_ADAPTIVE: Duration = Duration::from_micros(20);
 /// Longest nap of a reader of a ring whose writer never wakes ([`WakePolicy::Never`]).
 const NAP: Duration = Duration::from_micros(200);
 
+#[cfg(feature = "write")]
 impl RingWriter {
     /// Wake every reader blocked in [`RingReader::wait`] (they re-check the ring and sleep
     /// again if it has nothing new for them).

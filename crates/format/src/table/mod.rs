@@ -39,10 +39,12 @@
 
 mod reader;
 mod verify;
+#[cfg(feature = "write")]
 mod writer;
 
 pub use reader::{GetError, KeyIter, RawTableReader, ReaderCounters, SharedBytes, BATCH, MAX_RETRIES};
 pub use verify::{verify, TableCheck};
+#[cfg(feature = "write")]
 pub use writer::{EvictionPolicy, PutError, RawTableWriter, TableRecovery};
 
 use crate::header::{HeaderView, PARAM_WORDS};
@@ -55,6 +57,7 @@ pub(crate) const W_STAT_DELETES: usize = 0x118 / 8;
 pub(crate) const W_STAT_EVICTIONS: usize = 0x120 / 8;
 pub(crate) const W_STAT_EXPIRATIONS: usize = 0x128 / 8;
 pub(crate) const W_STAT_CLEARS: usize = 0x130 / 8;
+#[cfg(feature = "write")]
 pub(crate) const W_NEXT_SEG_SEQ: usize = 0x138 / 8;
 /// Byte offset of the segment table.
 pub const SEG_TABLE_OFFSET: u64 = 0x180;
@@ -82,6 +85,7 @@ pub const MAX_SEGMENT: u64 = 1 << 30;
 /// Largest data region: every record offset in 4-byte units fits a slot's 36-bit `loc`.
 pub const MAX_DATA: u64 = (LOC_MASK + 1) * REC_ALIGN;
 
+#[cfg(feature = "write")]
 /// The slot naming the record at `loc`, written while its segment's state was `state`.
 #[inline]
 pub(crate) fn slot_value(tag: u64, state: u64, loc: u64) -> u64 {
@@ -102,6 +106,7 @@ pub(crate) fn slot_tag(slot: u64) -> u64 {
     slot >> TAG_SHIFT
 }
 
+#[cfg(feature = "write")]
 /// The state word of a segment recycled from `state`: next generation, empty.
 #[inline]
 pub(crate) fn next_generation(state: u64) -> u64 {
@@ -321,6 +326,7 @@ pub(crate) struct Geo {
     seg_shift: u32,
     pub(crate) nbuckets: u64,
     pub(crate) seed: u64,
+    #[cfg_attr(not(feature = "write"), allow(dead_code))]
     pub(crate) max_items: u64,
     pub(crate) max_probe: u64,
 }
