@@ -519,12 +519,16 @@ impl RawTableReader {
         let hdr = RecHeader::decode(load_at(words, rb));
         if off + hdr.len() > fill || hdr.klen != key.len() {
             // The header is trusted only once the segment is known not to have been recycled.
-            return Ok(match () {
-                _ if !self.still_valid(seg, state) => Step::Recycled,
-                _ if off + hdr.len() > fill => Step::Corrupt("record runs beyond its segment's records"),
-                _ if hdr.klen == 0 => Step::Corrupt("record with an empty key"),
-                _ => Step::Other,
-            });
+            let step = if !self.still_valid(seg, state) {
+                Step::Recycled
+            } else if off + hdr.len() > fill {
+                Step::Corrupt("record runs beyond its segment's records")
+            } else if hdr.klen == 0 {
+                Step::Corrupt("record with an empty key")
+            } else {
+                Step::Other
+            };
+            return Ok(step);
         }
         let expiry = hdr.has_expiry.then(|| load_at(words, rb + 8));
         // The record lies below `fill` (checked above), so its words are in the mapping. What

@@ -158,11 +158,11 @@ impl RawTableWriter {
         let h = hash(self.g.seed, key);
         let (home, tag) = self.g.home(h);
         // A refused put changes nothing: a new key without a free slot within the probe bound
-        // is refused before anything is evicted. (Evictions below only free slots.)
-        // (A put of a new key into a table at `max_items` evicts whatever happens, and is
-        // refused only if that freed no slot on its chain.)
+        // is refused before anything is evicted, unless the table is at `max_items` (then the
+        // put evicts whatever happens, and is refused only if that freed no slot on its chain).
         let mut existing = self.find(key, home, tag);
-        if existing.is_none() && self.stats.items < self.g.max_items && self.free_slot(home).is_none() {
+        let mut free = if existing.is_none() { self.free_slot(home) } else { None };
+        if existing.is_none() && free.is_none() && self.stats.items < self.g.max_items {
             return Err(PutError::IndexFull { value });
         }
         let recycled = self.recycled;
@@ -174,16 +174,13 @@ impl RawTableWriter {
             self.next_segment();
         }
         if self.recycled != recycled {
-            // An eviction may have removed the key (freeing its slot): look again.
+            // An eviction may have removed the key, or freed a slot: look again.
             existing = self.find(key, home, tag);
+            free = if existing.is_none() { self.free_slot(home) } else { None };
         }
-        let free = match existing {
-            Some(_) => None,
-            None => match self.free_slot(home) {
-                Some(free) => Some(free),
-                None => return Err(PutError::IndexFull { value }),
-            },
-        };
+        if existing.is_none() && free.is_none() {
+            return Err(PutError::IndexFull { value });
+        }
         let seg = self.cur.expect("a current segment after next_segment");
         let loc = self.g.loc(seg, self.cur_fill);
         let hi = RecHeader::encode_hi(key.len(), v.len(), expiry_ms.is_some());
@@ -224,7 +221,7 @@ impl RawTableWriter {
                 self.add_live(self.seg_of(old_loc), -(old_len as i64));
             }
             None => {
-                self.insert_slot(home, free.expect("a free slot for a new key"), slot_val);
+                self.insert_slot(home, free.expect("a free slot for a new key (checked above)"), slot_val);
                 self.stats.items += 1;
             }
         }
