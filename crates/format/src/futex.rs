@@ -11,19 +11,7 @@
 
 use crate::region::Region;
 use rustix::thread::futex;
-use std::sync::atomic::AtomicU32;
 use std::time::Duration;
-
-const _: () = assert!(cfg!(target_endian = "little"), "the futex word is the low half of a LE word");
-
-fn futex_word(region: &Region, index: usize) -> &AtomicU32 {
-    let ptr = region.word_ptr(index).cast::<AtomicU32>();
-    // SAFETY: `ptr` is the 8-aligned address of a live word of `region`, so its first 4 bytes
-    // are a valid, aligned `AtomicU32` for the lifetime of `&region`. This reference is only
-    // handed to the kernel (which reads the word); Rust code never loads through it, so no
-    // mixed-size atomic access happens in this process.
-    unsafe { &*ptr }
-}
 
 /// Sleep while the low 32 bits of word `index` equal `expected`, at most `timeout` (`None`:
 /// until woken). Returns on wake, timeout, signal or a changed value; the caller re-checks its
@@ -34,7 +22,7 @@ pub(crate) fn wait(region: &Region, index: usize, expected: u32, timeout: Option
         tv_nsec: i64::from(t.subsec_nanos()),
     });
     // Errors (EAGAIN: value changed, ETIMEDOUT, EINTR) all mean "re-check": ignore them.
-    let _ = futex::wait(futex_word(region, index), futex::Flags::empty(), expected, ts.as_ref());
+    let _ = futex::wait(region.futex_half(index), futex::Flags::empty(), expected, ts.as_ref());
 }
 
 /// Wake every waiter on word `index`. The caller's store to the word comes first in program
@@ -42,5 +30,5 @@ pub(crate) fn wait(region: &Region, index: usize, expected: u32, timeout: Option
 /// the store in its compare or is queued and woken.
 pub(crate) fn wake_all(region: &Region, index: usize) {
     // Errors cannot happen for a valid, aligned address; nothing to do about one anyway.
-    let _ = futex::wake(futex_word(region, index), futex::Flags::empty(), i32::MAX as u32);
+    let _ = futex::wake(region.futex_half(index), futex::Flags::empty(), i32::MAX as u32);
 }

@@ -34,8 +34,13 @@
 
 use crate::sync::{load_acquire, AtomicU64, Ordering};
 
-/// Bytes reserved for the header at the start of every file.
-pub const HEADER_BYTES: u64 = 256;
+#[cfg(feature = "write")]
+use crate::layout::HEADER_WORDS;
+pub use crate::layout::{HEADER_BYTES, PARAM_WORDS};
+pub(crate) use crate::layout::{
+    W_CREATED_NS, W_EPOCH, W_FILE_SIZE, W_HEADER_CRC, W_MAGIC, W_PARAMS, W_PARAMS_HASH, W_READY, W_VERSION_KIND,
+    W_WRITER_STATE,
+};
 /// `b"PODCACHE"` read as a little-endian u64: a complete podcache file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PODCACHE");
 /// `b"PODCREAT"` read as a little-endian u64: the first word a creator writes, replaced by
@@ -53,26 +58,11 @@ pub const WRITER_CLOSED: u64 = 2;
 /// `writer_state`: the file was replaced by a new file at the same path; re-open it.
 pub const RETIRED: u64 = 3;
 
-pub(crate) const W_MAGIC: usize = 0;
-pub(crate) const W_VERSION_KIND: usize = 1;
-pub(crate) const W_FILE_SIZE: usize = 2;
-pub(crate) const W_PARAMS_HASH: usize = 3;
-pub(crate) const W_CREATED_NS: usize = 4;
-pub(crate) const W_HEADER_CRC: usize = 5;
-pub(crate) const W_EPOCH: usize = 6;
-pub(crate) const W_READY: usize = 7;
-pub(crate) const W_PARAMS: usize = 8;
-/// Number of kind-specific parameter words.
-pub const PARAM_WORDS: usize = 8;
 /// The parameter word that names the records' checksum algorithm (both kinds).
 pub const PARAM_CHECKSUM: usize = 7;
 /// Checksum algorithm 1: CRC-32 with the IEEE polynomial (`crc32fast`), docs/design.md §6. The
 /// only one layout 4 defines; a reader refuses a file that names another.
 pub const CHECKSUM_CRC32: u64 = 1;
-pub(crate) const W_WRITER_STATE: usize = W_PARAMS + PARAM_WORDS;
-const HEADER_WORDS: usize = (HEADER_BYTES / 8) as usize;
-const _: () = assert!(W_WRITER_STATE < HEADER_WORDS);
-const _: () = assert!(W_READY * 8 == 0x38 && W_PARAMS * 8 == 0x40 && W_WRITER_STATE * 8 == 0x80);
 
 /// What a podcache file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

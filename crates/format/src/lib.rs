@@ -5,6 +5,8 @@
 //! `unsafe` code and atomics live in this crate.
 //!
 //! * [`header`]: the header every file starts with, and the attach protocol.
+//! * [`layout`]: the byte map of every file, each offset chained from the one before it and
+//!   pinned by `const` assertions.
 //! * [`ring`]: the broadcast ring — one writer, many readers that never write, lapping.
 //! * [`table`]: the key-value table — lock-free gets from read-only readers, TTL, eviction.
 //! * [`mod@file`]: opening and mapping files read-only; with the `write` feature (on by
@@ -32,6 +34,7 @@ pub mod file;
 mod futex;
 pub mod hash;
 pub mod header;
+pub mod layout;
 pub mod region;
 pub mod ring;
 mod sync;

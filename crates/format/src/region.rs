@@ -1,7 +1,9 @@
 //! A shared region seen as a slice of 64-bit atomic words.
 //!
-//! Every access to shared memory goes through [`Region::words`]: a `&[AtomicU64]` over the
-//! mapping. References to atomics are sound over memory another process changes (that is what
+//! This module holds the crate's `unsafe` code over shared memory (the other `unsafe` blocks
+//! are CPU intrinsics: prefetch, SIMD stores, the time-stamp counter). Every access to shared
+//! memory goes through [`Region::words`]: a `&[AtomicU64]` over the mapping (or, for the
+//! futex syscalls only, `Region::futex_half`). References to atomics are sound over memory another process changes (that is what
 //! atomics are for), and `Relaxed` atomic loads are allowed on read-only memory (std's "atomic
 //! accesses to read-only memory"), so a reader's `PROT_READ` mapping is covered too; an acquire
 //! there is `crate::sync::load_acquire` (a `Relaxed` load and an `Acquire` fence).
@@ -102,10 +104,17 @@ impl Region {
         self.writable
     }
 
-    /// Address of word `index`, for the futex syscall. Panics when out of range.
+    /// The low 32 bits of word `index` as an `AtomicU32`, to hand to the futex syscalls (the
+    /// futex word, `crate::futex`). Panics when out of range.
     #[cfg(not(loom))]
-    pub(crate) fn word_ptr(&self, index: usize) -> *const AtomicU64 {
-        &self.words()[index] as *const AtomicU64
+    pub(crate) fn futex_half(&self, index: usize) -> &std::sync::atomic::AtomicU32 {
+        const _: () = assert!(cfg!(target_endian = "little"), "the futex word is the low half of a LE word");
+        let ptr = (&self.words()[index] as *const AtomicU64).cast::<std::sync::atomic::AtomicU32>();
+        // SAFETY: `ptr` is the 8-aligned address of a live word of the region, so its first 4
+        // bytes (the low half, little-endian) are a valid, aligned `AtomicU32` for the lifetime
+        // of `&self`. The reference is only handed to the kernel, which reads the word; Rust
+        // code never loads through it, so no mixed-size atomic access happens in this process.
+        unsafe { &*ptr }
     }
 }
 

@@ -76,14 +76,10 @@ use crate::region::Region;
 use crate::sync::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Control-block word indices (see the module docs for the byte map).
-const W_TAIL: usize = 0x100 / 8;
-const W_TAIL_SEQ: usize = 0x108 / 8;
-const W_LEASE: usize = 0x180 / 8;
-const W_HEAD: usize = 0x188 / 8;
-const W_WAKE_WINDOW: usize = 0x208 / 8;
+/// Control-block word indices (see the module docs and [`crate::layout`] for the byte map).
+use crate::layout::{W_HEAD, W_LEASE, W_TAIL, W_TAIL_SEQ, W_WAKE_WINDOW};
 /// Smallest legal data offset: the control block ends at 0x280.
-pub const MIN_DATA_OFFSET: u64 = 0x280;
+pub const MIN_DATA_OFFSET: u64 = crate::layout::RING_MIN_DATA_OFFSET;
 /// Data offset used for files: the data region starts on its own page.
 pub const FILE_DATA_OFFSET: u64 = 4096;
 /// Bytes of a record header.

@@ -48,22 +48,17 @@ pub use verify::{verify, TableCheck};
 pub use writer::{EvictionPolicy, PutError, RawTableWriter, TableRecovery};
 
 use crate::header::{HeaderView, PARAM_WORDS};
+use crate::layout;
 use crate::sync::{AtomicU64, Ordering};
 
-pub(crate) const W_STAT_ITEMS: usize = 0x100 / 8;
-pub(crate) const W_STAT_BYTES: usize = 0x108 / 8;
-pub(crate) const W_STAT_PUTS: usize = 0x110 / 8;
-pub(crate) const W_STAT_DELETES: usize = 0x118 / 8;
-pub(crate) const W_STAT_EVICTIONS: usize = 0x120 / 8;
-pub(crate) const W_STAT_EXPIRATIONS: usize = 0x128 / 8;
-pub(crate) const W_STAT_CLEARS: usize = 0x130 / 8;
 #[cfg(feature = "write")]
-pub(crate) const W_NEXT_SEG_SEQ: usize = 0x138 / 8;
+pub(crate) use crate::layout::W_NEXT_SEG_SEQ;
+pub(crate) use crate::layout::{
+    TABLE_BUCKET_WORDS as BUCKET_WORDS, TABLE_SEG_WORDS as SEG_WORDS, TABLE_SLOTS as SLOTS, W_STAT_BYTES,
+    W_STAT_CLEARS, W_STAT_DELETES, W_STAT_EVICTIONS, W_STAT_EXPIRATIONS, W_STAT_ITEMS, W_STAT_PUTS,
+};
 /// Byte offset of the segment table.
-pub const SEG_TABLE_OFFSET: u64 = 0x180;
-const SEG_WORDS: usize = 4;
-pub(crate) const SLOTS: usize = 7;
-pub(crate) const BUCKET_WORDS: usize = 8;
+pub const SEG_TABLE_OFFSET: u64 = crate::layout::TABLE_SEG_TABLE_OFFSET;
 /// A slot is `tag << TAG_SHIFT | gen << LOC_BITS | loc`: `loc` (bits 0–35) is the record's
 /// offset in the data region in 4-byte units, `gen` (bits 36–51) the low 16 bits of its
 /// segment's generation when the slot was stored, `tag` (bits 52–63) the top 12 bits of the
@@ -351,19 +346,19 @@ impl Geo {
 
     #[inline]
     pub(crate) fn seg_state(&self, seg: u64) -> usize {
-        self.seg_word + seg as usize * SEG_WORDS
+        self.seg_word + seg as usize * SEG_WORDS + (layout::TABLE_SEG_STATE / layout::WORD) as usize
     }
     #[inline]
     pub(crate) fn seg_seq(&self, seg: u64) -> usize {
-        self.seg_state(seg) + 1
+        self.seg_word + seg as usize * SEG_WORDS + (layout::TABLE_SEG_SEQ / layout::WORD) as usize
     }
     #[inline]
     pub(crate) fn seg_max_expiry(&self, seg: u64) -> usize {
-        self.seg_state(seg) + 2
+        self.seg_word + seg as usize * SEG_WORDS + (layout::TABLE_SEG_MAX_EXPIRY / layout::WORD) as usize
     }
     #[inline]
     pub(crate) fn seg_live(&self, seg: u64) -> usize {
-        self.seg_state(seg) + 3
+        self.seg_word + seg as usize * SEG_WORDS + (layout::TABLE_SEG_LIVE / layout::WORD) as usize
     }
     #[inline]
     pub(crate) fn bucket(&self, b: u64) -> usize {
