@@ -25,6 +25,9 @@ const HEADER_CRC: usize = 0x28;
 const P_DATA_OFFSET: usize = 0x40;
 const P_CAPACITY: usize = 0x48;
 const P_MAX_MSG: usize = 0x50;
+/// Parameter word 7: the records' checksum algorithm (1 = CRC-32/IEEE, the only one layout 4
+/// defines).
+const P_CHECKSUM: usize = 0x78;
 const TAIL: usize = 0x100;
 const TAIL_SEQ: usize = 0x108;
 const LEASE: usize = 0x180;
@@ -384,6 +387,24 @@ fn absurd_ring_parameters_are_corrupt() {
             matches!(&err, OpenError::Corrupt { .. }),
             "data offset {data_offset}, capacity {capacity}, max {max_msg}: {err:?}"
         );
+    }
+}
+
+/// A sealed header naming no checksum algorithm, or one this build does not know: a reader
+/// that went on would accept records it cannot check, so the file is corrupt for it.
+#[test]
+fn a_ring_naming_an_unknown_checksum_algorithm_is_corrupt() {
+    let dir = shm_tempdir();
+    let real = real_ring(dir.path(), 10);
+    assert_eq!(word(&real, P_CHECKSUM), 1, "the real ring names CRC-32/IEEE");
+    for algorithm in [0u64, 2, u64::MAX] {
+        let mut b = real.clone();
+        set_word(&mut b, P_CHECKSUM, algorithm);
+        reseal(&mut b);
+        let path = put(dir.path(), "checksum.ring", &b);
+        let err = open_err(&path);
+        assert!(matches!(&err, OpenError::Corrupt { .. }), "checksum algorithm {algorithm}: {err:?}");
+        assert!(err.to_string().contains("checksum algorithm"), "the error names the cause: {err}");
     }
 }
 
