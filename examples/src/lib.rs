@@ -4,7 +4,7 @@
 //! bytes that derive from `seq`, so the consumer checks every byte on top of podcache's crc.
 
 use clap::Parser;
-use podcache_reader::Subscriber;
+use podcache_reader::{ring_record_size, Subscriber};
 use podcache_writer::{Publisher, WakePolicy};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,7 +70,7 @@ pub fn run_producer(args: ProducerArgs) -> Outcome<ExitCode> {
         args.messages
     );
     // At most half a ring of messages in flight, so the consumer is never lapped.
-    let window = (args.capacity_mib << 20) / 2 / (size as u64 + 24);
+    let window = (publisher.capacity() / 2 / ring_record_size(size)).max(1);
     let mut acks = if args.no_flow_control {
         None
     } else {
@@ -160,7 +160,10 @@ pub fn run_consumer(args: ConsumerArgs) -> Outcome<ExitCode> {
         }
         expected = Some(m.seq + 1);
         got += 1;
-        if got % 1024 == 0 || got + lost == args.messages {
+        // Acknowledge at least four times per window the producer allows in flight (half the
+        // ring), so it never waits for an acknowledgement that is not coming.
+        let ack_every = (sub.capacity() / 8 / ring_record_size(m.len)).clamp(1, 1024);
+        if got % ack_every == 0 || got + lost == args.messages {
             if let Some(acks) = acks.as_mut() {
                 acks.publish(&m.seq.to_le_bytes())?;
             }

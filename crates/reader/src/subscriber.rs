@@ -198,6 +198,13 @@ impl Subscriber {
         self.max_msg
     }
 
+    /// Bytes of the ring's data region: the backlog this subscriber may have before the
+    /// publisher laps it. A message of `len` bytes takes [`ring_record_size`](crate::ring_record_size)`(len)`
+    /// of it.
+    pub fn capacity(&self) -> u64 {
+        self.reader.capacity()
+    }
+
     /// Messages lost to laps since this subscriber opened.
     pub fn lost(&self) -> u64 {
         self.reader.lost()

@@ -71,7 +71,7 @@ mod table;
 
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
-pub use podcache_format::ring::{Claim, PublishError, Recovery, WakePolicy};
+pub use podcache_format::ring::{record_size as ring_record_size, Claim, PublishError, Recovery, WakePolicy};
 pub use podcache_format::table::{
     record_size, EvictionPolicy, PutError, TableParams, TableRecovery, TableStats, MAX_KEY,
 };

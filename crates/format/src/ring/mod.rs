@@ -352,6 +352,13 @@ fn record_len(payload: u64) -> u64 {
     (RECORD_HEADER + payload + 7) & !7
 }
 
+/// Bytes of ring a message of `len` bytes takes: its 16-byte record header and the payload,
+/// padded to 8 bytes. A ring of capacity `C` holds at least `C / record_size(len) - 1` such
+/// messages (one padding marker at most is lost where the ring wraps).
+pub const fn record_size(len: usize) -> u64 {
+    (RECORD_HEADER + len as u64).next_multiple_of(8)
+}
+
 #[cfg(feature = "write")]
 /// The record checksum: crc32 of the payload under the sequence number (see
 /// [`crate::checksum`]); a wrong `len` makes the reader hash other bytes, so it is caught too.

@@ -65,6 +65,11 @@ impl RingReader {
         r
     }
 
+    /// Bytes of the ring's data region (what it holds before a writer laps a reader).
+    pub fn capacity(&self) -> u64 {
+        self.g.cap
+    }
+
     /// Move to the end: the next message read is the next one published.
     pub fn skip_to_newest(&mut self) {
         // SYNC: Acquire, pairs with the Release store of tail in RingWriter::commit (and in
