@@ -40,8 +40,8 @@ impl std::error::Error for TypedGetError {}
 /// expired against `CLOCK_REALTIME`). A get racing with the writer returns the old or the new
 /// value, never a mix; it retries at most [`MAX_RETRIES`](podcache_format::table::MAX_RETRIES)
 /// times if the writer recycles the very record it reads, then fails with
-/// [`GetError::Contended`]. Not `Sync` (hit/miss counters are plain cells): open one reader per
-/// thread, they are cheap.
+/// [`GetError::Contended`]. `Send` and `Sync`: one reader (in an `Arc`) serves any number of
+/// threads or tasks; its hit/miss counters are kept per thread, so sharing costs no contention.
 ///
 /// A writer that changes the table's layout builds a new file and renames it over the path;
 /// this reader keeps reading the old file (still valid, no longer written). Check now and then
@@ -52,6 +52,12 @@ pub struct TableReader {
     region: Arc<Region>,
     inner: table::RawTableReader,
 }
+
+// One reader shared across threads and tasks is part of the API.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<TableReader>();
+};
 
 impl TableReader {
     /// Open the table at `path` read-only.

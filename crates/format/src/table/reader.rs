@@ -8,7 +8,6 @@ use crate::checksum::Crc;
 use crate::hash::hash;
 use crate::region::{copy_out_bytes, eq_bytes, load_at, prefetch, Region};
 use crate::sync::{fence, load_acquire, AtomicU64, Ordering};
-use std::cell::Cell;
 use std::sync::Arc;
 
 /// Times a get starts over because the writer recycled the segment it was reading, before it
@@ -152,14 +151,52 @@ enum Step {
 }
 
 /// A reader of a table: gets never block, never allocate (except `get_vec`), never write shared
-/// memory. Hit/miss/retry counters live in this process.
+/// memory. Hit/miss/retry counters live in this process. `Sync`: one reader may serve any
+/// number of threads.
 pub struct RawTableReader {
     region: Arc<Region>,
     g: Geo,
     data_bytes: u64,
-    hits: Cell<u64>,
-    misses: Cell<u64>,
-    retries: Cell<u64>,
+    tally: Tally,
+}
+
+/// Which count of a [`Tally`].
+#[derive(Clone, Copy)]
+enum Count {
+    Hit = 0,
+    Miss = 1,
+    Retry = 2,
+}
+
+/// A reader's hit, miss and retry counts, kept per thread in this process's memory (never in
+/// the file): a reader shared by many threads counts without their cores contending for one
+/// cache line, and [`RawTableReader::counters`] sums the threads' counts.
+#[derive(Default)]
+struct Tally(thread_local::ThreadLocal<[std::sync::atomic::AtomicU64; 3]>);
+
+impl Tally {
+    #[inline]
+    fn add(&self, count: Count) {
+        let c = &self.0.get_or_default()[count as usize];
+        // Relaxed load and store, no read-modify-write: only this thread stores its counts,
+        // and `sum` only needs each count's latest value (statistics, no ordering).
+        c.store(c.load(std::sync::atomic::Ordering::Relaxed) + 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sum(&self) -> ReaderCounters {
+        let mut t = [0u64; 3];
+        for counts in self.0.iter() {
+            for (total, c) in t.iter_mut().zip(counts) {
+                // Relaxed: statistics (see `add`).
+                *total += c.load(std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        ReaderCounters {
+            hits: t[Count::Hit as usize],
+            misses: t[Count::Miss as usize],
+            retries: t[Count::Retry as usize],
+        }
+    }
 }
 
 /// Counters a reader keeps in its own memory.
@@ -177,14 +214,7 @@ impl RawTableReader {
     /// A reader of the table in `region` with (validated) `params`.
     pub fn new(region: Arc<Region>, params: &TableParams) -> RawTableReader {
         let g = Geo::new(region.len_bytes(), params);
-        RawTableReader {
-            region,
-            g,
-            data_bytes: params.data_bytes(),
-            hits: Cell::new(0),
-            misses: Cell::new(0),
-            retries: Cell::new(0),
-        }
+        RawTableReader { region, g, data_bytes: params.data_bytes(), tally: Tally::default() }
     }
 
     /// Copy the value of `key` into `buf`; `Ok(Some(len))` if present.
@@ -198,11 +228,11 @@ impl RawTableReader {
     fn get_hashed(&self, key: &[u8], key_hash: u64, buf: &mut [u8]) -> Result<Option<usize>, GetError> {
         match self.get_fast(key, key_hash, buf) {
             Fast::Hit(len) => {
-                self.hits.set(self.hits.get() + 1);
+                self.tally.add(Count::Hit);
                 Ok(Some(len))
             }
             Fast::Miss => {
-                self.misses.set(self.misses.get() + 1);
+                self.tally.add(Count::Miss);
                 Ok(None)
             }
             Fast::Unsure => {
@@ -379,7 +409,7 @@ impl RawTableReader {
             let mut h = Crc::new(hit.crc_header);
             bytes.crc_into(&mut h);
             if !self.still_valid(hit.seg, hit.state) {
-                self.retries.set(self.retries.get() + 1);
+                self.tally.add(Count::Retry);
                 continue;
             }
             // The segment is still in the generation the slot named: these are the bytes the
@@ -394,7 +424,7 @@ impl RawTableReader {
 
     /// Counters of this reader.
     pub fn counters(&self) -> ReaderCounters {
-        ReaderCounters { hits: self.hits.get(), misses: self.misses.get(), retries: self.retries.get() }
+        self.tally.sum()
     }
 
     /// The writer's statistics.
@@ -424,7 +454,7 @@ impl RawTableReader {
     /// Find `key`, retrying when the writer recycles what we read.
     fn lookup(&self, key: &[u8], sink: &mut Sink<'_>) -> Result<Option<Hit>, GetError> {
         if key.is_empty() || key.len() > MAX_KEY {
-            self.misses.set(self.misses.get() + 1);
+            self.tally.add(Count::Miss);
             return Ok(None);
         }
         let h = hash(self.g.seed, key);
@@ -432,14 +462,14 @@ impl RawTableReader {
         for _ in 0..MAX_RETRIES {
             match self.probe(key, h, home, tag, sink)? {
                 Probe::Hit(hit) => {
-                    self.hits.set(self.hits.get() + 1);
+                    self.tally.add(Count::Hit);
                     return Ok(Some(hit));
                 }
                 Probe::Miss => {
-                    self.misses.set(self.misses.get() + 1);
+                    self.tally.add(Count::Miss);
                     return Ok(None);
                 }
-                Probe::Retry => self.retries.set(self.retries.get() + 1),
+                Probe::Retry => self.tally.add(Count::Retry),
             }
         }
         Err(GetError::Contended)
