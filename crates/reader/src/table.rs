@@ -38,7 +38,7 @@ impl std::error::Error for TypedGetError {}
 /// bucket's slots, copies the record out with atomic word loads and validates it afterwards
 /// (the segment was not recycled meanwhile, the key matches, the crc matches, the entry has not
 /// expired against `CLOCK_REALTIME`). A get racing with the writer returns the old or the new
-/// value, never a mix; it retries at most [`MAX_RETRIES`](podcache_format::table::MAX_RETRIES)
+/// value, never a mix; it retries at most [`MAX_RETRIES`](crate::MAX_RETRIES)
 /// times if the writer recycles the very record it reads, then fails with
 /// [`GetError::Contended`]. `Send` and `Sync`: one reader (in an `Arc`) serves any number of
 /// threads or tasks; its hit/miss counters are kept per thread, so sharing costs no contention.
@@ -82,12 +82,13 @@ impl TableReader {
         self.inner.get(key, buf)
     }
 
-    /// Get every key of `keys`, calling `f(i, result)` for `keys[i]` in order, the value in
-    /// `buf`. Each result is what [`get`](Self::get) returns, but the keys' cache misses
-    /// overlap (see [`table::RawTableReader::get_many`]): on a table larger than the CPU caches
-    /// a key took between half and three quarters of the time of a `get` in our runs (100,000
-    /// keys, benches/RESULTS.md; the slower the memory, the larger the gain); on one that fits
-    /// the caches, a little more.
+    /// Get every key of `keys`, calling `f(i, result)` for `keys[i]` in order, with the value
+    /// in `buf` (valid until `f` returns; a buffer of [`max_value_len`](Self::max_value_len)
+    /// bytes fits every value). Each result is what [`get`](Self::get) returns, but the keys
+    /// are looked up [`GET_MANY_BATCH`](crate::GET_MANY_BATCH) at a time with their cache
+    /// misses overlapped: on a table larger than the CPU caches a batch costs less than as many
+    /// `get`s (benches/RESULTS.md has the measurement); on one that fits the caches, a little
+    /// more.
     pub fn get_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
@@ -97,9 +98,22 @@ impl TableReader {
         self.inner.get_many(keys, buf, f)
     }
 
-    /// The value of `key` in a new `Vec`.
+    /// The value of `key` in a new `Vec`. In a loop, [`get_into`](Self::get_into) reuses one.
     pub fn get_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>, GetError> {
         self.inner.get_vec(key)
+    }
+
+    /// Copy the value of `key` into `out`, resized to the value's length; `out`'s capacity is
+    /// reused, so a loop over one `Vec` stops allocating once it held the largest value.
+    /// `Ok(false)`, with `out` emptied, if `key` is absent or expired.
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, GetError> {
+        self.inner.get_into(key, out)
+    }
+
+    /// The largest value this table can hold: a buffer of this many bytes never gets
+    /// [`GetError::BufferTooSmall`].
+    pub fn max_value_len(&self) -> usize {
+        self.inner.max_value_len()
     }
 
     /// Whether `key` is present and not expired.

@@ -384,8 +384,25 @@ impl RawTableReader {
     /// The value of `key` in a new `Vec`.
     pub fn get_vec(&self, key: &[u8]) -> Result<Option<Vec<u8>>, GetError> {
         let mut v = Vec::new();
-        let mut sink = Sink::Vec(&mut v);
-        Ok(self.lookup(key, &mut sink)?.map(|_| v))
+        Ok(self.get_into(key, &mut v)?.then_some(v))
+    }
+
+    /// Copy the value of `key` into `out`, resized to the value's length (its capacity is
+    /// reused, so a loop that reuses one `Vec` stops allocating once it has held the largest
+    /// value). `Ok(false)`, with `out` emptied, if `key` is absent.
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, GetError> {
+        let found = self.lookup(key, &mut Sink::Vec(out))?.is_some();
+        if !found {
+            out.clear();
+        }
+        Ok(found)
+    }
+
+    /// The largest value this table can hold: a buffer this long never gets
+    /// [`GetError::BufferTooSmall`].
+    pub fn max_value_len(&self) -> usize {
+        // The smallest record header (no expiry) and an empty key in one segment.
+        (self.g.seg_size as usize - 8).min(super::MAX_VALUE_FORMAT)
     }
 
     /// Whether `key` is present (and not expired).
