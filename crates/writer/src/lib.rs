@@ -71,11 +71,13 @@ mod table;
 
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
-pub use podcache_format::ring::{record_size as ring_record_size, Claim, PublishError, Recovery, WakePolicy};
-pub use podcache_format::table::{
-    record_size, EvictionPolicy, PutError, TableParams, TableRecovery, TableStats, MAX_KEY,
+pub use podcache_format::ring::{
+    record_size as ring_record_size, Claim, PublishError, Recovery, WakePolicy, MAX_WAKE_WINDOW,
 };
-pub use podcache_format::{CreateError, Kind};
+pub use podcache_format::table::{
+    record_size, EvictionPolicy, PutError, TableParams, TableParamsError, TableRecovery, TableStats, MAX_KEY,
+};
+pub use podcache_format::{CreateError, Kind, OpenError};
 pub use publisher::{Publisher, PublisherBuilder, TypedPublishError};
 pub use table::{TableWriter, TableWriterBuilder, TypedPutError};
 

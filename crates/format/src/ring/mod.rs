@@ -321,7 +321,7 @@ pub enum ReadError {
         needed: usize,
     },
     /// The ring holds bytes that no writer of this format produces (bad length, sequence or
-    /// checksum). The reader skips nothing: call [`RingReader::skip_to_newest`] to go on.
+    /// checksum). The reader skips nothing: skip to the newest message (`skip_to_newest`) to go on.
     Corrupt {
         /// Position of the bad record.
         pos: u64,

@@ -244,7 +244,7 @@ impl RingWriter {
     }
 }
 
-/// A message being written in place; see [`RingWriter::claim`].
+/// A message being written in place, from a ring writer's `claim`.
 pub struct Claim<'w> {
     writer: &'w mut RingWriter,
     start: u64,

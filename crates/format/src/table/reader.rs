@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// the whole data region faster than one get copies one value.
 pub const MAX_RETRIES: u32 = 64;
 
-/// Keys [`RawTableReader::get_many`] looks up together.
+/// Keys a batched get (`get_many`) looks up together.
 pub const BATCH: usize = 16;
 
 /// A get failed. `Copy`, no allocation.
@@ -51,7 +51,7 @@ impl std::fmt::Display for GetError {
 
 impl std::error::Error for GetError {}
 
-/// Bytes of a value still in shared memory, for [`RawTableReader::get_with`]. They may be
+/// Bytes of a value still in shared memory, for a zero-copy get (`get_with`). They may be
 /// changing while the closure runs (the get validates afterwards and calls the closure again if
 /// they were), so the closure must not trust them: it can copy them out or look at them, and
 /// only the closure's result of the validated call is returned.
@@ -693,7 +693,7 @@ fn scan(bucket: &[AtomicU64; super::BUCKET_WORDS], tag: u64) -> ([u64; super::SL
     (slots, matches)
 }
 
-/// Iterator over the live keys of a table; see [`RawTableReader::keys`].
+/// Iterator over the live keys of a table (from a table reader's `keys`).
 pub struct KeyIter<'r> {
     reader: &'r RawTableReader,
     bucket: u64,
