@@ -74,6 +74,8 @@ pub use podcache_format::table::{
     GetError, KeyIter, ReaderCounters, SharedBytes, TableStats, BATCH as GET_MANY_BATCH, MAX_RETRIES,
 };
 pub use podcache_format::{Kind, OpenError};
+#[cfg(feature = "tokio")]
+pub use subscriber::ASYNC_WAIT_SLICE;
 pub use subscriber::{Subscriber, SubscriberBuilder, TypedRecvError};
 pub use table::{TableReader, TypedGetError};
 

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Longest single wait [`Subscriber::recv_async`] runs on a blocking thread before it looks
+/// again (so a dropped future's thread is free within this).
+#[cfg(feature = "tokio")]
+pub const ASYNC_WAIT_SLICE: Duration = Duration::from_millis(100);
+
 /// Builds a [`Subscriber`]: see [`Subscriber::builder`].
 #[derive(Clone, Debug)]
 pub struct SubscriberBuilder {
@@ -145,6 +150,30 @@ impl Subscriber {
             }
             if !self.reader.wait(deadline) {
                 return self.reader.read(buf);
+            }
+        }
+    }
+
+    /// Wait for the next message without blocking the async runtime, then copy it into `buf`
+    /// (as [`try_recv`](Self::try_recv) does). The wait (a brief spin, then the futex) runs on
+    /// tokio's blocking pool in slices of at most [`ASYNC_WAIT_SLICE`], so the runtime's
+    /// workers (even a single-threaded runtime's one) go on with other tasks, and a future
+    /// dropped while waiting (a `select!`, a `timeout`) frees its blocking thread within a
+    /// slice. Waits as long as it takes; wrap it in `tokio::time::timeout` for a bound.
+    #[cfg(feature = "tokio")]
+    pub async fn recv_async(&mut self, buf: &mut [u8]) -> Result<Msg, ReadError> {
+        loop {
+            if let Some(m) = self.reader.read(buf)? {
+                return Ok(m);
+            }
+            // A cursor of its own for the blocking thread: it only waits, and this one reads.
+            let mut waiter = self.reader.clone();
+            let slice = tokio::task::spawn_blocking(move || {
+                waiter.wait(Instant::now().checked_add(ASYNC_WAIT_SLICE));
+            });
+            if slice.await.is_err() {
+                // The runtime is shutting down (or the pool refused the task): let it drop us.
+                tokio::task::yield_now().await;
             }
         }
     }

@@ -7,7 +7,9 @@ use crate::sync::load_acquire;
 use std::sync::Arc;
 
 /// A reader's cursor over a ring. Never stores to the region: it works on a `PROT_READ`
-/// mapping.
+/// mapping. A clone is an independent cursor at the same place (one to [`wait`](Self::wait)
+/// on another thread, for instance).
+#[derive(Clone)]
 pub struct RingReader {
     pub(super) region: Arc<Region>,
     pub(super) g: Geometry,
