@@ -349,7 +349,7 @@ podcache_status podcache_subscriber_open(const char *path,
 
 /**
  * Copy the next message into `buf` (`buf_len` bytes; `max_message` bytes always fit, see
- * `podcache_subscriber_stats`) without blocking.
+ * `podcache_subscriber_get_stats`) without blocking.
  *
  * Returns `PODCACHE_OK` with the message's length, sequence number and losses in `*msg`;
  * `PODCACHE_EMPTY` if no message is waiting; `PODCACHE_ERR_BUFFER_TOO_SMALL` with the length
@@ -412,8 +412,8 @@ podcache_status podcache_subscriber_skip_to_newest(struct podcache_subscriber *s
  * `sub` must be NULL or an open handle no other thread uses during the call; `out` NULL or
  * valid for a write.
  */
-podcache_status podcache_subscriber_stats(const struct podcache_subscriber *sub,
-                                          struct podcache_subscriber_stats *out);
+podcache_status podcache_subscriber_get_stats(const struct podcache_subscriber *sub,
+                                              struct podcache_subscriber_stats *out);
 
 /**
  * The largest message of the subscriber's ring in bytes: a buffer of this size never gets
@@ -536,8 +536,8 @@ podcache_status podcache_table_get_many(const struct podcache_table *table,
  *
  * `table` as in `podcache_table_get`; `out` NULL or valid for a write.
  */
-podcache_status podcache_table_stats(const struct podcache_table *table,
-                                     struct podcache_table_stats *out);
+podcache_status podcache_table_get_stats(const struct podcache_table *table,
+                                         struct podcache_table_stats *out);
 
 /**
  * Whether the path now names another file than the one this handle reads: the writer replaced

@@ -159,7 +159,7 @@ fn report(
 }
 
 /// Copy the next message into `buf` (`buf_len` bytes; `max_message` bytes always fit, see
-/// `podcache_subscriber_stats`) without blocking.
+/// `podcache_subscriber_get_stats`) without blocking.
 ///
 /// Returns `PODCACHE_OK` with the message's length, sequence number and losses in `*msg`;
 /// `PODCACHE_EMPTY` if no message is waiting; `PODCACHE_ERR_BUFFER_TOO_SMALL` with the length
@@ -245,7 +245,7 @@ pub unsafe extern "C" fn podcache_subscriber_skip_to_newest(sub: *mut podcache_s
 /// `sub` must be NULL or an open handle no other thread uses during the call; `out` NULL or
 /// valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn podcache_subscriber_stats(
+pub unsafe extern "C" fn podcache_subscriber_get_stats(
     sub: *const podcache_subscriber,
     out: *mut podcache_subscriber_stats,
 ) -> podcache_status {

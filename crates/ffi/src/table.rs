@@ -303,7 +303,7 @@ pub unsafe extern "C" fn podcache_table_get_many(
 ///
 /// `table` as in `podcache_table_get`; `out` NULL or valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn podcache_table_stats(
+pub unsafe extern "C" fn podcache_table_get_stats(
     table: *const podcache_table,
     out: *mut podcache_table_stats,
 ) -> podcache_status {
