@@ -273,3 +273,33 @@ pub unsafe extern "C" fn podcache_last_error(buf: *mut c_char, buf_len: usize) -
     }))
     .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        let mut buf = [0u8; 256];
+        let n = copy_last_error(&mut buf);
+        String::from_utf8_lossy(&buf[..n.min(255)]).into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_detail() {
+        let status = guard(|| panic!("boom"));
+        assert_eq!(status, PODCACHE_ERR_PANIC);
+        assert!(last_error().contains("boom"), "{}", last_error());
+        // A success leaves the detail alone (as errno).
+        assert_eq!(guard(|| Ok(PODCACHE_OK)), PODCACHE_OK);
+        assert!(last_error().contains("boom"));
+    }
+
+    #[test]
+    fn every_code_has_a_message_and_round_trips() {
+        for s in podcache_status::ALL {
+            assert_eq!(podcache_status::from_i32(s as i32), Some(s));
+            assert!(!s.message().to_bytes().is_empty());
+        }
+        assert_eq!(podcache_status::from_i32(-1000), None);
+    }
+}
