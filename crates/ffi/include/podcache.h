@@ -159,9 +159,9 @@ typedef struct podcache_subscriber podcache_subscriber;
  * An open table, read-only. Opaque: created by `podcache_table_open`, freed by
  * `podcache_table_close`.
  *
- * Thread-safety: a handle may be passed to another thread, but must not be used by two threads
- * at the same time (it keeps hit/miss counters without locks). Open one handle per thread:
- * each is a mapping of the same file, cheap to open, and reads cost the same.
+ * Thread-safety: any number of threads may use one handle at the same time (gets never write
+ * shared state; hit/miss counters are kept per thread). Only `podcache_table_close` needs
+ * every other call on the handle to have returned.
  */
 typedef struct podcache_table podcache_table;
 
@@ -474,7 +474,7 @@ podcache_status podcache_table_open(const char *path, int64_t wait_ms, struct po
  *
  * # Safety
  *
- * `table` must be NULL or an open handle not used by another thread during the call; `key`
+ * `table` must be NULL or an open handle, not closed during the call; `key`
  * must be valid for reads of `key_len` bytes (may be NULL if `key_len` is 0); `buf` valid for
  * writes of `buf_len` bytes (may be NULL if `buf_len` is 0); `value_len` NULL or valid for a
  * write. `buf` must not overlap `key` (refused with `PODCACHE_ERR_INVALID_ARGUMENT`).

@@ -26,8 +26,9 @@
 //!   `podcache_last_error` gives the calling thread's last error detail. No panic crosses the
 //!   boundary (each entry point catches one and returns `PODCACHE_ERR_PANIC`); NULL handles and
 //!   pointers are refused with `PODCACHE_ERR_INVALID_ARGUMENT`.
-//! * **Threads**: a handle may move between threads but is used by one thread at a time; open
-//!   one handle per thread (cheap). The error functions are thread-safe.
+//! * **Threads**: a table handle may be used by many threads at once; a subscriber handle (a
+//!   cursor) may move between threads but is used by one at a time. Closing needs every other
+//!   call on the handle to have returned. The error functions are thread-safe.
 //! * **The file is untrusted**: a truncated, foreign, corrupt or hostile file gives an error
 //!   code, never a crash, an out-of-bounds read or an endless loop.
 //!

@@ -8,18 +8,17 @@ use std::ffi::{c_char, c_void};
 /// An open table, read-only. Opaque: created by `podcache_table_open`, freed by
 /// `podcache_table_close`.
 ///
-/// Thread-safety: a handle may be passed to another thread, but must not be used by two threads
-/// at the same time (it keeps hit/miss counters without locks). Open one handle per thread:
-/// each is a mapping of the same file, cheap to open, and reads cost the same.
+/// Thread-safety: any number of threads may use one handle at the same time (gets never write
+/// shared state; hit/miss counters are kept per thread). Only `podcache_table_close` needs
+/// every other call on the handle to have returned.
 pub struct podcache_table {
     reader: TableReader,
 }
 
-// The documented contract above: the handle may move between threads (Send), and is not
-// shareable (the reader is not Sync).
+// The documented contract above: the handle may move between threads and be shared by them.
 const _: () = {
-    const fn send<T: Send>() {}
-    send::<podcache_table>();
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<podcache_table>();
 };
 
 /// Statistics of a table: the writer's (stored in the file) and this handle's own.
@@ -69,11 +68,10 @@ pub type podcache_get_many_fn = Option<
 ///
 /// # Safety
 ///
-/// `t` must be NULL or a handle from `podcache_table_open` not yet closed, not used by
-/// another thread during the call.
+/// `t` must be NULL or a handle from `podcache_table_open`, not closed before the call returns.
 unsafe fn handle<'a>(t: *const podcache_table) -> Result<&'a TableReader, Failure> {
     // SAFETY: the caller guarantees `t` is NULL or a live handle (a Box leaked by
-    // `podcache_table_open`), used by this thread only during the call.
+    // `podcache_table_open`) for the whole call; sharing it is sound (`TableReader: Sync`).
     match unsafe { t.as_ref() } {
         Some(t) => Ok(&t.reader),
         None => Err(Failure::invalid("table handle is NULL")),
@@ -132,7 +130,7 @@ pub unsafe extern "C" fn podcache_table_open(
 ///
 /// # Safety
 ///
-/// `table` must be NULL or an open handle not used by another thread during the call; `key`
+/// `table` must be NULL or an open handle, not closed during the call; `key`
 /// must be valid for reads of `key_len` bytes (may be NULL if `key_len` is 0); `buf` valid for
 /// writes of `buf_len` bytes (may be NULL if `buf_len` is 0); `value_len` NULL or valid for a
 /// write. `buf` must not overlap `key` (refused with `PODCACHE_ERR_INVALID_ARGUMENT`).
