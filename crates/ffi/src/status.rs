@@ -1,6 +1,5 @@
 //! Status codes, the thread-local error detail, and the guard every entry point runs in.
 
-use podcache_format::header::HeaderError;
 use podcache_reader::{GetError, OpenError, RecvError};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
@@ -136,7 +135,7 @@ impl From<OpenError> for Failure {
             OpenError::VersionMismatch { .. } => PODCACHE_ERR_VERSION_MISMATCH,
             OpenError::WrongKind { .. } => PODCACHE_ERR_WRONG_KIND,
             OpenError::Truncated { .. } => PODCACHE_ERR_TRUNCATED,
-            OpenError::Corrupt { reason, .. } if is_foreign(reason) => PODCACHE_ERR_FOREIGN,
+            OpenError::Foreign { .. } => PODCACHE_ERR_FOREIGN,
             OpenError::Corrupt { .. } => PODCACHE_ERR_CORRUPT,
             OpenError::Io { .. } => PODCACHE_ERR_IO,
             // `OpenError` is non-exhaustive: a variant added later is an I/O-level failure
@@ -145,14 +144,6 @@ impl From<OpenError> for Failure {
         };
         Failure { code, detail: e.to_string() }
     }
-}
-
-/// Whether the reason of an `OpenError::Corrupt` says the file is not podcache's at all (as
-/// opposed to a podcache file that is damaged). The reader builds these reasons from
-/// `HeaderError::BadMagic`'s message and from its check of the file type; the tests of this
-/// crate open such files, so a change of wording there fails them.
-fn is_foreign(reason: &str) -> bool {
-    reason == HeaderError::BadMagic.to_string() || reason == "not a regular file"
 }
 
 impl From<GetError> for Failure {

@@ -248,7 +248,7 @@ fn open_error_name(e: &OpenError) -> &'static str {
         OpenError::VersionMismatch { .. } => "version_mismatch",
         OpenError::WrongKind { .. } => "wrong_kind",
         OpenError::Truncated { .. } => "truncated",
-        OpenError::Corrupt { reason, .. } if reason.contains("not a podcache file") => "foreign",
+        OpenError::Foreign { .. } => "foreign",
         OpenError::Corrupt { .. } => "corrupt",
         _ => "io",
     }

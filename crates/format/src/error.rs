@@ -44,7 +44,17 @@ pub enum OpenError {
         /// Bytes present.
         actual: u64,
     },
-    /// Not a podcache file, or its header or layout is inconsistent.
+    /// Not a podcache file at all: no podcache magic in its first word (another program's
+    /// file, or one whose first word was overwritten), or not a regular file (a directory, a
+    /// FIFO, a device). Nothing of it was trusted.
+    Foreign {
+        /// The path.
+        path: PathBuf,
+        /// What was found.
+        reason: String,
+    },
+    /// A podcache file whose header or layout is inconsistent (damaged, or written by no
+    /// podcache writer).
     Corrupt {
         /// The path.
         path: PathBuf,
@@ -68,9 +78,8 @@ impl OpenError {
             HeaderError::VersionMismatch { found, expected } => OpenError::VersionMismatch { path, found, expected },
             HeaderError::WrongKind { found, expected } => OpenError::WrongKind { path, found, expected },
             HeaderError::Truncated { expected, actual } => OpenError::Truncated { path, expected, actual },
-            HeaderError::BadMagic | HeaderError::ReadyLost | HeaderError::Corrupt(_) => {
-                OpenError::Corrupt { path, reason: e.to_string() }
-            }
+            HeaderError::BadMagic => OpenError::Foreign { path, reason: e.to_string() },
+            HeaderError::ReadyLost | HeaderError::Corrupt(_) => OpenError::Corrupt { path, reason: e.to_string() },
         }
     }
 
@@ -105,7 +114,9 @@ impl std::fmt::Display for OpenError {
             OpenError::Truncated { path, expected, actual } => {
                 write!(f, "{}: truncated: {actual} bytes, header requires {expected}", path.display())
             }
-            OpenError::Corrupt { path, reason } => write!(f, "{}: {reason}", path.display()),
+            OpenError::Foreign { path, reason } | OpenError::Corrupt { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
             OpenError::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }

@@ -40,7 +40,7 @@ pub fn open_read(path: &Path, kind: Kind) -> Result<(Arc<Region>, HeaderView), O
     let file = File::from(fd);
     let st = rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(OpenError::Corrupt { path: path.to_path_buf(), reason: "not a regular file".into() });
+        return Err(OpenError::Foreign { path: path.to_path_buf(), reason: "not a regular file".into() });
     }
     let len = u64::try_from(st.st_size).unwrap_or(0);
     if len < HEADER_BYTES {
