@@ -10,7 +10,7 @@
 //!   on the ring's futex with the GIL released.
 //!
 //! Like the Rust reader, nothing here writes to the file: it is opened `O_RDONLY` and mapped
-//! `PROT_READ`. Errors become the exception classes of `podcache/_errors.py` (see [`errors`]).
+//! `PROT_READ`. Errors become the exception classes of `podcache/_errors.py` (the table in `src/errors.rs`).
 //!
 //! Thread safety: the Rust readers are `Send` but not `Sync` (their counters and cursors are
 //! plain cells), so each Python object keeps its reader in a `Mutex`. With the GIL held the
