@@ -1,15 +1,7 @@
-"""The shared test vectors (tests/vectors/, docs/format.md) read through the Python package.
+"""The shared test vectors (tests/vectors/) read through the Python package.
 
-tests/vectors/expected.json lists small files and what a reader must get from each. The file
-comes with the C ABI work; until it is in the tree this test is skipped, saying so. Schema
-read here (a list, or an object with a "files" list), one entry per file:
-
-    {"file": "name under tests/vectors/", "kind": "table" | "ring",
-     "keys": {"key": "value hex" | null, ...},           # table: expected gets
-     "keys_hex": true,                                    # optional: keys are hex too
-     "messages": ["payload hex", ...],                    # ring: every message from oldest
-     "error": "NotFound" | "NotReady" | "VersionMismatch" | "WrongKind" | "Corrupt"
-              | "Truncated" | "Foreign" | "BadMagic"}     # expected failure to open
+tests/vectors/expected.json lists small files and what a reader must get from each; its schema
+is in docs/format.md, section "Test vectors". The Rust reader and the C ABI check the same file.
 """
 
 from __future__ import annotations
@@ -22,46 +14,62 @@ import pytest
 import podcache
 
 VECTORS = Path(__file__).resolve().parents[3] / "tests" / "vectors"
-EXPECTED = VECTORS / "expected.json"
+EXPECTED = json.loads((VECTORS / "expected.json").read_text())
 
-# The Rust error names (OpenError variants, format.md) and the Python class that reports each.
+# The error names of docs/format.md §5 and the Python class that reports each.
 ERRORS = {
-    "NotFound": podcache.FileNotFound,
-    "NotReady": podcache.NotReady,
-    "VersionMismatch": podcache.VersionMismatch,
-    "WrongKind": podcache.WrongKind,
-    "Corrupt": podcache.Corrupt,
-    "Truncated": podcache.Corrupt,
-    "Foreign": podcache.Foreign,
-    "BadMagic": podcache.Foreign,
+    "no_file": podcache.FileNotFound,
+    "not_ready": podcache.NotReady,
+    "version_mismatch": podcache.VersionMismatch,
+    "wrong_kind": podcache.WrongKind,
+    "truncated": podcache.Corrupt,
+    "foreign": podcache.Foreign,
+    "corrupt": podcache.Corrupt,
 }
 
 
-def _entries():
-    if not EXPECTED.exists():
-        return []
-    data = json.loads(EXPECTED.read_text())
-    return data["files"] if isinstance(data, dict) else data
+def _id(case: dict) -> str:
+    return f"{case['file']}-as-{case['open_as']}-{case.get('start', '')}".rstrip("-")
 
 
-@pytest.mark.skipif(not EXPECTED.exists(), reason=f"no test vectors: {EXPECTED} is not in the tree yet")
-@pytest.mark.parametrize("entry", _entries(), ids=lambda e: e.get("file", "?"))
-def test_vector(entry):
-    path = VECTORS / entry["file"]
-    opener = podcache.Subscriber if entry.get("kind") == "ring" else podcache.Table
-    if entry.get("error"):
-        with pytest.raises(ERRORS[entry["error"]]):
+def test_the_vectors_are_of_this_layout():
+    assert EXPECTED["layout_version"] == 4
+    assert len(EXPECTED["vectors"]) >= 10
+
+
+@pytest.mark.parametrize("case", EXPECTED["vectors"], ids=_id)
+def test_vector(case):
+    path = VECTORS / case["file"]
+    if case["open"] != "ok":
+        opener = podcache.Table if case["open_as"] == "table" else podcache.Subscriber
+        with pytest.raises(ERRORS[case["open"]]) as err:
             opener(path)
+        if case["open"] == "foreign":
+            # A file that is not podcache's is not reported as a damaged podcache file only.
+            assert type(err.value) is podcache.Foreign
         return
-    if entry.get("kind") == "ring":
-        with podcache.Subscriber(path, "oldest") as sub:
-            got = []
-            while (m := sub.try_recv()) is not None:
-                got.append(m.hex())
-        assert got == [m.lower() for m in entry["messages"]]
-    else:
+    if case["open_as"] == "table":
         with podcache.Table(path) as table:
-            for key, want in entry["keys"].items():
-                k = bytes.fromhex(key) if entry.get("keys_hex") else key.encode()
-                got = table.get(k)
-                assert (got.hex() if got is not None else None) == (want.lower() if want else None), key
+            for stat, want in case.get("stats", {}).items():
+                assert table.stats()[stat] == want, stat
+            for g in case["gets"]:
+                key = bytes.fromhex(g["key_hex"])
+                if g.get("error"):
+                    with pytest.raises(ERRORS[g["error"]]):
+                        table.get(key)
+                    continue
+                got = table.get(key)
+                want = g["value_hex"]
+                assert (None if got is None else got.hex()) == want, key
+                assert (key in table) == (want is not None), key
+    else:
+        with podcache.Subscriber(path, case["start"]) as sub:
+            for m in case["messages"]:
+                got = sub.try_recv()
+                assert got is not None, m
+                assert (got.hex(), sub.last_seq, sub.last_lost) == (m["payload_hex"], m["seq"], m["lost"])
+            if case["then"] == "empty":
+                assert sub.try_recv() is None
+            else:
+                with pytest.raises(ERRORS[case["then"]]):
+                    sub.try_recv()
