@@ -1,0 +1,106 @@
+//! What production clients do to a sidecar: subscribers that stop reading, floods of
+//! unauthenticated requests with made-up methods, slow and idle connections. Each test runs
+//! `podcache serve` as a child process, measures its resident memory, and bounds what it must
+//! not exceed; hangs are caught by a watchdog that kills the child and fails the test.
+
+mod common;
+
+use common::child::{connect, read_response, send_request, Sidecar, Watchdog};
+use podcache_sidecar::api::SSE_QUEUE_BYTES;
+use podcache_sidecar::http::CONNECTION_BUFFER_BYTES;
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// Open a subscription on a raw connection and read its response head; then the caller stops
+/// reading.
+fn subscribe(s: &Sidecar) -> TcpStream {
+    let mut c = connect(s.api);
+    c.write_all(b"GET /v1/rings/events/subscribe HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut b).unwrap(), 1, "subscription response head");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    c
+}
+
+/// Publish `n` messages of `size` bytes over one keep-alive connection; calls `each` after every
+/// 50 messages.
+fn flood(s: &Sidecar, n: usize, size: usize, mut each: impl FnMut()) {
+    let c = connect(s.api);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = c;
+    let msg: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+    for i in 0..n {
+        send_request(&mut w, "POST", "/v1/rings/events/messages", "", &msg).unwrap();
+        let resp = read_response(&mut r).unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+        if i % 50 == 0 {
+            each();
+        }
+    }
+}
+
+/// Read from a stalled subscription until its `lapped` event.
+fn read_until_lapped(c: &mut TcpStream) {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = c.read(&mut buf).expect("subscription readable");
+        assert!(n > 0, "the subscription ended before a lapped event");
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(13).any(|w| w == b"event: lapped" || w.starts_with(b"event:lapped")) {
+            return;
+        }
+        // Keep only a tail long enough to hold the marker across reads.
+        let keep = seen.len().saturating_sub(16);
+        seen.drain(..keep);
+    }
+}
+
+/// Item 1 of issue 14: 16 subscribers stop reading while 64 KiB messages arrive. The sidecar's
+/// memory stays under the documented per-subscriber bound, every subscriber is lapped when it
+/// reads again, and SIGTERM ends the process within the shutdown grace although they stall.
+#[test]
+fn stalled_subscribers_are_bounded_in_bytes_and_do_not_hold_up_sigterm() {
+    const SUBSCRIBERS: usize = 16;
+    const MESSAGE: usize = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Sidecar::start(dir.path(), &["--ring", "events=1MiB:64KiB", "--shutdown-grace", "2s"]);
+    let _dog = Watchdog::arm(s.child.id(), Duration::from_secs(600), "the stalled-subscriber test");
+
+    let mut subs: Vec<TcpStream> = (0..SUBSCRIBERS).map(|_| subscribe(&s)).collect();
+    // Warm up the publish path (allocator, buffers) before the baseline.
+    flood(&s, 20, MESSAGE, || {});
+    let base = s.rss();
+    // The documented bound per stalled subscriber: its event queue, the event waiting to enter
+    // it and the one being written, the connection's buffer, and one message buffer. The slack
+    // is for the allocator and the publishing connection.
+    let event = MESSAGE as u64 + 256;
+    let per_sub = SSE_QUEUE_BYTES as u64 + 2 * event + CONNECTION_BUFFER_BYTES as u64 + MESSAGE as u64;
+    let bound = base + SUBSCRIBERS as u64 * per_sub + 24 * MIB;
+    let mut peak = base;
+    flood(&s, 1000, MESSAGE, || peak = peak.max(s.rss()));
+    peak = peak.max(s.rss());
+    eprintln!("RSS: base {} KiB, peak {} KiB, bound {} KiB", base >> 10, peak >> 10, bound >> 10);
+    assert!(peak <= bound, "RSS {peak} above the bound {bound} (base {base})");
+
+    // Each subscriber, reading again, is told it was lapped.
+    for c in &mut subs {
+        read_until_lapped(c);
+    }
+
+    // Stall them again behind a second flood, then SIGTERM: the process ends within the grace
+    // (the watchdog fails the test otherwise) and cleanly.
+    flood(&s, 1000, MESSAGE, || peak = peak.max(s.rss()));
+    assert!(peak <= bound, "RSS {peak} above the bound {bound} (base {base})");
+    s.terminate();
+    let status = s.child.wait().unwrap();
+    assert!(status.success(), "podcache serve exited with {status}");
+    drop(subs);
+}
