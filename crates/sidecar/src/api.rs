@@ -16,7 +16,7 @@
 //! Errors are `{"error": {"code": "...", "message": "..."}}`; see [`Code`].
 
 use crate::error::{ApiError, Code};
-use crate::metrics::{GetLabels, RequestLabels, RouteLabels};
+use crate::metrics::{method_label, GetLabels, RequestLabels, RouteLabels};
 use crate::names;
 use crate::server::{RingEntry, Shared, TableEntry};
 use crate::stats::{ring_stats, TableStatsJson};
@@ -79,21 +79,35 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .map(|t| t.trim_ascii());
         if !given.is_some_and(|g| ct_eq(g, token)) {
-            return ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
-                .into_response();
+            s.metrics.unauthorized.inc();
+            let mut resp =
+                ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
+                    .into_response();
+            resp.extensions_mut().insert(Unauthenticated);
+            return resp;
         }
     }
     next.run(req).await
 }
 
+/// Marks a response to a request refused for its token: it is counted once, without labels.
+#[derive(Clone, Copy)]
+struct Unauthenticated;
+
+/// Count and time a request by method, route and status, once the token was checked: labels
+/// take only values from fixed sets (see `metrics::RequestLabels`), and a request refused for
+/// its token only adds to `podcache_http_unauthorized_requests`.
 async fn observe(State(s): St, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let resp = next.run(req).await;
+    if resp.extensions().get::<Unauthenticated>().is_some() {
+        return resp;
+    }
     let status = resp.status().as_u16();
-    s.metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
+    s.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
     s.metrics.latency.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
     resp
 }

@@ -104,3 +104,56 @@ fn stalled_subscribers_are_bounded_in_bytes_and_do_not_hold_up_sigterm() {
     assert!(status.success(), "podcache serve exited with {status}");
     drop(subs);
 }
+
+/// Series in a `/metrics` answer (lines that are not comments).
+fn metric_series(s: &Sidecar) -> usize {
+    let mut c = connect(s.ops);
+    send_request(&mut c, "GET", "/metrics", "", b"").unwrap();
+    let resp = read_response(&mut BufReader::new(c)).unwrap();
+    assert_eq!(resp.status, 200);
+    String::from_utf8(resp.body).unwrap().lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count()
+}
+
+/// Send `n` requests with made-up methods on keep-alive connections (100 in flight): all with a
+/// wrong token but every 100th, which has the right one (its method still made up).
+fn made_up_methods(s: &Sidecar, from: usize, n: usize, token: &str) {
+    let c = connect(s.api);
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut w = std::io::BufWriter::new(c);
+    for batch in (from..from + n).step_by(100) {
+        for i in batch..batch + 100 {
+            let auth = if i % 100 == 0 { token } else { "wrong" };
+            let method = format!("M{i:08X}");
+            let path = format!("/v1/tables/web/keys/k{i}");
+            send_request(&mut w, &method, &path, &format!("Authorization: Bearer {auth}\r\n"), b"").unwrap();
+        }
+        w.flush().unwrap();
+        for i in batch..batch + 100 {
+            let status = read_response(&mut r).unwrap().status;
+            assert_eq!(status, if i % 100 == 0 { 405 } else { 401 }, "request {i}");
+        }
+    }
+}
+
+/// Item 2 of issue 14: 100,000 requests with wrong tokens and made-up methods add no metric
+/// series and no memory beyond what the first 1,000 did.
+#[test]
+fn unauthenticated_requests_with_made_up_methods_add_no_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let data = dir.path().join("data");
+    let s = Sidecar::start(&data, &["--table", "web=100:1MiB", "--token-file", token.to_str().unwrap()]);
+    let _dog = Watchdog::arm(s.child.id(), Duration::from_secs(600), "the made-up-methods test");
+    made_up_methods(&s, 0, 1_000, "s3cret");
+    let (series, rss) = (metric_series(&s), s.rss());
+    made_up_methods(&s, 1_000, 99_000, "s3cret");
+    let (series2, rss2) = (metric_series(&s), s.rss());
+    eprintln!(
+        "after 1,000: {series} series, RSS {} KiB; after 100,000: {series2} series, RSS {} KiB",
+        rss >> 10,
+        rss2 >> 10
+    );
+    assert_eq!(series, series2, "series grew with the number of distinct methods");
+    assert!(rss2 <= rss + 8 * MIB, "RSS grew from {rss} to {rss2}");
+}
