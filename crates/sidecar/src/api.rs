@@ -57,6 +57,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), read_body))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), observe))
         .with_state(shared)
@@ -88,6 +89,50 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
         }
     }
     next.run(req).await
+}
+
+/// An error answer after which the connection is closed (the rest of the body is not read).
+fn closing(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// Read the whole request body within `--body-timeout` of its head (a body trickling in byte by
+/// byte would otherwise hold the connection without end), and refuse a declared
+/// `Content-Length` above `--max-body` before reading any of it. Runs after the token check.
+///
+/// tower-http's `TimeoutBody` restarts its timer at every frame, so it does not bound a body
+/// sent one byte every few seconds; this bounds the whole body.
+async fn read_body(State(s): St, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(u64::MAX));
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        return closing(ApiError::new(
+            Code::BodyTooLarge,
+            format!("declared body larger than the server's limit of {} bytes (--max-body)", s.max_body),
+        ));
+    }
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !chunked {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, s.max_body));
+    match tokio::time::timeout(s.limits.body_timeout, read).await {
+        Ok(Ok(collected)) => next.run(Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))).await,
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => closing(ApiError::new(
+            Code::BodyTooLarge,
+            format!("request body larger than the server's limit of {} bytes (--max-body)", s.max_body),
+        )),
+        Ok(Err(e)) => closing(ApiError::new(Code::BadRequest, format!("cannot read the request body: {e}"))),
+        Err(_) => closing(ApiError::new(
+            Code::RequestTimeout,
+            format!("the request body did not arrive within {:?} (--body-timeout)", s.limits.body_timeout),
+        )),
+    }
 }
 
 /// Marks a response to a request refused for its token: it is counted once, without labels.
