@@ -200,3 +200,50 @@ async fn writes_through_the_unix_socket_with_the_token() {
     .await
     .expect("watchdog");
 }
+
+/// Item 9 of issue 14: a tool whose stdout is closed (`podcache inspect FILE | true`) ends
+/// quietly with its own status, never with a panic.
+#[test]
+fn tools_end_quietly_on_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("web.table");
+    let ring = dir.path().join("events.ring");
+    {
+        let mut w = podcache_writer::TableWriter::builder(&table).max_items(100).data_bytes(1 << 20).create().unwrap();
+        for i in 0..50 {
+            w.put(format!("key{i}").as_bytes(), b"value").unwrap();
+        }
+        let mut p = podcache_writer::Publisher::builder(&ring).capacity(1 << 16).create().unwrap();
+        p.publish(b"m").unwrap();
+    }
+    let nd = dir.path().join("load.ndjson");
+    std::fs::write(&nd, "{\"key\":\"a\",\"value\":\"1\"}\n").unwrap();
+    let (d, t, r, n) =
+        (dir.path().to_str().unwrap(), table.to_str().unwrap(), ring.to_str().unwrap(), nd.to_str().unwrap());
+    let nowhere = "http://127.0.0.1:1";
+    let runs: [&[&str]; 8] = [
+        &["inspect", t],
+        &["inspect", "--json", r],
+        &["verify", t],
+        &["verify", "--json", r],
+        &["keys", "--dir", d, "web"],
+        &["get", "--dir", d, "web", "key1"],
+        &["publish", "--dir", d, "--url", nowhere, "events", "m2"],
+        &["load", "--dir", d, "--url", nowhere, "web", n],
+    ];
+    for args in runs {
+        // A pipe whose read end is already closed: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_podcache"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} wrote to stderr: {err}");
+    }
+}
