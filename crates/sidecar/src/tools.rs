@@ -305,7 +305,10 @@ fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<R
         (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
     };
     let r = client::request(&t, method, path, tok.as_deref(), body).map_err(|e| {
-        format!("the sidecar holds the file's writer lock but its API ({t:?}) cannot be reached: {e}; pass --url or --socket")
+        format!(
+            "the file cannot be written here (the sidecar holds its writer lock, or the mount is read-only) and \
+             the sidecar's API ({t:?}) cannot be reached: {e}; pass --url or --socket"
+        )
     })?;
     if (200..300).contains(&r.status) {
         return Ok(Ok(r.body));
@@ -342,6 +345,19 @@ fn missing(path: &Path, what: &str) -> String {
     format!("{}: no such {what} (configure the sidecar with it, e.g. --{what} NAME=...)", path.display())
 }
 
+/// Whether a failure to attach as the writer means "write through the sidecar": the sidecar
+/// holds the file's writer lock, or this container cannot write the file (a `readOnly: true`
+/// mount, or no write permission), which is the documented app-container case.
+fn leave_to_sidecar(e: &CreateError) -> bool {
+    match e {
+        CreateError::Locked { .. } => true,
+        CreateError::Io { source, .. } => {
+            matches!(source.kind(), std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied)
+        }
+        _ => false,
+    }
+}
+
 /// Attach directly to a table as its writer, with the layout the file has; `None` if another
 /// process (the sidecar) holds it.
 fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
@@ -355,7 +371,7 @@ fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
     let builder = TableWriter::builder(path).max_items(p.max_items).data_bytes(p.data_bytes());
     match builder.segment_size(p.segment_size).create() {
         Ok(w) => Ok(Some(w)),
-        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) if leave_to_sidecar(&e) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -368,7 +384,7 @@ fn direct_ring(path: &Path) -> Result<Option<Publisher>, String> {
     let p = RingParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
     match Publisher::builder(path).capacity(p.capacity).max_message(p.max_msg).create() {
         Ok(w) => Ok(Some(w)),
-        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) if leave_to_sidecar(&e) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }

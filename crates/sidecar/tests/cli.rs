@@ -247,3 +247,50 @@ fn tools_end_quietly_on_a_closed_stdout() {
         assert!(err.is_empty(), "{args:?} wrote to stderr: {err}");
     }
 }
+
+/// Item 4 of issue 14: on a read-only mount of the directory (an app container's
+/// `readOnly: true`), put, del, publish and load go through the sidecar's socket. Needs root to
+/// bind-mount the directory read-only; without it the test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_a_read_only_mount_go_through_the_sidecar() {
+    timeout(WATCHDOG, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (rw, ro) = (dir.path().join("rw"), dir.path().join("ro"));
+        std::fs::create_dir_all(&ro).unwrap();
+        let mut cfg = config(&rw);
+        cfg.socket = Some("api.sock".into());
+        let s = start(cfg).await;
+        let mount =
+            |args: &[&str]| std::process::Command::new("mount").args(args).status().is_ok_and(|st| st.success());
+        let (rws, ros) = (rw.to_str().unwrap().to_string(), ro.to_str().unwrap().to_string());
+        if !(mount(&["--bind", &rws, &ros]) && mount(&["-o", "remount,bind,ro", &ros])) {
+            eprintln!("skipped: cannot bind-mount read-only here (not root?)");
+            let _ = std::process::Command::new("umount").arg(&ros).status();
+            s.stop().await.unwrap();
+            return;
+        }
+        let d = ros.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let nd = format!("{d}/../load.ndjson");
+            std::fs::write(&nd, "{\"key\":\"l\",\"value\":\"x\"}\n").unwrap();
+            let w = ["--dir", d.as_str(), "--socket", "api.sock"];
+            let run = |args: &[&str]| podcache(&[&args[..1], &w[..], &args[1..]].concat());
+            let (code, _, err) = run(&["put", "web", "k", "v"]);
+            assert_eq!(code, 0, "put: {err}");
+            let (code, out, err) = run(&["publish", "events", "m"]);
+            assert_eq!((code, out), (0, b"1\n".to_vec()), "publish: {err}");
+            let (code, out, err) = run(&["load", "web", &nd]);
+            assert_eq!((code, out), (0, b"1\n".to_vec()), "load: {err}");
+            let (code, _, err) = run(&["del", "web", "l"]);
+            assert_eq!(code, 0, "del: {err}");
+            let (code, out, _) = podcache(&["get", "--dir", &d, "web", "k"]);
+            assert_eq!((code, out), (0, b"v".to_vec()));
+        })
+        .await;
+        let _ = std::process::Command::new("umount").arg(&ros).status();
+        r.unwrap();
+        s.stop().await.unwrap();
+    })
+    .await
+    .expect("watchdog");
+}
