@@ -16,7 +16,7 @@
 //! Errors are `{"error": {"code": "...", "message": "..."}}`; see [`Code`].
 
 use crate::error::{ApiError, Code};
-use crate::metrics::{GetLabels, RequestLabels, RouteLabels};
+use crate::metrics::{method_label, GetLabels, RequestLabels, RouteLabels};
 use crate::names;
 use crate::server::{RingEntry, Shared, TableEntry};
 use crate::stats::{ring_stats, TableStatsJson};
@@ -57,6 +57,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), read_body))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), auth))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), observe))
         .with_state(shared)
@@ -79,21 +80,79 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .map(|t| t.trim_ascii());
         if !given.is_some_and(|g| ct_eq(g, token)) {
-            return ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
-                .into_response();
+            s.metrics.unauthorized.inc();
+            let mut resp =
+                ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
+                    .into_response();
+            resp.extensions_mut().insert(Unauthenticated);
+            return resp;
         }
     }
     next.run(req).await
 }
 
+/// An error answer after which the connection is closed (the rest of the body is not read).
+fn closing(e: ApiError) -> Response {
+    let mut resp = e.into_response();
+    resp.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    resp
+}
+
+/// Read the whole request body within `--body-timeout` of its head (a body trickling in byte by
+/// byte would otherwise hold the connection without end), and refuse a declared
+/// `Content-Length` above `--max-body` before reading any of it. Runs after the token check.
+///
+/// tower-http's `TimeoutBody` restarts its timer at every frame, so it does not bound a body
+/// sent one byte every few seconds; this bounds the whole body.
+async fn read_body(State(s): St, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(u64::MAX));
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        return closing(ApiError::new(
+            Code::BodyTooLarge,
+            format!("declared body larger than the server's limit of {} bytes (--max-body)", s.max_body),
+        ));
+    }
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !chunked {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, s.max_body));
+    match tokio::time::timeout(s.limits.body_timeout, read).await {
+        Ok(Ok(collected)) => next.run(Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))).await,
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => closing(ApiError::new(
+            Code::BodyTooLarge,
+            format!("request body larger than the server's limit of {} bytes (--max-body)", s.max_body),
+        )),
+        Ok(Err(e)) => closing(ApiError::new(Code::BadRequest, format!("cannot read the request body: {e}"))),
+        Err(_) => closing(ApiError::new(
+            Code::RequestTimeout,
+            format!("the request body did not arrive within {:?} (--body-timeout)", s.limits.body_timeout),
+        )),
+    }
+}
+
+/// Marks a response to a request refused for its token: it is counted once, without labels.
+#[derive(Clone, Copy)]
+struct Unauthenticated;
+
+/// Count and time a request by method, route and status, once the token was checked: labels
+/// take only values from fixed sets (see `metrics::RequestLabels`), and a request refused for
+/// its token only adds to `podcache_http_unauthorized_requests`.
 async fn observe(State(s): St, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method());
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let resp = next.run(req).await;
+    if resp.extensions().get::<Unauthenticated>().is_some() {
+        return resp;
+    }
     let status = resp.status().as_u16();
-    s.metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
+    s.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
     s.metrics.latency.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -410,7 +469,18 @@ struct SubQuery {
     from: Option<String>,
 }
 
-fn message_event(seq: u64, lost: u64, payload: &[u8]) -> Event {
+/// An event and the bytes it takes in a subscription's queue.
+fn sized_event(name: &str, id: Option<u64>, data: String) -> (Event, usize) {
+    // The name, id and framing take a few dozen bytes besides the data.
+    let n = data.len() + 64;
+    let mut ev = Event::default().event(name);
+    if let Some(id) = id {
+        ev = ev.id(id.to_string());
+    }
+    (ev.data(data), n)
+}
+
+fn message_event(seq: u64, lost: u64, payload: &[u8]) -> (Event, usize) {
     let data = match std::str::from_utf8(payload) {
         Ok(text) => serde_json::json!({ "seq": seq, "lost": lost, "value": text }),
         Err(_) => serde_json::json!({
@@ -418,7 +488,7 @@ fn message_event(seq: u64, lost: u64, payload: &[u8]) -> Event {
             "value_base64": base64::engine::general_purpose::STANDARD.encode(payload),
         }),
     };
-    Event::default().event("message").id(seq.to_string()).data(data.to_string())
+    sized_event("message", Some(seq), data.to_string())
 }
 
 async fn subscribe(
@@ -437,17 +507,23 @@ async fn subscribe(
     let slot = SubscriberSlot::take(&s)?;
     let mut sub =
         crate::server::open_subscriber(r, newest).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize)>();
+    let queue = Arc::new(EventQueue::default());
     let shared = Arc::clone(&s);
     let ring_name = r.name.clone();
+    let q = Arc::clone(&queue);
     // The subscriber blocks (futex) between messages: it lives on a blocking thread and hands
-    // events to the response stream. A slow HTTP client fills the channel, the thread waits,
-    // and the ring laps it: the next event says how many messages it lost.
+    // events to the response stream through a queue bounded in bytes (`SSE_QUEUE_BYTES`). A
+    // client that does not read fills the queue; the thread then stops reading the ring, the
+    // ring laps it, and when the client reads again the next event is `lapped`, saying how many
+    // messages it lost. Nothing beyond the bound is buffered for a stalled client.
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let mut buf = vec![0u8; sub.max_message()];
+        let give_up = || shared.is_shutting_down() || tx.is_closed();
+        let send = |(ev, n): (Event, usize)| q.reserve(n, &give_up) && tx.send((ev, n)).is_ok();
         loop {
-            if shared.is_shutting_down() || tx.is_closed() {
+            if give_up() {
                 return;
             }
             match sub.recv_timeout(&mut buf, Duration::from_millis(100)) {
@@ -455,11 +531,11 @@ async fn subscribe(
                     if m.lost > 0 {
                         let lapped =
                             serde_json::json!({ "lost": m.lost, "lost_total": sub.lost(), "laps": sub.laps() });
-                        if tx.blocking_send(Event::default().event("lapped").data(lapped.to_string())).is_err() {
+                        if !send(sized_event("lapped", None, lapped.to_string())) {
                             return;
                         }
                     }
-                    if tx.blocking_send(message_event(m.seq, m.lost, &buf[..m.len])).is_err() {
+                    if !send(message_event(m.seq, m.lost, &buf[..m.len])) {
                         return;
                     }
                 }
@@ -468,18 +544,57 @@ async fn subscribe(
                 Err(e) => {
                     tracing::warn!(ring = %ring_name, "subscription ended: {e}");
                     let data = serde_json::json!({ "error": { "code": "corrupt", "message": e.to_string() } });
-                    let _ = tx.blocking_send(Event::default().event("error").data(data.to_string()));
+                    let _ = send(sized_event("error", None, data.to_string()));
                     return;
                 }
             }
             if sub.is_retired() {
-                let _ = tx.blocking_send(Event::default().event("retired").data("{}"));
+                let _ = send(sized_event("retired", None, "{}".into()));
                 return;
             }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |(ev, n)| {
+        queue.release(n);
+        Ok::<_, std::convert::Infallible>(ev)
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Most bytes of events a subscription queues for a client that does not read them (plus the
+/// one event being queued, if it alone is larger). Beyond it the subscription stops reading the
+/// ring and the ring laps it. See [`crate::http::CONNECTION_BUFFER_BYTES`] for what the
+/// connection itself buffers.
+pub const SSE_QUEUE_BYTES: usize = 256 << 10;
+
+/// The byte count of a subscription's queued events, shared by its thread and its response.
+#[derive(Default)]
+struct EventQueue {
+    bytes: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl EventQueue {
+    /// Wait until `n` more bytes fit (an event larger than the bound fits an empty queue);
+    /// `false` if `give_up` turned true meanwhile (checked every 100 ms).
+    fn reserve(&self, n: usize, give_up: &dyn Fn() -> bool) -> bool {
+        let mut q = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        while *q > 0 && *q + n > SSE_QUEUE_BYTES {
+            if give_up() {
+                return false;
+            }
+            q = self.freed.wait_timeout(q, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        *q += n;
+        true
+    }
+
+    /// `n` bytes left the queue (handed to the connection).
+    fn release(&self, n: usize) {
+        let mut q = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        *q = q.saturating_sub(n);
+        self.freed.notify_one();
+    }
 }
 
 #[cfg(test)]

@@ -214,6 +214,21 @@ pub struct ServeArgs {
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "PODCACHE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Time for a complete request head, from a connection's start or the end of its previous
+    /// response (also the idle keep-alive timeout) [default: 10s].
+    #[arg(long, env = "PODCACHE_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// Time for a whole request body, from the end of its head (else 408) [default: 30s].
+    #[arg(long, env = "PODCACHE_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// Most connections open at once, per listener [default: 1024].
+    #[arg(long, env = "PODCACHE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// On SIGTERM, how long open connections (event streams, uploads) may take to finish
+    /// before they are closed [default: 10s]; keep it below the Pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "PODCACHE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
 }
 
 fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -258,6 +273,18 @@ impl ServeArgs {
         c.replace_mismatched = self.replace_mismatched || file.replace_mismatched.unwrap_or(false);
         if let Some(b) = self.max_body.as_deref().or(file.max_body.as_deref()) {
             c.max_body = usize::try_from(config::parse_size(b)?).map_err(|_| "max body too large".to_string())?;
+        }
+        if let Some(d) = self.header_timeout.as_deref().or(file.header_timeout.as_deref()) {
+            c.limits.header_timeout = config::parse_duration(d).map_err(|e| format!("header timeout: {e}"))?;
+        }
+        if let Some(d) = self.body_timeout.as_deref().or(file.body_timeout.as_deref()) {
+            c.limits.body_timeout = config::parse_duration(d).map_err(|e| format!("body timeout: {e}"))?;
+        }
+        if let Some(d) = self.shutdown_grace.as_deref().or(file.shutdown_grace.as_deref()) {
+            c.limits.shutdown_grace = config::parse_duration(d).map_err(|e| format!("shutdown grace: {e}"))?;
+        }
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            c.limits.max_connections = n;
         }
         let log = match (self.log_format, file.log_format.as_deref()) {
             (Some(l), _) => l,

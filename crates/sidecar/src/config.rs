@@ -56,6 +56,8 @@ pub struct Config {
     pub max_body: usize,
     /// How often expired items are swept.
     pub sweep_interval: Duration,
+    /// Per-connection timeouts and limits of every listener, and the shutdown grace.
+    pub limits: crate::http::Limits,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             replace_mismatched: false,
             max_body: 16 << 20,
             sweep_interval: Duration::from_secs(1),
+            limits: crate::http::Limits::default(),
         }
     }
 }
@@ -98,6 +101,14 @@ impl Config {
         if self.file_mode & !0o777 != 0 {
             return Err(format!("file mode {:o} has bits beyond 0777", self.file_mode));
         }
+        if self.limits.max_connections == 0 {
+            return Err("max connections must be at least 1".into());
+        }
+        for (what, d) in [("header timeout", self.limits.header_timeout), ("body timeout", self.limits.body_timeout)] {
+            if d.is_zero() {
+                return Err(format!("{what} must be more than 0"));
+            }
+        }
         if self.max_body == 0 {
             return Err("max body must be at least 1 byte".into());
         }
@@ -121,6 +132,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
     };
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parse a duration: `500ms`, `10s`, `2m` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 10s, 2m)"))?;
+    let ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use ms, s or m)")),
+    };
+    n.checked_mul(ms).map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// Parse `NAME=ITEMS:BYTES`, e.g. `web=10000:64MiB`.
@@ -174,6 +200,10 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// file_mode = "0640"
 /// replace_mismatched = false
 /// max_body = "16MiB"
+/// header_timeout = "10s"
+/// body_timeout = "30s"
+/// max_connections = 1024
+/// shutdown_grace = "10s"
 /// tables = ["web=10000:64MiB"]
 /// rings = ["events=16MiB:64KiB"]
 /// ```
@@ -204,6 +234,14 @@ pub struct FileConfig {
     pub max_body: Option<String>,
     /// See `--log-format`.
     pub log_format: Option<String>,
+    /// See `--header-timeout`.
+    pub header_timeout: Option<String>,
+    /// See `--body-timeout`.
+    pub body_timeout: Option<String>,
+    /// See `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// See `--shutdown-grace`.
+    pub shutdown_grace: Option<String>,
 }
 
 impl FileConfig {

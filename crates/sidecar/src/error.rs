@@ -128,6 +128,8 @@ pub enum Code {
     InvalidNdjson,
     /// 400: another malformed request (query string, …).
     BadRequest,
+    /// 408: the request body did not arrive within `--body-timeout`.
+    RequestTimeout,
     /// 507: the table's index has no free slot near the key's home bucket.
     TableFull,
     /// 503: a get kept racing the writer; retry.
@@ -158,6 +160,7 @@ impl Code {
             Code::InvalidTtl => "invalid_ttl",
             Code::InvalidNdjson => "invalid_ndjson",
             Code::BadRequest => "bad_request",
+            Code::RequestTimeout => "request_timeout",
             Code::TableFull => "table_full",
             Code::Contended => "contended",
             Code::ShuttingDown => "shutting_down",
@@ -179,6 +182,7 @@ impl Code {
             | Code::InvalidTtl
             | Code::InvalidNdjson
             | Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::ValueTooLarge | Code::MessageTooLarge | Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TableFull => StatusCode::INSUFFICIENT_STORAGE,
             Code::Contended | Code::ShuttingDown | Code::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,

@@ -14,7 +14,12 @@
 //! file (`statvfs`) before creating any, creates or re-attaches the files (recovering what a
 //! killed writer left), and only then opens the listeners. `/readyz` answers 200 from then until
 //! shutdown. Shutdown (SIGTERM, Ctrl-C, or the future given to [`run`]) stops accepting, ends
-//! subscriptions, finishes requests in flight and marks every file cleanly closed.
+//! subscriptions, finishes requests in flight, closes the connections still open when the
+//! shutdown grace ends ([`http::Limits`]) and marks every file cleanly closed.
+//!
+//! **Bounded clients.** Slow, idle and stalled clients hold bounded memory for a bounded time:
+//! see [`http`] for the per-connection timeouts and limits, and [`api::SSE_QUEUE_BYTES`] for
+//! what an event-stream subscriber that stops reading can hold.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), podcache_sidecar::Error> {
@@ -35,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 mod metrics;
 pub mod names;
 pub mod ops;

@@ -41,7 +41,10 @@ fn serve(args: &podcache_sidecar::cli::ServeArgs) -> Result<(), String> {
     let (config, log) = args.to_config()?;
     init_logs(log);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    rt.block_on(podcache_sidecar::run(config, shutdown_signal())).map_err(|e| e.to_string())
+    let r = rt.block_on(podcache_sidecar::run(config, shutdown_signal()));
+    // `run` has closed every connection and file; do not wait for stray blocking threads.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    r.map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

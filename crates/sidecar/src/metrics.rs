@@ -13,10 +13,27 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-/// Labels of an HTTP request.
+/// The `method` label: a fixed set, so a client cannot add series with made-up methods.
+pub(crate) fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Labels of an HTTP request. Every label takes a value from a fixed set: the method through
+/// [`method_label`], the route from the router's own patterns (or `unmatched`), the status from
+/// the responses the server writes. Requests refused for their token are not labelled at all.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
-    pub(crate) method: String,
+    pub(crate) method: &'static str,
     pub(crate) route: String,
     pub(crate) status: u16,
 }
@@ -24,7 +41,7 @@ pub(crate) struct RequestLabels {
 /// Labels of a latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RouteLabels {
-    pub(crate) method: String,
+    pub(crate) method: &'static str,
     pub(crate) route: String,
 }
 
@@ -45,6 +62,9 @@ pub(crate) struct Metrics {
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub(crate) gets: Family<GetLabels, Counter>,
+    /// Requests refused for a missing or wrong token (no labels: nothing of an unauthenticated
+    /// request reaches a label).
+    pub(crate) unauthorized: Counter,
 }
 
 impl Metrics {
@@ -53,6 +73,7 @@ impl Metrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(new_histogram as fn() -> Histogram),
             gets: Family::default(),
+            unauthorized: Counter::default(),
         }
     }
 }
@@ -241,6 +262,11 @@ pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("podcache");
     reg.register("http_requests", "HTTP API requests by method, route and status", shared.metrics.requests.clone());
     reg.register("http_request_duration_seconds", "HTTP API request latency", shared.metrics.latency.clone());
+    reg.register(
+        "http_unauthorized_requests",
+        "HTTP API requests refused for a missing or wrong bearer token",
+        shared.metrics.unauthorized.clone(),
+    );
     reg.register("table_gets", "HTTP gets by table and result (hit, miss)", shared.metrics.gets.clone());
     reg.register_collector(Box::new(snap));
     let mut out = String::new();

@@ -72,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) rings: Rings,
     pub(crate) token: Option<Vec<u8>>,
     pub(crate) max_body: usize,
+    pub(crate) limits: crate::http::Limits,
     pub(crate) ready: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
     /// Open ring subscriptions (each holds a blocking thread).
@@ -294,6 +295,7 @@ impl Server {
             rings,
             token,
             max_body: config.max_body,
+            limits: config.limits,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             subscribers: std::sync::atomic::AtomicUsize::new(0),
@@ -319,30 +321,34 @@ impl Server {
     }
 
     /// Serve until `shutdown` completes, then shut down gracefully: stop accepting, end
-    /// subscriptions, finish requests in flight, mark every file cleanly closed and release the
-    /// writer locks.
+    /// subscriptions, finish requests in flight (connections still open after the shutdown grace,
+    /// such as a stalled event-stream client, are closed), mark every file cleanly closed and
+    /// release the writer locks.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Server { shared, api, socket, ops, shutdown_tx, sweep_interval } = self;
         let api_router = crate::api::router(Arc::clone(&shared));
         let mut tasks = tokio::task::JoinSet::new();
-        let stop = |rx: watch::Receiver<bool>| async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|s| *s).await;
-        };
+        let limits = shared.limits;
         if let Some(l) = api {
             let app = api_router.clone();
             let rx = shared.shutdown_rx.clone();
             if let Ok(addr) = l.local_addr() {
                 tracing::info!(%addr, "HTTP API listening");
             }
-            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+            tasks.spawn(async move {
+                crate::http::serve(l, app, limits, rx).await;
+                Ok(())
+            });
         }
         let socket_path = socket.as_ref().map(|(_, p)| p.clone());
         if let Some((l, path)) = socket {
             let app = api_router.clone();
             let rx = shared.shutdown_rx.clone();
             tracing::info!(path = %path.display(), "HTTP API listening on Unix socket");
-            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+            tasks.spawn(async move {
+                crate::http::serve(l, app, limits, rx).await;
+                Ok(())
+            });
         }
         if let Some(l) = ops {
             let app = crate::ops::router(Arc::clone(&shared));
@@ -350,7 +356,10 @@ impl Server {
             if let Ok(addr) = l.local_addr() {
                 tracing::info!(%addr, "ops listening (/healthz, /readyz, /metrics)");
             }
-            tasks.spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop(rx)).await });
+            tasks.spawn(async move {
+                crate::http::serve(l, app, limits, rx).await;
+                Ok(())
+            });
         }
         // Expiry sweep.
         {

@@ -21,6 +21,35 @@ use std::time::{Duration, Instant};
 /// A failed tool: the message for stderr (exit status 1).
 pub type ToolResult = Result<(), String>;
 
+/// Print a line to stdout. A closed stdout (`podcache inspect FILE | head -1`) is not an error:
+/// the rest of the output is dropped and the tool ends with the status it would have had
+/// (`println!` would panic). Another write error is reported on stderr.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::tools::write_line(format_args!($($t)*))
+    };
+}
+
+/// What [`outln!`] calls.
+#[doc(hidden)]
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("podcache: stdout: {e}");
+        }
+    }
+}
+
+/// The result of a failed write to stdout: a closed stdout ends the tool quietly.
+fn stdout_error(e: std::io::Error) -> ToolResult {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(format!("stdout: {e}"))
+    }
+}
+
 /// What kind of podcache file `path` is, from its header.
 fn kind_of(path: &Path) -> Result<Kind, String> {
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -60,7 +89,7 @@ fn header_json(view: &HeaderView, epoch: u64, state: &str) -> serde_json::Value 
 fn print_rows(rows: &[(String, String)]) {
     let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
-        println!("{k:<w$}  {v}");
+        outln!("{k:<w$}  {v}");
     }
 }
 
@@ -90,7 +119,7 @@ pub fn inspect(path: &Path, json: bool) -> ToolResult {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
         return Ok(());
     }
     let mut rows: Vec<(String, String)> = [
@@ -161,15 +190,15 @@ pub fn verify(path: &Path, json: bool) -> ToolResult {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        outln!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     } else {
-        println!("{}: {}", path.display(), if ok { "OK" } else { "CORRUPT" });
+        outln!("{}: {}", path.display(), if ok { "OK" } else { "CORRUPT" });
         if let Some(obj) = report.as_object() {
             for (k, v) in obj.iter().filter(|(k, _)| !matches!(k.as_str(), "path" | "ok" | "problems")) {
-                println!("  {k}: {v}");
+                outln!("  {k}: {v}");
             }
             for p in report["problems"].as_array().into_iter().flatten() {
-                println!("  problem: {}", p.as_str().unwrap_or_default());
+                outln!("  problem: {}", p.as_str().unwrap_or_default());
             }
         }
     }
@@ -189,7 +218,7 @@ pub fn get(dir: &Path, table: &str, key: &str) -> ToolResult {
     check_name("table", table)?;
     let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
     match r.get_vec(key.as_bytes()).map_err(|e| e.to_string())? {
-        Some(v) => std::io::stdout().write_all(&v).map_err(|e| e.to_string()),
+        Some(v) => std::io::stdout().write_all(&v).or_else(stdout_error),
         None => Err(format!("no key {key:?} in table {table} (absent or expired)")),
     }
 }
@@ -201,9 +230,11 @@ pub fn keys(dir: &Path, table: &str) -> ToolResult {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for k in r.keys() {
         let k = k.map_err(|e| e.to_string())?;
-        out.write_all(&k).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
+        if let Err(e) = out.write_all(&k).and_then(|_| out.write_all(b"\n")) {
+            return stdout_error(e);
+        }
     }
-    out.flush().map_err(|e| e.to_string())
+    out.flush().or_else(stdout_error)
 }
 
 /// `podcache tail --dir DIR RING`.
@@ -222,10 +253,11 @@ pub fn tail(dir: &Path, ring: &str, from: From, count: Option<u64>, idle_ms: Opt
                     eprintln!("podcache tail: lapped, {} messages lost", m.lost);
                 }
                 let mut out = stdout.lock();
-                out.write_all(&buf[..m.len])
-                    .and_then(|_| out.write_all(b"\n"))
-                    .and_then(|_| out.flush())
-                    .map_err(|e| e.to_string())?;
+                if let Err(e) =
+                    out.write_all(&buf[..m.len]).and_then(|_| out.write_all(b"\n")).and_then(|_| out.flush())
+                {
+                    return stdout_error(e);
+                }
                 n += 1;
                 last = Instant::now();
             }
@@ -273,7 +305,10 @@ fn via_sidecar(w: &WriteArgs, method: &str, path: &str, body: &[u8]) -> Result<R
         (Err(e), _) | (_, Err(e)) => return Ok(Err(e)),
     };
     let r = client::request(&t, method, path, tok.as_deref(), body).map_err(|e| {
-        format!("the sidecar holds the file's writer lock but its API ({t:?}) cannot be reached: {e}; pass --url or --socket")
+        format!(
+            "the file cannot be written here (the sidecar holds its writer lock, or the mount is read-only) and \
+             the sidecar's API ({t:?}) cannot be reached: {e}; pass --url or --socket"
+        )
     })?;
     if (200..300).contains(&r.status) {
         return Ok(Ok(r.body));
@@ -310,6 +345,19 @@ fn missing(path: &Path, what: &str) -> String {
     format!("{}: no such {what} (configure the sidecar with it, e.g. --{what} NAME=...)", path.display())
 }
 
+/// Whether a failure to attach as the writer means "write through the sidecar": the sidecar
+/// holds the file's writer lock, or this container cannot write the file (a `readOnly: true`
+/// mount, or no write permission), which is the documented app-container case.
+fn leave_to_sidecar(e: &CreateError) -> bool {
+    match e {
+        CreateError::Locked { .. } => true,
+        CreateError::Io { source, .. } => {
+            matches!(source.kind(), std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied)
+        }
+        _ => false,
+    }
+}
+
 /// Attach directly to a table as its writer, with the layout the file has; `None` if another
 /// process (the sidecar) holds it.
 fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
@@ -323,7 +371,7 @@ fn direct_table(path: &Path) -> Result<Option<TableWriter>, String> {
     let builder = TableWriter::builder(path).max_items(p.max_items).data_bytes(p.data_bytes());
     match builder.segment_size(p.segment_size).create() {
         Ok(w) => Ok(Some(w)),
-        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) if leave_to_sidecar(&e) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -336,7 +384,7 @@ fn direct_ring(path: &Path) -> Result<Option<Publisher>, String> {
     let p = RingParams::from_header(&view).map_err(|e| format!("{}: {e}", path.display()))?;
     match Publisher::builder(path).capacity(p.capacity).max_message(p.max_msg).create() {
         Ok(w) => Ok(Some(w)),
-        Err(CreateError::Locked { .. }) => Ok(None),
+        Err(e) if leave_to_sidecar(&e) => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -398,7 +446,7 @@ pub fn publish(w: &WriteArgs, ring: &str, message: Option<&str>) -> ToolResult {
         |mut p| p.publish(&msg).map_err(|e| e.to_string()),
         || Ok(via_sidecar(w, "POST", &url, &msg)?.and_then(|body| answer_u64(&body, "seq"))),
     )?;
-    println!("{seq}");
+    outln!("{seq}");
     Ok(())
 }
 
@@ -436,6 +484,6 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
         },
         || Ok(via_sidecar(w, "POST", &url, &body)?.and_then(|out| answer_u64(&out, "loaded"))),
     )?;
-    println!("{loaded}");
+    outln!("{loaded}");
     Ok(())
 }

@@ -200,3 +200,97 @@ async fn writes_through_the_unix_socket_with_the_token() {
     .await
     .expect("watchdog");
 }
+
+/// Item 9 of issue 14: a tool whose stdout is closed (`podcache inspect FILE | true`) ends
+/// quietly with its own status, never with a panic.
+#[test]
+fn tools_end_quietly_on_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("web.table");
+    let ring = dir.path().join("events.ring");
+    {
+        let mut w = podcache_writer::TableWriter::builder(&table).max_items(100).data_bytes(1 << 20).create().unwrap();
+        for i in 0..50 {
+            w.put(format!("key{i}").as_bytes(), b"value").unwrap();
+        }
+        let mut p = podcache_writer::Publisher::builder(&ring).capacity(1 << 16).create().unwrap();
+        p.publish(b"m").unwrap();
+    }
+    let nd = dir.path().join("load.ndjson");
+    std::fs::write(&nd, "{\"key\":\"a\",\"value\":\"1\"}\n").unwrap();
+    let (d, t, r, n) =
+        (dir.path().to_str().unwrap(), table.to_str().unwrap(), ring.to_str().unwrap(), nd.to_str().unwrap());
+    let nowhere = "http://127.0.0.1:1";
+    let runs: [&[&str]; 8] = [
+        &["inspect", t],
+        &["inspect", "--json", r],
+        &["verify", t],
+        &["verify", "--json", r],
+        &["keys", "--dir", d, "web"],
+        &["get", "--dir", d, "web", "key1"],
+        &["publish", "--dir", d, "--url", nowhere, "events", "m2"],
+        &["load", "--dir", d, "--url", nowhere, "web", n],
+    ];
+    for args in runs {
+        // A pipe whose read end is already closed: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_podcache"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?} wrote to stderr: {err}");
+    }
+}
+
+/// Item 4 of issue 14: on a read-only mount of the directory (an app container's
+/// `readOnly: true`), put, del, publish and load go through the sidecar's socket. Needs root to
+/// bind-mount the directory read-only; without it the test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_a_read_only_mount_go_through_the_sidecar() {
+    timeout(WATCHDOG, async {
+        let dir = tempfile::tempdir().unwrap();
+        let (rw, ro) = (dir.path().join("rw"), dir.path().join("ro"));
+        std::fs::create_dir_all(&ro).unwrap();
+        let mut cfg = config(&rw);
+        cfg.socket = Some("api.sock".into());
+        let s = start(cfg).await;
+        let mount =
+            |args: &[&str]| std::process::Command::new("mount").args(args).status().is_ok_and(|st| st.success());
+        let (rws, ros) = (rw.to_str().unwrap().to_string(), ro.to_str().unwrap().to_string());
+        if !(mount(&["--bind", &rws, &ros]) && mount(&["-o", "remount,bind,ro", &ros])) {
+            eprintln!("skipped: cannot bind-mount read-only here (not root?)");
+            let _ = std::process::Command::new("umount").arg(&ros).status();
+            s.stop().await.unwrap();
+            return;
+        }
+        let d = ros.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let nd = format!("{d}/../load.ndjson");
+            std::fs::write(&nd, "{\"key\":\"l\",\"value\":\"x\"}\n").unwrap();
+            let w = ["--dir", d.as_str(), "--socket", "api.sock"];
+            let run = |args: &[&str]| podcache(&[&args[..1], &w[..], &args[1..]].concat());
+            let (code, _, err) = run(&["put", "web", "k", "v"]);
+            assert_eq!(code, 0, "put: {err}");
+            let (code, out, err) = run(&["publish", "events", "m"]);
+            assert_eq!((code, out), (0, b"1\n".to_vec()), "publish: {err}");
+            let (code, out, err) = run(&["load", "web", &nd]);
+            assert_eq!((code, out), (0, b"1\n".to_vec()), "load: {err}");
+            let (code, _, err) = run(&["del", "web", "l"]);
+            assert_eq!(code, 0, "del: {err}");
+            let (code, out, _) = podcache(&["get", "--dir", &d, "web", "k"]);
+            assert_eq!((code, out), (0, b"v".to_vec()));
+        })
+        .await;
+        let _ = std::process::Command::new("umount").arg(&ros).status();
+        r.unwrap();
+        s.stop().await.unwrap();
+    })
+    .await
+    .expect("watchdog");
+}

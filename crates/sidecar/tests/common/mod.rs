@@ -1,6 +1,8 @@
 //! Helpers: start a sidecar in-process on ephemeral ports, stop it, talk to it.
 #![allow(dead_code)]
 
+pub mod child;
+
 use podcache_sidecar::{Config, Error, RingSpec, Server, TableSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,141 @@
+//! A `podcache serve` child process (to measure its memory and send it signals), a watchdog
+//! that kills it, and a raw HTTP/1.1 client for clients that misbehave on purpose.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `podcache serve` process.
+pub struct Sidecar {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+impl Sidecar {
+    /// Start `podcache serve --dir DIR ARGS` on ephemeral ports; returns once it is ready.
+    pub fn start(dir: &std::path::Path, args: &[&str]) -> Sidecar {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podcache"))
+            .args(["serve", "--dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(["--ops-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn podcache serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut api, mut ops) = (None, None);
+        while api.is_none() || ops.is_none() {
+            let line = lines.next().expect("podcache serve exited before listening").unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            let msg = v["fields"]["message"].as_str().unwrap_or_default();
+            let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+            if msg.starts_with("HTTP API listening") && addr.is_some() {
+                api = addr;
+            } else if msg.starts_with("ops listening") {
+                ops = addr;
+            }
+        }
+        // Keep draining its logs so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Sidecar { child, api: api.unwrap(), ops: ops.unwrap() }
+    }
+
+    /// Resident memory (VmRSS) in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Send SIGTERM.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -TERM");
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills process `pid` and aborts the test (a failure) unless disarmed within `bound`.
+pub struct Watchdog(Option<mpsc::Sender<()>>);
+
+impl Watchdog {
+    pub fn arm(pid: u32, bound: Duration, what: &'static str) -> Watchdog {
+        let (tx, rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(bound) {
+                eprintln!("WATCHDOG: {what} did not finish within {bound:?}; killing {pid} and failing");
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                std::process::abort();
+            }
+        });
+        Watchdog(Some(tx))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.0.take().map(|tx| tx.send(()));
+    }
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Write one request (keep-alive) on `s`.
+pub fn send_request(s: &mut impl Write, method: &str, path: &str, extra: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n{extra}\r\n", body.len());
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)
+}
+
+/// Read one response with a `Content-Length` body (or none) from `r`.
+pub fn read_response(r: &mut impl BufRead) -> std::io::Result<RawResponse> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                len = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(RawResponse { status, headers, body })
+}
+
+/// Connect with generous timeouts (a test's watchdog bounds the whole).
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    s
+}
