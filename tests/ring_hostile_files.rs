@@ -222,7 +222,7 @@ fn an_empty_file_is_not_ready() {
     assert!(matches!(open_err(&path), OpenError::NotReady { .. }));
     // All zeros: not a podcache file (a v4 creator's first store is the creating magic).
     let path = put(dir.path(), "zeros.ring", &[0u8; FILE_LEN]);
-    assert!(matches!(open_err(&path), OpenError::Corrupt { .. }));
+    assert!(matches!(open_err(&path), OpenError::Foreign { .. }));
     // Every field written, the creating magic still in place: a creator that died half-way.
     let mut b = real_ring(dir.path(), 10);
     set_word(&mut b, 0, header::CREATING);
@@ -267,13 +267,13 @@ fn a_file_shorter_than_its_header_says_is_truncated() {
 }
 
 #[test]
-fn a_foreign_file_is_corrupt() {
+fn a_foreign_file_is_foreign() {
     let dir = shm_tempdir();
     let real = real_ring(dir.path(), 10);
     let mut text = b"# not a podcache file\n".repeat(400);
     text.truncate(FILE_LEN);
     let path = put(dir.path(), "text.ring", &text);
-    assert!(matches!(open_err(&path), OpenError::Corrupt { .. }));
+    assert!(matches!(open_err(&path), OpenError::Foreign { .. }));
 
     for magic in [*b"PODCACHF", *b"podcache", [0xFF; 8]] {
         let mut b = real.clone();
@@ -281,7 +281,7 @@ fn a_foreign_file_is_corrupt() {
         reseal(&mut b);
         let path = put(dir.path(), "magic.ring", &b);
         let err = open_err(&path);
-        assert!(matches!(&err, OpenError::Corrupt { .. }), "magic {magic:?}: {err:?}");
+        assert!(matches!(&err, OpenError::Foreign { .. }), "magic {magic:?}: {err:?}");
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
     }
 }

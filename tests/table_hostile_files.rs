@@ -289,7 +289,7 @@ fn an_empty_or_unfinished_table_file_is_not_ready() {
     assert!(matches!(open_err(&path, SMALL), OpenError::NotReady { .. }));
     // All zeros: not a podcache file (a v4 creator's first store is the creating magic).
     let path = put_file(dir.path(), "zeros.table", &vec![0u8; img.bytes.len()]);
-    assert!(matches!(open_err(&path, SMALL), OpenError::Corrupt { .. }));
+    assert!(matches!(open_err(&path, SMALL), OpenError::Foreign { .. }));
     // Every header field written, the creating magic still in place: a creator that died
     // half-way.
     let mut b = img.clone();
@@ -299,7 +299,7 @@ fn an_empty_or_unfinished_table_file_is_not_ready() {
     // A foreign file: not ready, and the magic is wrong.
     b.bytes[..8].copy_from_slice(b"NOTMAGIC");
     let path = put_file(dir.path(), "foreign.table", &b.bytes);
-    assert!(matches!(open_err(&path, SMALL), OpenError::Corrupt { .. }));
+    assert!(matches!(open_err(&path, SMALL), OpenError::Foreign { .. }));
 }
 
 /// Regression test of a fixed bug. Before the fix, a writer that finds a file whose ready flag is not set initialises it "fresh"
