@@ -211,20 +211,18 @@ fn concurrent_reader_never_sees_a_bad_message() {
             let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 256];
-                // Losses are counted from the first message a reader receives.
-                let (mut got, mut next, mut first) = (0u64, 0u64, 0u64);
+                // The readers opened the empty ring at its oldest message: losses are counted
+                // from the first message published (sequence 1), even if a lap comes first.
+                let (mut got, mut next) = (0u64, 1u64);
                 while next <= 200_000 {
                     if let Some(m) = r.read(&mut buf).unwrap() {
-                        if got == 0 {
-                            (next, first) = (m.seq, m.seq);
-                        }
                         assert_eq!(m.seq, next + m.lost);
                         assert_eq!(&buf[..m.len], &payload(m.seq, 256)[..]);
                         next = m.seq + 1;
                         got += 1;
                     }
                 }
-                (got + first - 1, r.lost())
+                (got, r.lost())
             })
         })
         .collect();
@@ -477,4 +475,28 @@ fn wait_without_a_deadline_returns_for_a_message() {
     watchdog.join().unwrap();
     drop(publisher.join().unwrap());
     assert_eq!(recv(&mut r, &mut buf).unwrap().1, b"second");
+}
+
+/// A reader that starts at the oldest message of an empty ring and is lapped before its first
+/// read counts as lost every message it missed: the baseline is the writer's next sequence.
+#[test]
+fn start_oldest_on_an_empty_ring_counts_what_a_first_lap_lost() {
+    let p = params(1024, 100);
+    let reg = region(&p);
+    let mut w = RingWriter::create(reg.clone(), &p, WakePolicy::Never);
+    let first = w.next_seq();
+    let mut r = RingReader::new(reg.clone(), &p, Start::Oldest);
+    for _ in 0..40 {
+        w.publish(&[7u8; 80]).unwrap();
+    }
+    let mut buf = [0u8; 100];
+    let m = r.read(&mut buf).unwrap().expect("a message");
+    assert!(r.laps() > 0, "the reader was lapped");
+    assert_eq!(m.lost, m.seq - first, "lost counts from the first message published after open");
+    let mut seen = 1;
+    while r.read(&mut buf).unwrap().is_some() {
+        seen += 1;
+    }
+    assert_eq!(m.lost + seen, 40, "every message is read or counted lost");
+    assert_eq!(r.lost(), m.lost);
 }

@@ -70,12 +70,6 @@ def test_lapped_subscriber_is_told_how_many_it_lost(shm_dir, start_writer):
     assert 1 + len(msgs) + sub.lost == total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="podcache-reader: a subscriber opened (start oldest) on an empty ring and lapped "
-    "before its first message is not told what it lost (RingReader::new leaves gap_from None "
-    "when there is no oldest message to peek); remove this mark when the reader counts it",
-)
 def test_lapped_before_the_first_message_is_told_too(shm_dir, start_writer):
     path = shm_dir / "small.ring"
     w = start_ring(start_writer, path, 4096)

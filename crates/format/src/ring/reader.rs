@@ -59,8 +59,14 @@ impl RingReader {
         };
         match start {
             Start::Oldest => {
+                // The writer's next sequence, loaded before the tail resync loads: it belongs to
+                // a tail no later than that one, so it is never above the sequence of the first
+                // record this reader can meet, and it is the baseline when the ring is empty.
+                let next = r.writer_next_seq();
                 r.resync();
-                r.expect = Expect::Any { gap_from: r.peek_seq() };
+                let oldest = r.peek_seq();
+                let empty = r.pos == r.cached_tail;
+                r.expect = Expect::Any { gap_from: oldest.or(empty.then_some(next)) };
             }
             Start::Newest => r.skip_to_newest(),
         }
