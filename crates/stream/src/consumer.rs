@@ -34,12 +34,15 @@ impl StreamConsumerBuilder {
         self
     }
 
-    /// Register: create (or take over) this consumer's ack ring, read the last acknowledgement
-    /// it holds, and open the data ring to resume after it.
+    /// Open the data ring, then register: create (or take over) this consumer's ack ring and
+    /// read the last acknowledgement it holds, to resume after it.
     pub fn open(self) -> Result<StreamConsumer, OpenError> {
         if !ack::valid_id(&self.id) {
             return Err(OpenError::InvalidId { id: self.id });
         }
+        // The data ring first: a consumer that cannot read it does not register (a publisher
+        // would take the ack ring it leaves behind for a consumer that is gone).
+        let sub = Subscriber::builder(&self.data).wait_ready(self.wait_ready).open().map_err(OpenError::Data)?;
         let ack_path = ack::ack_path(&self.data, &self.id);
         let lock_deadline = Instant::now().checked_add(self.wait_ready.max(LOCK_GRACE));
         let acks = loop {
@@ -61,7 +64,6 @@ impl StreamConsumerBuilder {
         // Our own last acknowledgement (readers never write, so reading the ring we write is
         // fine): a restarted consumer resumes after it.
         let mut last = read_last_ack(&ack_path)?;
-        let sub = Subscriber::builder(&self.data).wait_ready(self.wait_ready).open().map_err(OpenError::Data)?;
         if last >= sub.writer_next_seq() {
             // Left from an older ring of the same name.
             last = 0;

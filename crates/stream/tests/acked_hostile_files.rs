@@ -68,3 +68,13 @@ fn acks_beyond_what_was_published_are_ignored() {
     assert_eq!(published, publisher.window() / podcache_reader::ring_record_size(64));
     assert_eq!(publisher.acked("c"), Some(0));
 }
+
+#[test]
+fn a_consumer_that_cannot_open_the_data_ring_does_not_register() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let path = dir.path().join("missing.ring");
+    let err = StreamConsumer::builder(&path, "c").open().err().unwrap();
+    assert!(matches!(err, OpenError::Data(podcache_reader::OpenError::NotFound { .. })), "{err}");
+    // No ack ring left behind for a publisher to take for a consumer that came and went.
+    assert!(!ack_path(&path, "c").exists());
+}
