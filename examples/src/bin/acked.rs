@@ -50,11 +50,13 @@ fn consume(path: PathBuf, id: String, messages: u64, slow_us: u64) -> Result<Exi
     let mut consumer = StreamConsumer::builder(&path, &id).wait_ready(PATIENCE).open()?;
     let mut buf = vec![0u8; consumer.max_message()];
     let (mut lost, mut bad, mut last) = (0u64, 0u64, 0u64);
+    let mut start = None;
     while last < messages {
         let Some(m) = consumer.recv(&mut buf, PATIENCE)? else {
             eprintln!("consumer {id}: nothing for {} s after message {last}", PATIENCE.as_secs());
             return Ok(ExitCode::FAILURE);
         };
+        start.get_or_insert_with(Instant::now);
         lost += m.lost;
         if m.seq != last + 1 + m.lost || !check(m.seq, &buf[..m.len]) {
             bad += 1;
@@ -64,7 +66,12 @@ fn consume(path: PathBuf, id: String, messages: u64, slow_us: u64) -> Result<Exi
             std::thread::sleep(Duration::from_micros(slow_us));
         }
     }
-    println!("consumer {id}: {last} messages in order, {lost} lost, {bad} bad");
+    let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64()).max(1e-9);
+    println!(
+        "consumer {id}: {last} messages in order, {lost} lost, {bad} bad; {secs:.2} s from its first message \
+         ({:.3} M msgs/s)",
+        last as f64 / secs / 1e6
+    );
     Ok(if lost == 0 && bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
