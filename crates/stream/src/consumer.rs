@@ -150,7 +150,8 @@ impl std::error::Error for OpenError {
 ///
 /// **Acknowledgement.** Asking for the next message ([`recv`](Self::recv),
 /// [`try_recv`](Self::try_recv), [`recv_vec`](Self::recv_vec)) acknowledges the one received
-/// before it; dropping the consumer, or [`ack`](Self::ack), acknowledges everything received.
+/// before it; dropping the consumer, or [`ack`](Self::ack), acknowledges everything received
+/// (a drop while the thread panics leaves out the message in hand).
 /// So a consumer that crashes while handling a message gets it again when it re-opens with
 /// the same id (at least once across restarts; exactly once and in order otherwise). Acks are
 /// published every quarter of the publisher's window and whenever the data ring is found
@@ -314,6 +315,10 @@ impl StreamConsumer {
 
 impl Drop for StreamConsumer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Unwinding from a panic: the message in hand may not have been handled.
+            self.delivered = self.delivered.saturating_sub(1).max(self.acked);
+        }
         // Everything received is done; then the ack ring's lock goes (the publisher sees it).
         self.ack();
     }

@@ -221,3 +221,33 @@ fn a_restarted_publisher_waits_until_consumers_pass_its_predecessors_messages() 
     assert_eq!(second.publish(b"x", Duration::ZERO).unwrap(), 11);
     assert_eq!(c.recv(&mut buf, Duration::ZERO).unwrap().unwrap().seq, 11);
 }
+
+#[test]
+fn a_consumer_that_panics_does_not_acknowledge_the_message_in_hand() {
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    let path = dir.path().join("panic.ring");
+    let mut publisher = StreamPublisher::builder(&path).capacity(CAPACITY).consumers(["p"]).create().unwrap();
+    for i in 1..=3u64 {
+        publisher.publish(&i.to_le_bytes(), Duration::ZERO).unwrap();
+    }
+    let handler = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut c = StreamConsumer::builder(&path, "p").open().unwrap();
+            let mut buf = [0u8; 8];
+            for _ in 0..2 {
+                c.recv(&mut buf, Duration::ZERO).unwrap().unwrap();
+            }
+            panic!("handling message 2 failed");
+        })
+    };
+    assert!(handler.join().is_err());
+    // Message 1 is done (it asked for message 2); message 2 was in hand when it panicked.
+    let err = publisher.wait_acked(Duration::from_secs(30)).unwrap_err();
+    assert!(matches!(&err, WaitAckedError::ConsumerGone { id } if id == "p"), "{err}");
+    assert_eq!(publisher.acked("p"), Some(1));
+    let mut again = StreamConsumer::builder(&path, "p").open().unwrap();
+    assert_eq!(again.resumed_after(), 1);
+    let mut buf = [0u8; 8];
+    assert_eq!(again.recv(&mut buf, Duration::ZERO).unwrap().unwrap().seq, 2);
+}
