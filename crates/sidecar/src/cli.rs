@@ -235,6 +235,10 @@ pub struct ServeArgs {
     /// File holding the upstream Redis password (the ACL user is the URL's USER, else default).
     #[arg(long, env = "PODCACHE_UPSTREAM_PASSWORD_FILE")]
     pub upstream_password_file: Option<PathBuf>,
+    /// A request or PING to the upstream Redis unanswered this long means the connection is
+    /// lost: the mirrored tables are cleared and it reconnects [default: 3s].
+    #[arg(long, env = "PODCACHE_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<String>,
     /// A table that mirrors the Redis keys under a prefix, TABLE=PREFIX, e.g. users=user:
     /// (repeatable; env: comma separated): GET fills on a miss, PUT/DELETE write through, Redis
     /// invalidations evict.
@@ -309,6 +313,7 @@ impl ServeArgs {
                 self.mirrors.clone()
             },
             self.mirror_max_ttl.as_deref().or(file.mirror_max_ttl.as_deref()),
+            self.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),
         )?;
         let log = match (self.log_format, file.log_format.as_deref()) {
             (Some(l), _) => l,

@@ -213,6 +213,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// upstream_password_file = "/etc/podcache/redis-password"
 /// mirrors = ["web=page:"]
 /// mirror_max_ttl = "1h"
+/// upstream_timeout = "3s"
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +259,8 @@ pub struct FileConfig {
     pub mirrors: Vec<String>,
     /// See `--mirror-max-ttl`.
     pub mirror_max_ttl: Option<String>,
+    /// See `--upstream-timeout`.
+    pub upstream_timeout: Option<String>,
 }
 
 impl FileConfig {

@@ -491,3 +491,102 @@ fn bad_near_configuration_is_refused() {
     ]);
     assert!(e.contains("password file"), "{e}");
 }
+
+/// Must-show 2, SIGSTOP: a Redis that stops answering (the process is stopped, the connection
+/// stays open) is noticed once a PING goes unanswered for `--upstream-timeout`; the table is
+/// cleared, misses answer 503, and after SIGCONT the sidecar reconnects and refills.
+#[test]
+fn a_silent_redis_is_noticed_within_the_upstream_timeout() {
+    let Some(redis) = Redis::start_or_skip("a_silent_redis_is_noticed_within_the_upstream_timeout") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = sidecar(tmp.path(), &redis, &["--upstream-timeout", "300ms"]);
+    wait_connected(&redis, 1);
+    let r = table(tmp.path(), "t");
+    redis.client().run(&["SET", "k:s", "v"]);
+    assert_eq!(get(&s, "s").body, b"v");
+    assert_eq!(r.stats().items, 1);
+    redis.signal("STOP");
+    let stopped = Instant::now();
+    eventually("table cleared after an unanswered PING", BOUND, || (r.stats().items == 0).then_some(()));
+    eprintln!(
+        "a stopped Redis was noticed and the table cleared {:?} after SIGSTOP (timeout 300ms)",
+        stopped.elapsed()
+    );
+    assert_eq!(get(&s, "s").status, 503);
+    redis.signal("CONT");
+    eventually("refilled after SIGCONT", BOUND, || (get(&s, "s").body == b"v").then_some(()));
+    assert_eq!(lookup(&r, b"s").unwrap(), Cached::Value(b"v".to_vec()));
+    let m = http(s.ops, "GET", "/metrics", b"");
+    let text = String::from_utf8_lossy(&m.body);
+    let metric = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("podcache_near_connected"), 1);
+    assert!(metric("podcache_near_connects_total") >= 2, "reconnected");
+    assert!(metric("podcache_near_fills_total") >= 2 && metric("podcache_near_hits_total") == 0);
+}
+
+/// The upstream is untrusted input: a fake "Redis" that answers the handshake and then sends
+/// hostile bytes (a bulk length beyond the limit, nesting too deep, a reply nobody asked for,
+/// a good fill followed by garbage) only ever costs a connection: the table is cleared, the
+/// sidecar keeps serving, and it reconnects.
+#[test]
+fn a_hostile_upstream_only_costs_a_connection() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hostile: Vec<Vec<u8>> = vec![
+        b"$99999999999999\r\n".to_vec(),
+        b"*1\r\n".repeat(100),
+        b"+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:-1\r\n$4\r\ngood\r\n\x00garbage\r\n".to_vec(),
+        b"+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:-1\r\n$4\r\ngood\r\n+unasked\r\n".to_vec(),
+        b":1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n".to_vec(),
+    ];
+    let modes = hostile.len();
+    let server = std::thread::spawn(move || {
+        for bytes in hostile.into_iter().cycle().take(modes * 4) {
+            let Ok((mut c, _)) = listener.accept() else { return };
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            // The handshake: HELLO and CLIENT TRACKING, answered OK.
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains("OPTIN") {
+                let Ok(n) = c.read(&mut buf) else { break };
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let _ = c.write_all(b"%0\r\n+OK\r\n");
+            // The fill (or a PING): then the hostile answer.
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(&bytes);
+            let _ = c.read(&mut buf);
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(
+        tmp.path(),
+        &["--table", "t=64:1MiB", "--upstream", &format!("redis://127.0.0.1:{port}"), "--mirror", "t=k:"],
+    );
+    let r = table(tmp.path(), "t");
+    let mut answers = HashMap::new();
+    for _ in 0..modes * 2 {
+        let resp = get(&s, "x");
+        *answers.entry(resp.status).or_insert(0) += 1;
+        assert!(resp.status == 200 || resp.status == 503, "answered {}", resp.status);
+        if resp.status == 200 {
+            assert_eq!(resp.body, b"good");
+        }
+        eventually("table cleared after the hostile bytes", BOUND, || (r.stats().items == 0).then_some(()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answers.get(&503).is_some_and(|&n| n > 0), "{answers:?}");
+    assert_eq!(http(s.ops, "GET", "/healthz", b"").status, 200, "still serving");
+    drop(s);
+    drop(server);
+}

@@ -16,6 +16,7 @@
 
 mod conn;
 pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod resp;
 
 use crate::config::parse_duration;
@@ -82,6 +83,7 @@ impl UpstreamConfig {
             user,
             password_file: None,
             ping_interval: Duration::from_secs(1),
+            // See `--upstream-timeout`.
             ping_timeout: Duration::from_secs(3),
         })
     }
@@ -138,6 +140,7 @@ pub fn config_from(
     password_file: Option<PathBuf>,
     mut mirrors: Vec<MirrorSpec>,
     max_ttl: Option<&str>,
+    timeout: Option<&str>,
 ) -> Result<Option<NearConfig>, String> {
     let Some(url) = upstream else {
         if !mirrors.is_empty() {
@@ -147,6 +150,16 @@ pub fn config_from(
     };
     let mut upstream = UpstreamConfig::parse(url)?;
     upstream.password_file = password_file;
+    if let Some(t) = timeout {
+        let t = parse_duration(t).map_err(|e| format!("upstream timeout: {e}"))?;
+        if t < Duration::from_millis(10) {
+            return Err("upstream timeout must be at least 10ms".into());
+        }
+        upstream.ping_timeout = t;
+        // A PING every third of the timeout: a silent connection is noticed within about
+        // 1.33 timeouts.
+        upstream.ping_interval = t / 3;
+    }
     if mirrors.is_empty() {
         return Err("--upstream needs at least one --mirror TABLE=PREFIX".into());
     }

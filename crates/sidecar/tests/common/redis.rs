@@ -69,6 +69,12 @@ impl Redis {
         }
     }
 
+    /// Send a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success(), "kill -{sig}");
+    }
+
     /// Start it again on the same port.
     pub fn restart(&mut self) {
         self.kill();
@@ -90,6 +96,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A test that failed between SIGSTOP and SIGCONT leaves it stopped: continue it.
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
         self.kill();
     }
 }
