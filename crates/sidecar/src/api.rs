@@ -385,6 +385,12 @@ async fn load(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = p.map_err(path_err)?;
     let t = table(&s, &name)?;
+    if crate::near::http::mirror(&s, &name).is_some() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("table {name:?} mirrors Redis: write its keys with PUT (written through to Redis), not load"),
+        ));
+    }
     let body = body.map_err(body_err)?;
     let items = parse_ndjson(&body)?;
     // One lock for the whole load: it is applied as a batch.

@@ -334,6 +334,11 @@ fn writes_go_through_to_redis_and_evict_first() {
     assert_eq!(c.get("k:w"), None);
     assert_eq!(get(&s, "w").status, 404);
     assert_eq!(http(s.api, "DELETE", "/v1/tables/t/keys/w", b"").status, 404);
+    // A bulk load would write the table behind Redis's back: refused, nothing stored.
+    let load = http(s.api, "POST", "/v1/tables/t/load", b"{\"key\":\"l\",\"value\":\"x\"}\n");
+    assert_eq!(load.status, 400, "{}", String::from_utf8_lossy(&load.body));
+    assert!(String::from_utf8_lossy(&load.body).contains("mirrors Redis"));
+    assert_eq!(lookup(&r, b"l").unwrap(), Cached::NotCached);
 }
 
 /// Must-show 3: a key set with PX 300 is gone from the table by its expiry although Redis
