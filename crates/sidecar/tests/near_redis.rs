@@ -595,3 +595,59 @@ fn a_hostile_upstream_only_costs_a_connection() {
     drop(s);
     drop(server);
 }
+
+/// The password comes from a file and authenticates an ACL user (`redis://USER@...`); a wrong
+/// one never connects (misses answer 503) and says why in the log.
+#[test]
+fn the_upstream_password_comes_from_a_file() {
+    const TEST: &str = "the_upstream_password_comes_from_a_file";
+    let Some(redis) = Redis::start_with_or_skip(TEST, &["--requirepass", "admin-secret"]) else { return };
+    let mut admin = redis.client();
+    assert_eq!(admin.run(&["AUTH", "admin-secret"]), Frame::Simple(b"OK".to_vec()));
+    let acl = admin.run(&["ACL", "SETUSER", "cache", "on", ">cache-secret", "~k:*", "+@all"]);
+    assert_eq!(acl, Frame::Simple(b"OK".to_vec()));
+    admin.run(&["SET", "k:p", "secret value"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("redis://cache@127.0.0.1:{}", redis.port);
+    for (pw, ok) in [("wrong\n", false), ("cache-secret\n", true)] {
+        let pw_file = tmp.path().join("password");
+        std::fs::write(&pw_file, pw).unwrap();
+        let dir = tmp.path().join(if ok { "good" } else { "bad" });
+        let s = Sidecar::start(
+            &dir,
+            &[
+                "--table",
+                "t=64:1MiB",
+                "--upstream",
+                &url,
+                "--mirror",
+                "t=k:",
+                "--upstream-password-file",
+                pw_file.to_str().unwrap(),
+            ],
+        );
+        if ok {
+            eventually("authenticated fill", BOUND, || (get(&s, "p").body == b"secret value").then_some(()));
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(get(&s, "p").status, 503, "no connection with a wrong password");
+            assert!(admin.near_clients().is_empty());
+        }
+    }
+}
+
+/// A sidecar restarted while Redis is down clears what its predecessor filled at once: a
+/// linked reader never sees values nobody is tracking any more.
+#[test]
+fn a_restart_while_redis_is_down_clears_the_table() {
+    let Some((mut redis, tmp, s)) = one_pod("a_restart_while_redis_is_down_clears_the_table") else { return };
+    redis.client().run(&["SET", "k:old", "filled before"]);
+    assert_eq!(get(&s, "old").body, b"filled before");
+    drop(s); // SIGKILL: the table keeps the value, no one can clear it
+    let r = table(tmp.path(), "t");
+    assert_eq!(lookup(&r, b"old").unwrap(), Cached::Value(b"filled before".to_vec()));
+    redis.kill();
+    let s = sidecar(tmp.path(), &redis, &[]);
+    eventually("cleared without a connection", BOUND, || (r.stats().items == 0).then_some(()));
+    assert_eq!(get(&s, "old").status, 503);
+}

@@ -123,6 +123,10 @@ impl Task {
     /// Connect, serve, and on any loss clear the tables and reconnect with backoff, until
     /// `shutdown` turns true.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // The tables may hold what an earlier sidecar filled (emptyDir outlives a container):
+        // clear them now, not at the first successful connect, which may be a long way off
+        // when Redis is down.
+        self.flush_tables();
         let mut backoff = BACKOFF_MIN;
         loop {
             if *shutdown.borrow() {

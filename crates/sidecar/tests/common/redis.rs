@@ -16,6 +16,7 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -26,6 +27,11 @@ fn free_port() -> u16 {
 impl Redis {
     /// Start one, or return `None` after printing why the test is skipped.
     pub fn start_or_skip(test: &str) -> Option<Redis> {
+        Redis::start_with_or_skip(test, &[])
+    }
+
+    /// [`Redis::start_or_skip`] with more `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with_or_skip(test: &str, extra: &[&str]) -> Option<Redis> {
         let found = Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_ok();
         if !found {
             if std::env::var("PODCACHE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
@@ -35,7 +41,8 @@ impl Redis {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let mut r = Redis { child: None, port: free_port(), dir };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut r = Redis { child: None, port: free_port(), dir, extra };
         r.spawn();
         Some(r)
     }
@@ -45,6 +52,7 @@ impl Redis {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "yes", "--dir", self.dir.path().to_str().unwrap()])
             .args(["--logfile", self.dir.path().join("redis.log").to_str().unwrap()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
@@ -52,7 +60,8 @@ impl Redis {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = TcpStream::connect(("127.0.0.1", self.port)).map(Client::from) {
-                if c.cmd(&[b"PING"]) == Frame::Simple(b"PONG".to_vec()) {
+                // PONG, or NOAUTH from a server that wants a password: it is up either way.
+                if matches!(c.cmd(&[b"PING"]), Frame::Simple(_) | Frame::Error(_)) {
                     return;
                 }
             }
