@@ -229,8 +229,12 @@ pub struct ServeArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "PODCACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
-    /// Upstream Redis of the near cache: redis://[USER@]HOST:PORT or unix:///PATH (see --mirror).
-    #[arg(long, env = "PODCACHE_UPSTREAM")]
+    /// Upstream Redis of the near cache, `redis://[USER@]HOST:PORT` or `unix:///PATH`.
+    #[arg(
+        help = "Upstream Redis of the near cache: redis://[USER@]HOST:PORT or unix:///PATH (see --mirror)",
+        long,
+        env = "PODCACHE_UPSTREAM"
+    )]
     pub upstream: Option<String>,
     /// File holding the upstream Redis password (the ACL user is the URL's USER, else default).
     #[arg(long, env = "PODCACHE_UPSTREAM_PASSWORD_FILE")]
