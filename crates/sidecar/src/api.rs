@@ -257,8 +257,12 @@ async fn list_keys(
     let limit = q.limit.unwrap_or(1000);
     let mut keys = Vec::new();
     let mut truncated = false;
+    let mirrored = crate::near::http::mirror(&s, &name).is_some();
     for k in r.keys() {
         let k = k.map_err(get_err)?;
+        if mirrored && !crate::near::cacheable(&k) {
+            continue; // a negative entry (a key absent upstream), not a key of the table
+        }
         if keys.len() == limit {
             truncated = true;
             break;

@@ -408,15 +408,20 @@ impl Task {
             }
             Expect::Ping => {}
             Expect::Fill { id, mirror, key } => {
-                let result = self.apply_fill(mirror, &key, f, sent);
                 let k = (mirror, key);
                 if self.joinable.get(&k) == Some(&id) {
                     self.joinable.remove(&k);
                 }
-                if let Some(waiters) = self.fills.remove(&id) {
-                    for w in waiters {
-                        let _ = w.send(result.clone());
-                    }
+                let (result, lost) = match fill_answer(f) {
+                    Ok(Ok((pttl, value))) => (self.store_fill(mirror, &k.1, pttl, value, sent), None),
+                    Ok(Err(e)) => (Err(e), None),
+                    Err(why) => (Err(UpstreamError::Unavailable(why.clone())), Some(why)),
+                };
+                for w in self.fills.remove(&id).unwrap_or_default() {
+                    let _ = w.send(result.clone());
+                }
+                if let Some(why) = lost {
+                    return Err(why);
                 }
             }
             Expect::Set { mirror, key, reply } => {
@@ -444,23 +449,16 @@ impl Task {
         Ok(())
     }
 
-    /// Store the answer of a fill (`EXEC` -> `[PTTL, GET]`) and return what the callers get.
-    fn apply_fill(&self, mirror: usize, key: &[u8], f: Frame, sent: Instant) -> Result<Option<Vec<u8>>, UpstreamError> {
-        let redis_err = |e: &[u8]| UpstreamError::Redis(String::from_utf8_lossy(e).into_owned());
-        let (pttl, value) = match f {
-            Frame::Array(mut a) if a.len() == 2 => {
-                let v = a.pop();
-                let t = a.pop();
-                match (t, v) {
-                    (Some(Frame::Integer(t)), Some(Frame::Bulk(v))) => (t, Some(v)),
-                    (Some(Frame::Integer(t)), Some(Frame::Null)) => (t, None),
-                    (_, Some(Frame::Error(e))) | (Some(Frame::Error(e)), _) => return Err(redis_err(&e)),
-                    other => return Err(UpstreamError::Redis(format!("unexpected fill answer {other:?}"))),
-                }
-            }
-            Frame::Error(e) => return Err(redis_err(&e)),
-            other => return Err(UpstreamError::Redis(format!("unexpected fill answer {other:?}"))),
-        };
+    /// Store a fill's value (or a negative entry for `None`) with its local TTL; returns the
+    /// value for the callers.
+    fn store_fill(
+        &self,
+        mirror: usize,
+        key: &[u8],
+        pttl: i64,
+        value: Option<Vec<u8>>,
+        sent: Instant,
+    ) -> Result<Option<Vec<u8>>, UpstreamError> {
         let m = &self.mirrors[mirror];
         if !super::cacheable(key) {
             return Ok(value);
@@ -538,6 +536,30 @@ impl Task {
     }
 }
 
+/// The answer of a fill's `EXEC`: `[PTTL, GET]`. The outer `Err` is a protocol violation (an
+/// answer of the wrong shape: the stream cannot be trusted any more), which ends the
+/// connection; a Redis error reply (e.g. `WRONGTYPE`) is an answer for the callers.
+type FillAnswer = Result<(i64, Option<Vec<u8>>), UpstreamError>;
+
+fn fill_answer(f: Frame) -> Result<FillAnswer, String> {
+    let redis_err = |e: &[u8]| Ok(Err(UpstreamError::Redis(String::from_utf8_lossy(e).into_owned())));
+    let shape = |what: &dyn std::fmt::Debug| format!("protocol error: a fill was answered {what:?}");
+    match f {
+        Frame::Array(mut a) if a.len() == 2 => {
+            let v = a.pop();
+            let t = a.pop();
+            match (t, v) {
+                (Some(Frame::Integer(t)), Some(Frame::Bulk(v))) => Ok(Ok((t, Some(v)))),
+                (Some(Frame::Integer(t)), Some(Frame::Null)) => Ok(Ok((t, None))),
+                (_, Some(Frame::Error(e))) | (Some(Frame::Error(e)), _) => redis_err(&e),
+                other => Err(shape(&other)),
+            }
+        }
+        Frame::Error(e) => redis_err(&e),
+        other => Err(shape(&other)),
+    }
+}
+
 /// Until `rx` turns true (the watch guard is dropped here, so callers stay `Send`).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -553,6 +575,33 @@ fn refuse(r: Request, e: &UpstreamError) {
         }
         Request::Del { reply, .. } => {
             let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_answers() {
+        let b = |s: &str| Frame::Bulk(s.as_bytes().to_vec());
+        assert_eq!(fill_answer(Frame::Array(vec![Frame::Integer(500), b("v")])), Ok(Ok((500, Some(b"v".to_vec())))));
+        assert_eq!(fill_answer(Frame::Array(vec![Frame::Integer(-2), Frame::Null])), Ok(Ok((-2, None))));
+        let wrongtype = Frame::Error(b"WRONGTYPE x".to_vec());
+        assert!(matches!(
+            fill_answer(Frame::Array(vec![Frame::Integer(-1), wrongtype])),
+            Ok(Err(UpstreamError::Redis(m))) if m.starts_with("WRONGTYPE")
+        ));
+        // Wrong shapes end the connection: the stream is out of step or hostile.
+        for bad in [
+            Frame::Integer(1),
+            Frame::Null,
+            Frame::Array(vec![Frame::Integer(1)]),
+            Frame::Array(vec![b("1"), b("v")]),
+            Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)]),
+        ] {
+            assert!(fill_answer(bad.clone()).is_err(), "{bad:?}");
         }
     }
 }
