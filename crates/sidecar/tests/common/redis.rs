@@ -37,7 +37,12 @@ impl Redis {
             if std::env::var("PODCACHE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
                 panic!("{test}: redis-server is not installed but PODCACHE_REQUIRE_REDIS=1");
             }
-            eprintln!("SKIPPED {test}: redis-server is not installed (bash .ci/redis installs it and runs this test)");
+            // Written to the stderr handle, not with eprintln!: libtest captures the macros'
+            // output of a passing test, and a skip must show.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: redis-server is not installed (bash .ci/redis installs it and runs this test)"
+            );
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
