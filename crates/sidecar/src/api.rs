@@ -257,8 +257,12 @@ async fn list_keys(
     let limit = q.limit.unwrap_or(1000);
     let mut keys = Vec::new();
     let mut truncated = false;
+    let mirrored = crate::near::http::mirror(&s, &name).is_some();
     for k in r.keys() {
         let k = k.map_err(get_err)?;
+        if mirrored && !crate::near::cacheable(&k) {
+            continue; // a negative entry (a key absent upstream), not a key of the table
+        }
         if keys.len() == limit {
             truncated = true;
             break;
@@ -272,6 +276,9 @@ async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>)
     let Path((name, key)) = p.map_err(path_err)?;
     let t = table(&s, &name)?;
     check_key(&key)?;
+    if let Some((near, m)) = crate::near::http::mirror(&s, &name) {
+        return crate::near::http::get(near, m, key.as_bytes()).await;
+    }
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     let got = r.get_vec(key.as_bytes()).map_err(get_err)?;
     let result = if got.is_some() { "hit" } else { "miss" };
@@ -307,6 +314,9 @@ async fn put_key(
     check_key(&key)?;
     let ttl = ttl(q.ttl_ms)?;
     let body = body.map_err(body_err)?;
+    if let Some((near, m)) = crate::near::http::mirror(&s, &name) {
+        return crate::near::http::put(near, m, key.as_bytes(), body.to_vec(), ttl).await;
+    }
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
     match ttl {
@@ -321,6 +331,9 @@ async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejectio
     let Path((name, key)) = p.map_err(path_err)?;
     let t = table(&s, &name)?;
     check_key(&key)?;
+    if let Some((near, m)) = crate::near::http::mirror(&s, &name) {
+        return crate::near::http::delete(near, m, key.as_bytes()).await;
+    }
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
     if w.delete(key.as_bytes()) {
@@ -376,6 +389,12 @@ async fn load(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = p.map_err(path_err)?;
     let t = table(&s, &name)?;
+    if crate::near::http::mirror(&s, &name).is_some() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("table {name:?} mirrors Redis: write its keys with PUT (written through to Redis), not load"),
+        ));
+    }
     let body = body.map_err(body_err)?;
     let items = parse_ndjson(&body)?;
     // One lock for the whole load: it is applied as a batch.

@@ -229,6 +229,28 @@ pub struct ServeArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "PODCACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Upstream Redis of the near cache, `redis://[USER@]HOST:PORT` or `unix:///PATH`.
+    #[arg(
+        help = "Upstream Redis of the near cache: redis://[USER@]HOST:PORT or unix:///PATH (see --mirror)",
+        long,
+        env = "PODCACHE_UPSTREAM"
+    )]
+    pub upstream: Option<String>,
+    /// File holding the upstream Redis password (the ACL user is the URL's USER, else default).
+    #[arg(long, env = "PODCACHE_UPSTREAM_PASSWORD_FILE")]
+    pub upstream_password_file: Option<PathBuf>,
+    /// A request or PING to the upstream Redis unanswered this long means the connection is
+    /// lost: the mirrored tables are cleared and it reconnects [default: 3s].
+    #[arg(long, env = "PODCACHE_UPSTREAM_TIMEOUT")]
+    pub upstream_timeout: Option<String>,
+    /// A table that mirrors the Redis keys under a prefix, TABLE=PREFIX, e.g. users=user:
+    /// (repeatable; env: comma separated): GET fills on a miss, PUT/DELETE write through, Redis
+    /// invalidations evict.
+    #[arg(long = "mirror", env = "PODCACHE_MIRRORS", value_delimiter = ',', value_parser = crate::near::parse_mirror)]
+    pub mirrors: Vec<crate::near::MirrorSpec>,
+    /// Longest a mirrored entry is kept without an invalidation, or "none" [default: 1h].
+    #[arg(long, env = "PODCACHE_MIRROR_MAX_TTL")]
+    pub mirror_max_ttl: Option<String>,
 }
 
 fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -286,6 +308,17 @@ impl ServeArgs {
         if let Some(n) = self.max_connections.or(file.max_connections) {
             c.limits.max_connections = n;
         }
+        c.near = crate::near::config_from(
+            self.upstream.as_deref().or(file.upstream.as_deref()),
+            self.upstream_password_file.clone().or(file.upstream_password_file),
+            if self.mirrors.is_empty() {
+                file.mirrors.iter().map(|m| crate::near::parse_mirror(m)).collect::<Result<_, _>>()?
+            } else {
+                self.mirrors.clone()
+            },
+            self.mirror_max_ttl.as_deref().or(file.mirror_max_ttl.as_deref()),
+            self.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),
+        )?;
         let log = match (self.log_format, file.log_format.as_deref()) {
             (Some(l), _) => l,
             (None, Some("json")) => LogFormat::Json,

@@ -58,6 +58,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Per-connection timeouts and limits of every listener, and the shutdown grace.
     pub limits: crate::http::Limits,
+    /// Tables that mirror an upstream Redis (`--upstream`, `--mirror`); `None`: no near cache.
+    pub near: Option<crate::near::NearConfig>,
 }
 
 impl Default for Config {
@@ -75,6 +77,7 @@ impl Default for Config {
             max_body: 16 << 20,
             sweep_interval: Duration::from_secs(1),
             limits: crate::http::Limits::default(),
+            near: None,
         }
     }
 }
@@ -206,6 +209,11 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// shutdown_grace = "10s"
 /// tables = ["web=10000:64MiB"]
 /// rings = ["events=16MiB:64KiB"]
+/// upstream = "redis://127.0.0.1:6379"
+/// upstream_password_file = "/etc/podcache/redis-password"
+/// mirrors = ["web=page:"]
+/// mirror_max_ttl = "1h"
+/// upstream_timeout = "3s"
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +250,17 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// See `--shutdown-grace`.
     pub shutdown_grace: Option<String>,
+    /// See `--upstream`.
+    pub upstream: Option<String>,
+    /// See `--upstream-password-file`.
+    pub upstream_password_file: Option<PathBuf>,
+    /// See `--mirror` (same syntax).
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// See `--mirror-max-ttl`.
+    pub mirror_max_ttl: Option<String>,
+    /// See `--upstream-timeout`.
+    pub upstream_timeout: Option<String>,
 }
 
 impl FileConfig {

@@ -138,6 +138,10 @@ pub enum Code {
     ShuttingDown,
     /// 503: too many open ring subscriptions.
     TooManySubscribers,
+    /// 503: the table mirrors Redis and Redis cannot be reached now.
+    UpstreamUnavailable,
+    /// 502: the table mirrors Redis and Redis answered with an error.
+    UpstreamError,
     /// 500: the file is corrupt.
     Corrupt,
     /// 500: anything else.
@@ -165,6 +169,8 @@ impl Code {
             Code::Contended => "contended",
             Code::ShuttingDown => "shutting_down",
             Code::TooManySubscribers => "too_many_subscribers",
+            Code::UpstreamUnavailable => "upstream_unavailable",
+            Code::UpstreamError => "upstream_error",
             Code::Corrupt => "corrupt",
             Code::Internal => "internal",
         }
@@ -186,6 +192,8 @@ impl Code {
             Code::ValueTooLarge | Code::MessageTooLarge | Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TableFull => StatusCode::INSUFFICIENT_STORAGE,
             Code::Contended | Code::ShuttingDown | Code::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
+            Code::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::UpstreamError => StatusCode::BAD_GATEWAY,
             Code::Corrupt | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -43,6 +43,7 @@ pub mod error;
 pub mod http;
 mod metrics;
 pub mod names;
+pub mod near;
 pub mod ops;
 mod server;
 pub mod stats;

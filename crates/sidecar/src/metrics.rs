@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// The `method` label: a fixed set, so a client cannot add series with made-up methods.
 pub(crate) fn method_label(m: &axum::http::Method) -> &'static str {
@@ -269,6 +270,9 @@ pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     );
     reg.register("table_gets", "HTTP gets by table and result (hit, miss)", shared.metrics.gets.clone());
     reg.register_collector(Box::new(snap));
+    if let Some(near) = &shared.near {
+        reg.register_collector(Box::new(crate::near::metrics::NearCollector(Arc::clone(&near.stats))));
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)?;
     Ok(out)

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     /// Open ring subscriptions (each holds a blocking thread).
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
     pub(crate) metrics: Metrics,
+    /// The near cache over Redis (`--upstream`), if configured.
+    pub(crate) near: Option<Arc<crate::near::Near>>,
     pub(crate) shutdown_rx: watch::Receiver<bool>,
     _dir_lock: ExclusiveLock,
 }
@@ -250,6 +252,7 @@ impl Server {
             }
             Err(e) => return Err(e),
         };
+        let near = config.near.as_ref().map(|n| crate::near::Near::new(n, &tables).map(Arc::new)).transpose()?;
         let api = match config.listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -291,6 +294,7 @@ impl Server {
         let shared = Arc::new(Shared {
             dir: config.dir.clone(),
             metrics: Metrics::new(),
+            near,
             tables,
             rings,
             token,
@@ -358,6 +362,14 @@ impl Server {
             }
             tasks.spawn(async move {
                 crate::http::serve(l, app, limits, rx).await;
+                Ok(())
+            });
+        }
+        // The near cache's connection to Redis (it clears the mirrored tables when it connects).
+        if let Some(near) = shared.near.clone() {
+            let rx = shared.shutdown_rx.clone();
+            tasks.spawn(async move {
+                near.run(rx).await;
                 Ok(())
             });
         }

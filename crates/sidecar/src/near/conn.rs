@@ -1,0 +1,607 @@
+//! The tracking connection: one task that owns the socket, sends fills and writes, and applies
+//! every reply and invalidation to the tables in the order it reads them (`docs/design.md` §10).
+
+use super::resp::{self, Frame, Limits};
+use super::{negative_key, Addr, Mirror, NearStats, UpstreamConfig};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Why an upstream request failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// No connection to Redis now (connecting, or lost while the request was in flight).
+    Unavailable(String),
+    /// Redis answered with an error (e.g. `WRONGTYPE`).
+    Redis(String),
+    /// The sidecar is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Unavailable(why) => write!(f, "upstream Redis unavailable: {why}"),
+            UpstreamError::Redis(msg) => write!(f, "upstream Redis error: {msg}"),
+            UpstreamError::ShuttingDown => f.write_str("the server is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+type Reply<T> = oneshot::Sender<Result<T, UpstreamError>>;
+
+/// A request from a handler to the connection task.
+pub(crate) enum Request {
+    Fill { mirror: usize, key: Vec<u8>, reply: Reply<Option<Vec<u8>>> },
+    Set { mirror: usize, key: Vec<u8>, value: Vec<u8>, ttl: Option<Duration>, reply: Reply<()> },
+    Del { mirror: usize, key: Vec<u8>, reply: Reply<bool> },
+}
+
+/// What the next reply on the wire answers.
+enum Expect {
+    /// `CLIENT CACHING`, `MULTI`, `QUEUED`: anything but an error.
+    Ok(&'static str),
+    /// The `EXEC` of a fill: `[PTTL, GET]`.
+    Fill {
+        id: u64,
+        mirror: usize,
+        key: Vec<u8>,
+    },
+    Set {
+        mirror: usize,
+        key: Vec<u8>,
+        reply: Reply<()>,
+    },
+    Del {
+        mirror: usize,
+        key: Vec<u8>,
+        reply: Reply<bool>,
+    },
+    Ping,
+}
+
+/// Why a connection ended.
+enum End {
+    Lost(String),
+    Shutdown,
+}
+
+type Stream = Box<dyn AsyncReadWrite>;
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Name the connection carries in `CLIENT LIST`.
+pub(crate) const CLIENT_NAME: &str = "podcache-near";
+
+pub(crate) struct Task {
+    cfg: UpstreamConfig,
+    password: Option<String>,
+    mirrors: Vec<Arc<Mirror>>,
+    rx: mpsc::Receiver<Request>,
+    stats: Arc<NearStats>,
+    limits: Limits,
+    /// Replies expected, in wire order, with when each request was sent.
+    pending: VecDeque<(Instant, Expect)>,
+    /// Fills in flight by id, with every caller waiting for each.
+    fills: HashMap<u64, Vec<Reply<Option<Vec<u8>>>>>,
+    /// The fill a new miss on (mirror, table key) may join. A write through this connection
+    /// detaches the key: a fill sent before the write must not answer a get made after it.
+    joinable: HashMap<(usize, Vec<u8>), u64>,
+    next_fill: u64,
+}
+
+impl Task {
+    pub(crate) fn new(
+        cfg: UpstreamConfig,
+        password: Option<String>,
+        mirrors: Vec<Arc<Mirror>>,
+        rx: mpsc::Receiver<Request>,
+        stats: Arc<NearStats>,
+    ) -> Task {
+        Task {
+            cfg,
+            password,
+            mirrors,
+            rx,
+            stats,
+            limits: Limits::default(),
+            pending: VecDeque::new(),
+            fills: HashMap::new(),
+            joinable: HashMap::new(),
+            next_fill: 0,
+        }
+    }
+
+    /// Connect, serve, and on any loss clear the tables and reconnect with backoff, until
+    /// `shutdown` turns true.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // The tables may hold what an earlier sidecar filled (emptyDir outlives a container):
+        // clear them now, not at the first successful connect, which may be a long way off
+        // when Redis is down.
+        self.flush_tables();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let connected = tokio::select! {
+                c = self.connect() => c,
+                _ = stopped(&mut shutdown) => return,
+            };
+            match connected {
+                Ok((stream, buf)) => {
+                    backoff = BACKOFF_MIN;
+                    // A table may hold entries filled by an earlier connection (or an earlier
+                    // sidecar) whose tracking is gone: nothing in it can be vouched for.
+                    self.flush_tables();
+                    self.stats.connected.store(true, Ordering::Relaxed);
+                    NearStats::inc(&self.stats.connects);
+                    tracing::info!(upstream = ?self.cfg.addr, "near cache: connected to Redis, tracking on");
+                    let end = self.serve(stream, buf, &mut shutdown).await;
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    // Clear first, then fail the callers: no caller is answered while the table
+                    // still holds what the lost connection can no longer vouch for.
+                    self.flush_tables();
+                    let why = match end {
+                        End::Shutdown => {
+                            self.fail_all(&UpstreamError::ShuttingDown);
+                            return;
+                        }
+                        End::Lost(why) => why,
+                    };
+                    tracing::warn!(upstream = ?self.cfg.addr, "near cache: connection lost ({why}); tables cleared");
+                    self.fail_all(&UpstreamError::Unavailable(why));
+                }
+                Err(why) => {
+                    tracing::warn!(upstream = ?self.cfg.addr, retry_in = ?backoff, "near cache: cannot connect: {why}");
+                }
+            }
+            // Back off, answering requests at once meanwhile.
+            let wake = tokio::time::sleep(backoff);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    _ = stopped(&mut shutdown) => return,
+                    r = self.rx.recv() => match r {
+                        Some(r) => refuse(r, &UpstreamError::Unavailable("not connected to Redis".into())),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn flush_tables(&self) {
+        for m in &self.mirrors {
+            m.clear();
+        }
+        NearStats::inc(&self.stats.flushes);
+    }
+
+    fn fail_all(&mut self, e: &UpstreamError) {
+        for (_, exp) in self.pending.drain(..) {
+            match exp {
+                Expect::Set { reply, .. } => {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Expect::Del { reply, .. } => {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Expect::Ok(_) | Expect::Fill { .. } | Expect::Ping => {}
+            }
+        }
+        self.joinable.clear();
+        for (_, waiters) in self.fills.drain() {
+            for w in waiters {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+
+    /// Open the socket and do the handshake (`HELLO 3`, `CLIENT TRACKING ON OPTIN`).
+    async fn connect(&mut self) -> Result<(Stream, Vec<u8>), String> {
+        let t = self.cfg.ping_timeout;
+        let mut stream: Stream = match &self.cfg.addr {
+            Addr::Tcp(hp) => {
+                let s = tokio::time::timeout(t, tokio::net::TcpStream::connect(hp.as_str()))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let _ = s.set_nodelay(true);
+                Box::new(s)
+            }
+            Addr::Unix(p) => Box::new(
+                tokio::time::timeout(t, tokio::net::UnixStream::connect(p))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let mut out = Vec::new();
+        let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+        if let Some(pw) = &self.password {
+            hello.extend([b"AUTH".as_slice(), self.cfg.user.as_deref().unwrap_or("default").as_bytes(), pw.as_bytes()]);
+        }
+        hello.extend([b"SETNAME".as_slice(), CLIENT_NAME.as_bytes()]);
+        resp::encode(&mut out, &hello);
+        resp::encode(&mut out, &[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]);
+        let mut buf = Vec::new();
+        let handshake = async {
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+            for what in ["HELLO 3", "CLIENT TRACKING ON OPTIN"] {
+                let f = loop {
+                    if let Some((f, used)) = resp::parse(&buf, &self.limits).map_err(|e| e.to_string())? {
+                        buf.drain(..used);
+                        if matches!(f, Frame::Push(_)) {
+                            continue;
+                        }
+                        break f;
+                    }
+                    if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                        return Err("connection closed during the handshake".to_string());
+                    }
+                };
+                if let Frame::Error(e) = f {
+                    return Err(format!("{what}: {}", String::from_utf8_lossy(&e)));
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(t, handshake).await.map_err(|_| "handshake timed out".to_string())??;
+        Ok((stream, buf))
+    }
+
+    /// Serve one connection until it is lost or shutdown.
+    async fn serve(&mut self, stream: Stream, mut buf: Vec<u8>, shutdown: &mut watch::Receiver<bool>) -> End {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut tick = tokio::time::interval(self.cfg.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::new();
+        // Frames that came with the handshake's last reply.
+        if let Err(why) = self.drain_frames(&mut buf) {
+            return End::Lost(why);
+        }
+        loop {
+            tokio::select! {
+                _ = stopped(shutdown) => return End::Shutdown,
+                r = self.rx.recv() => {
+                    let Some(r) = r else { return End::Shutdown };
+                    self.request(r, &mut out);
+                    // Batch whatever else is queued into the same write.
+                    while out.len() < 64 << 10 {
+                        match self.rx.try_recv() {
+                            Ok(r) => self.request(r, &mut out),
+                            Err(_) => break,
+                        }
+                    }
+                    if !out.is_empty() {
+                        match tokio::time::timeout(self.cfg.ping_timeout, wr.write_all(&out)).await {
+                            Ok(Ok(())) => out.clear(),
+                            Ok(Err(e)) => return End::Lost(format!("write: {e}")),
+                            Err(_) => return End::Lost("write timed out".into()),
+                        }
+                    }
+                }
+                n = rd.read_buf(&mut buf) => {
+                    match n {
+                        Ok(0) => return End::Lost("closed by Redis".into()),
+                        Ok(_) => {}
+                        Err(e) => return End::Lost(format!("read: {e}")),
+                    }
+                    if let Err(why) = self.drain_frames(&mut buf) {
+                        return End::Lost(why);
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some((sent, _)) = self.pending.front() {
+                        if sent.elapsed() > self.cfg.ping_timeout {
+                            return End::Lost(format!("no reply within {:?}", self.cfg.ping_timeout));
+                        }
+                    } else {
+                        resp::encode(&mut out, &[b"PING"]);
+                        self.pending.push_back((Instant::now(), Expect::Ping));
+                        match tokio::time::timeout(self.cfg.ping_timeout, wr.write_all(&out)).await {
+                            Ok(Ok(())) => out.clear(),
+                            Ok(Err(e)) => return End::Lost(format!("write: {e}")),
+                            Err(_) => return End::Lost("write timed out".into()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parse and apply every whole frame in `buf`.
+    fn drain_frames(&mut self, buf: &mut Vec<u8>) -> Result<(), String> {
+        let mut at = 0;
+        let result = loop {
+            match resp::parse(&buf[at..], &self.limits) {
+                Ok(Some((f, used))) => {
+                    at += used;
+                    if let Err(why) = self.frame(f) {
+                        break Err(why);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(format!("protocol error: {e}")),
+            }
+        };
+        buf.drain(..at);
+        result
+    }
+
+    /// Queue the commands of a request in `out`.
+    fn request(&mut self, r: Request, out: &mut Vec<u8>) {
+        let now = Instant::now();
+        match r {
+            Request::Fill { mirror, key, reply } => {
+                match self.joinable.get(&(mirror, key.clone())).and_then(|id| self.fills.get_mut(id)) {
+                    Some(waiters) => waiters.push(reply),
+                    None => {
+                        let id = self.next_fill;
+                        self.next_fill += 1;
+                        let rk = self.mirrors[mirror].redis_key(&key);
+                        resp::encode(out, &[b"CLIENT", b"CACHING", b"YES"]);
+                        resp::encode(out, &[b"MULTI"]);
+                        resp::encode(out, &[b"PTTL", &rk]);
+                        resp::encode(out, &[b"GET", &rk]);
+                        resp::encode(out, &[b"EXEC"]);
+                        self.pending.push_back((now, Expect::Ok("CLIENT CACHING YES")));
+                        self.pending.push_back((now, Expect::Ok("MULTI")));
+                        self.pending.push_back((now, Expect::Ok("PTTL (queued)")));
+                        self.pending.push_back((now, Expect::Ok("GET (queued)")));
+                        self.pending.push_back((now, Expect::Fill { id, mirror, key: key.clone() }));
+                        self.fills.insert(id, vec![reply]);
+                        self.joinable.insert((mirror, key), id);
+                        NearStats::inc(&self.stats.fills);
+                    }
+                }
+                NearStats::inc(&self.stats.misses);
+            }
+            Request::Set { mirror, key, value, ttl, reply } => {
+                let rk = self.mirrors[mirror].redis_key(&key);
+                match ttl {
+                    Some(t) => {
+                        let ms = t.as_millis().max(1).to_string();
+                        resp::encode(out, &[b"SET", &rk, &value, b"PX", ms.as_bytes()]);
+                    }
+                    None => resp::encode(out, &[b"SET", &rk, &value]),
+                }
+                self.joinable.remove(&(mirror, key.clone()));
+                self.pending.push_back((now, Expect::Set { mirror, key, reply }));
+                NearStats::inc(&self.stats.writes);
+            }
+            Request::Del { mirror, key, reply } => {
+                let rk = self.mirrors[mirror].redis_key(&key);
+                resp::encode(out, &[b"DEL", &rk]);
+                self.joinable.remove(&(mirror, key.clone()));
+                self.pending.push_back((now, Expect::Del { mirror, key, reply }));
+                NearStats::inc(&self.stats.writes);
+            }
+        }
+    }
+
+    /// Apply one frame, in wire order. An error ends the connection.
+    fn frame(&mut self, f: Frame) -> Result<(), String> {
+        if let Frame::Push(items) = f {
+            self.push(items);
+            return Ok(());
+        }
+        let Some((sent, exp)) = self.pending.pop_front() else {
+            return Err("a reply that answers no request".into());
+        };
+        match exp {
+            Expect::Ok(what) => {
+                if let Frame::Error(e) = f {
+                    return Err(format!("{what}: {}", String::from_utf8_lossy(&e)));
+                }
+            }
+            Expect::Ping => {}
+            Expect::Fill { id, mirror, key } => {
+                let k = (mirror, key);
+                if self.joinable.get(&k) == Some(&id) {
+                    self.joinable.remove(&k);
+                }
+                let (result, lost) = match fill_answer(f) {
+                    Ok(Ok((pttl, value))) => (self.store_fill(mirror, &k.1, pttl, value, sent), None),
+                    Ok(Err(e)) => (Err(e), None),
+                    Err(why) => (Err(UpstreamError::Unavailable(why.clone())), Some(why)),
+                };
+                for w in self.fills.remove(&id).unwrap_or_default() {
+                    let _ = w.send(result.clone());
+                }
+                if let Some(why) = lost {
+                    return Err(why);
+                }
+            }
+            Expect::Set { mirror, key, reply } => {
+                let r = match f {
+                    Frame::Error(e) => Err(UpstreamError::Redis(String::from_utf8_lossy(&e).into_owned())),
+                    _ => {
+                        self.mirrors[mirror].evict(&key);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Expect::Del { mirror, key, reply } => {
+                let r = match f {
+                    Frame::Error(e) => Err(UpstreamError::Redis(String::from_utf8_lossy(&e).into_owned())),
+                    Frame::Integer(n) => {
+                        self.mirrors[mirror].evict(&key);
+                        Ok(n > 0)
+                    }
+                    other => return Err(format!("DEL answered {other:?}")),
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Store a fill's value (or a negative entry for `None`) with its local TTL; returns the
+    /// value for the callers.
+    fn store_fill(
+        &self,
+        mirror: usize,
+        key: &[u8],
+        pttl: i64,
+        value: Option<Vec<u8>>,
+        sent: Instant,
+    ) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let m = &self.mirrors[mirror];
+        if !super::cacheable(key) {
+            return Ok(value);
+        }
+        // Local expiry: the Redis TTL less the time since the request left (Redis measured it
+        // later than that), capped by max_ttl.
+        let ttl = match pttl {
+            t if t >= 0 => Some(Duration::from_millis(t as u64).saturating_sub(sent.elapsed())),
+            _ => None,
+        };
+        let ttl = match (ttl, m.max_ttl) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if ttl.is_some_and(|t| t.as_millis() == 0) {
+            return Ok(value);
+        }
+        let mut guard = m.table.writer();
+        let Some(w) = guard.as_mut() else { return Ok(value) };
+        let nk = negative_key(key);
+        match &value {
+            Some(v) => {
+                let stored = match ttl {
+                    Some(t) => w.put_with_ttl(key, v.as_slice(), t).is_ok(),
+                    None => w.put(key, v.as_slice()).is_ok(),
+                };
+                if !stored {
+                    // Too large or no room: answered, not kept (and nothing older kept either).
+                    w.delete(key);
+                }
+                if let Some(nk) = nk {
+                    w.delete(&nk);
+                }
+            }
+            None => {
+                w.delete(key);
+                if let Some(nk) = nk {
+                    let stored = match ttl {
+                        Some(t) => w.put_with_ttl(&nk, b"".as_slice(), t).is_ok(),
+                        None => w.put(&nk, b"".as_slice()).is_ok(),
+                    };
+                    if stored {
+                        NearStats::inc(&self.stats.negative_fills);
+                    }
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// An out-of-band push: `invalidate` with the keys (or null: everything) is applied now.
+    fn push(&mut self, items: Vec<Frame>) {
+        let mut it = items.into_iter();
+        if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
+            return;
+        }
+        match it.next() {
+            Some(Frame::Array(keys)) => {
+                for k in keys {
+                    let (Frame::Bulk(k) | Frame::Simple(k)) = k else { continue };
+                    NearStats::inc(&self.stats.invalidations);
+                    for m in &self.mirrors {
+                        if let Some(rel) = k.strip_prefix(m.prefix.as_slice()) {
+                            m.evict(rel);
+                        }
+                    }
+                }
+            }
+            // FLUSHALL / FLUSHDB (or anything we cannot read as a key list): drop everything.
+            _ => {
+                tracing::info!("near cache: Redis invalidated every key (FLUSHALL/FLUSHDB); tables cleared");
+                self.flush_tables();
+            }
+        }
+    }
+}
+
+/// The answer of a fill's `EXEC`: `[PTTL, GET]`. The outer `Err` is a protocol violation (an
+/// answer of the wrong shape: the stream cannot be trusted any more), which ends the
+/// connection; a Redis error reply (e.g. `WRONGTYPE`) is an answer for the callers.
+type FillAnswer = Result<(i64, Option<Vec<u8>>), UpstreamError>;
+
+fn fill_answer(f: Frame) -> Result<FillAnswer, String> {
+    let redis_err = |e: &[u8]| Ok(Err(UpstreamError::Redis(String::from_utf8_lossy(e).into_owned())));
+    let shape = |what: &dyn std::fmt::Debug| format!("protocol error: a fill was answered {what:?}");
+    match f {
+        Frame::Array(mut a) if a.len() == 2 => {
+            let v = a.pop();
+            let t = a.pop();
+            match (t, v) {
+                (Some(Frame::Integer(t)), Some(Frame::Bulk(v))) => Ok(Ok((t, Some(v)))),
+                (Some(Frame::Integer(t)), Some(Frame::Null)) => Ok(Ok((t, None))),
+                (_, Some(Frame::Error(e))) | (Some(Frame::Error(e)), _) => redis_err(&e),
+                other => Err(shape(&other)),
+            }
+        }
+        Frame::Error(e) => redis_err(&e),
+        other => Err(shape(&other)),
+    }
+}
+
+/// Until `rx` turns true (the watch guard is dropped here, so callers stay `Send`).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn refuse(r: Request, e: &UpstreamError) {
+    match r {
+        Request::Fill { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Request::Set { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Request::Del { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_answers() {
+        let b = |s: &str| Frame::Bulk(s.as_bytes().to_vec());
+        assert_eq!(fill_answer(Frame::Array(vec![Frame::Integer(500), b("v")])), Ok(Ok((500, Some(b"v".to_vec())))));
+        assert_eq!(fill_answer(Frame::Array(vec![Frame::Integer(-2), Frame::Null])), Ok(Ok((-2, None))));
+        let wrongtype = Frame::Error(b"WRONGTYPE x".to_vec());
+        assert!(matches!(
+            fill_answer(Frame::Array(vec![Frame::Integer(-1), wrongtype])),
+            Ok(Err(UpstreamError::Redis(m))) if m.starts_with("WRONGTYPE")
+        ));
+        // Wrong shapes end the connection: the stream is out of step or hostile.
+        for bad in [
+            Frame::Integer(1),
+            Frame::Null,
+            Frame::Array(vec![Frame::Integer(1)]),
+            Frame::Array(vec![b("1"), b("v")]),
+            Frame::Array(vec![Frame::Integer(1), Frame::Integer(2)]),
+        ] {
+            assert!(fill_answer(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+}

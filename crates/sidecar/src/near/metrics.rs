@@ -1,0 +1,43 @@
+//! The near cache's counters on `/metrics` (`podcache_near_*`).
+
+use super::NearStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Reads [`NearStats`] at scrape time.
+#[derive(Debug)]
+pub(crate) struct NearCollector(pub(crate) Arc<NearStats>);
+
+impl Collector for NearCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        // Relaxed: statistics, read independently of each other.
+        let m = enc.encode_descriptor(
+            "near_connected",
+            "1 while the tracking connection to Redis is up",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(s.connected.load(Ordering::Relaxed))).encode(m)?;
+        let counters = [
+            ("near_connects", "Connections to Redis established (handshake and tracking done)", &s.connects),
+            ("near_hits", "Gets on mirrored tables answered from the table (values and negative entries)", &s.hits),
+            ("near_misses", "Gets on mirrored tables that asked Redis (started or joined a fill)", &s.misses),
+            ("near_fills", "Upstream fills (one per single-flight group)", &s.fills),
+            ("near_negative_fills", "Fills stored as negative entries (key absent in Redis)", &s.negative_fills),
+            ("near_invalidations", "Keys named by Redis invalidation messages", &s.invalidations),
+            ("near_flushes", "Mirrored tables cleared (connect, connection lost, FLUSHALL)", &s.flushes),
+            ("near_writes", "Writes through to Redis (SET, DEL)", &s.writes),
+        ];
+        for (name, help, c) in counters {
+            let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,420 @@
+//! Near cache over Redis: a table that mirrors a key prefix of an upstream Redis, filled on a
+//! miss and kept correct by Redis's server-assisted client tracking (RESP3 push invalidations).
+//!
+//! **Semantics.** Redis key `PREFIX + k` is table key `k`. A get on a mirrored table reads the
+//! shared-memory table first; on a miss the sidecar fetches value and TTL from Redis in one
+//! transaction on its tracking connection, stores them (or a negative entry for a key absent
+//! upstream), and answers. Concurrent misses on one key share one upstream request. Every change
+//! of a filled key in Redis — by anyone, including this sidecar's own write-through `PUT` and
+//! `DELETE` — deletes the local copy when Redis's invalidation arrives; a lost connection clears
+//! every mirrored table before anything else happens. See `docs/design.md` §10 for the ordering
+//! argument and the staleness bounds.
+//!
+//! **Table encoding** (what a linked reader sees): a value under `k` is the Redis value, raw. A
+//! key absent upstream is the key [`negative_key`]`(k)` = `0x00 + k` with an empty value. A key
+//! that starts with `0x00` is never stored. [`lookup`] tells the three cases apart.
+
+mod conn;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub mod resp;
+
+use crate::config::parse_duration;
+use crate::server::TableEntry;
+use podcache_format::table::MAX_KEY;
+use podcache_reader::{GetError, TableReader};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub use conn::UpstreamError;
+
+/// Where the upstream Redis listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// `host:port`.
+    Tcp(String),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+/// The upstream Redis (`--upstream`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Address.
+    pub addr: Addr,
+    /// ACL user (`redis://USER@host:port`); `None` with a password means `default`.
+    pub user: Option<String>,
+    /// File holding the password (`--upstream-password-file`), read at start-up.
+    pub password_file: Option<PathBuf>,
+    /// How often an idle connection is checked with `PING`.
+    pub ping_interval: Duration,
+    /// How long a request (or `PING`) may go unanswered before the connection counts as lost.
+    pub ping_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// Parse `redis://[USER@]HOST:PORT`, `unix:///PATH` or `unix:PATH` with default timings.
+    pub fn parse(url: &str) -> Result<UpstreamConfig, String> {
+        let bad = || format!("{url:?}: expected redis://[USER@]HOST:PORT or unix:///PATH/TO/redis.sock");
+        let (addr, user) = if let Some(rest) = url.strip_prefix("redis://") {
+            let (user, hostport) = match rest.rsplit_once('@') {
+                Some((u, h)) => (Some(u.to_string()), h),
+                None => (None, rest),
+            };
+            let hostport = hostport.trim_end_matches('/');
+            if hostport.contains('/') || !hostport.contains(':') || user.as_deref() == Some("") {
+                return Err(bad());
+            }
+            (Addr::Tcp(hostport.to_string()), user)
+        } else if let Some(path) = url.strip_prefix("unix://").or_else(|| url.strip_prefix("unix:")) {
+            if !path.starts_with('/') {
+                return Err(bad());
+            }
+            (Addr::Unix(PathBuf::from(path)), None)
+        } else {
+            return Err(bad());
+        };
+        Ok(UpstreamConfig {
+            addr,
+            user,
+            password_file: None,
+            ping_interval: Duration::from_secs(1),
+            // See `--upstream-timeout`.
+            ping_timeout: Duration::from_secs(3),
+        })
+    }
+}
+
+/// A table that mirrors a key prefix (`--mirror TABLE=PREFIX`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorSpec {
+    /// The table (one of `--table`).
+    pub table: String,
+    /// The Redis key prefix (may be empty: the whole keyspace).
+    pub prefix: String,
+    /// Longest a filled entry (value or negative) is kept locally without an invalidation
+    /// (`None`: until invalidated or its Redis TTL ends).
+    pub max_ttl: Option<Duration>,
+}
+
+/// Parse `TABLE=PREFIX`, e.g. `users=user:` (everything after the first `=` is the prefix).
+pub fn parse_mirror(s: &str) -> Result<MirrorSpec, String> {
+    let (table, prefix) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected TABLE=PREFIX, e.g. users=user:"))?;
+    crate::names::check(table).map_err(|e| format!("mirror table {table:?}: {e}"))?;
+    if prefix.as_bytes().first() == Some(&0) {
+        return Err(format!("mirror {table}: a prefix may not start with a NUL byte"));
+    }
+    Ok(MirrorSpec { table: table.to_string(), prefix: prefix.to_string(), max_ttl: Some(DEFAULT_MAX_TTL) })
+}
+
+/// Parse `--mirror-max-ttl`: a duration, or `none`.
+pub fn parse_max_ttl(s: &str) -> Result<Option<Duration>, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("mirror max TTL must be more than 0 (or none)".into()),
+        d => Ok(Some(d)),
+    }
+}
+
+/// The default [`MirrorSpec::max_ttl`]: a safety net, not the consistency mechanism.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Everything the near cache needs (`Config::near`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NearConfig {
+    /// The upstream Redis.
+    pub upstream: UpstreamConfig,
+    /// Mirrored tables (at least one).
+    pub mirrors: Vec<MirrorSpec>,
+}
+
+/// Build the near-cache configuration from the merged `serve` settings (`None`: no upstream).
+pub fn config_from(
+    upstream: Option<&str>,
+    password_file: Option<PathBuf>,
+    mut mirrors: Vec<MirrorSpec>,
+    max_ttl: Option<&str>,
+    timeout: Option<&str>,
+) -> Result<Option<NearConfig>, String> {
+    let Some(url) = upstream else {
+        if !mirrors.is_empty() {
+            return Err("--mirror needs --upstream (the Redis to mirror)".into());
+        }
+        return Ok(None);
+    };
+    let mut upstream = UpstreamConfig::parse(url)?;
+    upstream.password_file = password_file;
+    if let Some(t) = timeout {
+        let t = parse_duration(t).map_err(|e| format!("upstream timeout: {e}"))?;
+        if t < Duration::from_millis(10) {
+            return Err("upstream timeout must be at least 10ms".into());
+        }
+        upstream.ping_timeout = t;
+        // A PING every third of the timeout: a silent connection is noticed within about
+        // 1.33 timeouts.
+        upstream.ping_interval = t / 3;
+    }
+    if mirrors.is_empty() {
+        return Err("--upstream needs at least one --mirror TABLE=PREFIX".into());
+    }
+    if let Some(t) = max_ttl {
+        let t = parse_max_ttl(t)?;
+        for m in &mut mirrors {
+            m.max_ttl = t;
+        }
+    }
+    Ok(Some(NearConfig { upstream, mirrors }))
+}
+
+/// The table key of a negative entry for `key` (`None`: the key is too long to have one).
+pub fn negative_key(key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() >= MAX_KEY {
+        return None;
+    }
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(0);
+    k.extend_from_slice(key);
+    Some(k)
+}
+
+/// Whether a fill of `key` may be stored (not empty, not starting with the reserved `0x00`).
+pub fn cacheable(key: &[u8]) -> bool {
+    key.first().is_some_and(|&b| b != 0) && key.len() <= MAX_KEY
+}
+
+/// What a mirrored table holds for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cached {
+    /// The Redis value, as filled.
+    Value(Vec<u8>),
+    /// A negative entry: the key was absent upstream when filled.
+    Absent,
+    /// Nothing: not filled, invalidated, expired or evicted.
+    NotCached,
+}
+
+/// Read `key` from a mirrored table: value first, then the negative entry.
+pub fn lookup(reader: &TableReader, key: &[u8]) -> Result<Cached, GetError> {
+    if !cacheable(key) {
+        return Ok(Cached::NotCached);
+    }
+    if let Some(v) = reader.get_vec(key)? {
+        return Ok(Cached::Value(v));
+    }
+    match negative_key(key) {
+        Some(nk) if reader.contains(&nk)? => Ok(Cached::Absent),
+        _ => Ok(Cached::NotCached),
+    }
+}
+
+/// Counters of the near cache (process memory; exported on `/metrics`).
+#[derive(Debug, Default)]
+pub struct NearStats {
+    /// 1 while the tracking connection is up.
+    pub connected: AtomicBool,
+    /// Connections established (handshake done).
+    pub connects: AtomicU64,
+    /// Gets answered from the table (values and negative entries).
+    pub hits: AtomicU64,
+    /// Gets that missed the table and asked upstream (joined a fill in flight or started one).
+    pub misses: AtomicU64,
+    /// Upstream fills (one per single-flight group).
+    pub fills: AtomicU64,
+    /// Fills stored as negative entries.
+    pub negative_fills: AtomicU64,
+    /// Keys named by invalidation pushes.
+    pub invalidations: AtomicU64,
+    /// Whole-table clears (connection lost, reconnect, FLUSHALL).
+    pub flushes: AtomicU64,
+    /// Writes through to Redis (SET and DEL).
+    pub writes: AtomicU64,
+}
+
+impl NearStats {
+    pub(crate) fn inc(c: &AtomicU64) {
+        // Relaxed: a statistic; nothing is ordered by it.
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A mirrored table at run time.
+pub(crate) struct Mirror {
+    pub(crate) index: usize,
+    pub(crate) prefix: Vec<u8>,
+    pub(crate) max_ttl: Option<Duration>,
+    pub(crate) table: Arc<TableEntry>,
+}
+
+impl Mirror {
+    /// The Redis key of table key `key`.
+    pub(crate) fn redis_key(&self, key: &[u8]) -> Vec<u8> {
+        [self.prefix.as_slice(), key].concat()
+    }
+
+    /// Delete `key` and its negative entry.
+    pub(crate) fn evict(&self, key: &[u8]) {
+        if let Some(w) = self.table.writer().as_mut() {
+            w.delete(key);
+            if let Some(nk) = negative_key(key) {
+                w.delete(&nk);
+            }
+        }
+    }
+
+    /// Drop everything the table holds.
+    pub(crate) fn clear(&self) {
+        if let Some(w) = self.table.writer().as_mut() {
+            w.clear();
+        }
+    }
+}
+
+/// The near cache of a running server: the mirrors and the handle of the connection task.
+pub(crate) struct Near {
+    pub(crate) mirrors: BTreeMap<String, Arc<Mirror>>,
+    pub(crate) stats: Arc<NearStats>,
+    tx: mpsc::Sender<conn::Request>,
+    task: std::sync::Mutex<Option<conn::Task>>,
+}
+
+impl Near {
+    /// Check the configuration against the tables and read the password; the connection starts
+    /// in [`Near::run`].
+    pub(crate) fn new(
+        config: &NearConfig,
+        tables: &BTreeMap<String, Arc<TableEntry>>,
+    ) -> Result<Near, crate::error::Error> {
+        use crate::error::Error;
+        if config.mirrors.is_empty() {
+            return Err(Error::Config("--upstream is set but no --mirror names a table".into()));
+        }
+        let mut mirrors = BTreeMap::new();
+        let mut list = Vec::new();
+        for (index, m) in config.mirrors.iter().enumerate() {
+            let table = tables.get(&m.table).ok_or_else(|| {
+                Error::Config(format!("--mirror {}={}: no table {:?} (add --table)", m.table, m.prefix, m.table))
+            })?;
+            let mirror = Arc::new(Mirror {
+                index,
+                prefix: m.prefix.as_bytes().to_vec(),
+                max_ttl: m.max_ttl,
+                table: Arc::clone(table),
+            });
+            if mirrors.insert(m.table.clone(), Arc::clone(&mirror)).is_some() {
+                return Err(Error::Config(format!("table {:?} mirrored twice", m.table)));
+            }
+            list.push(mirror);
+        }
+        let password = match &config.upstream.password_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Config(format!("upstream password file {}: {e}", p.display())))?;
+                let pw = text.trim_end_matches(['\r', '\n']).to_string();
+                if pw.is_empty() {
+                    return Err(Error::Config(format!("upstream password file {}: empty", p.display())));
+                }
+                Some(pw)
+            }
+            None => None,
+        };
+        let stats = Arc::new(NearStats::default());
+        let (tx, rx) = mpsc::channel(4096);
+        let task = conn::Task::new(config.upstream.clone(), password, list, rx, Arc::clone(&stats));
+        Ok(Near { mirrors, stats, tx, task: std::sync::Mutex::new(Some(task)) })
+    }
+
+    /// Run the connection task until `shutdown` turns true.
+    pub(crate) async fn run(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            t.run(shutdown).await;
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, UpstreamError>>) -> conn::Request,
+    ) -> Result<T, UpstreamError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| UpstreamError::ShuttingDown)?;
+        rx.await.map_err(|_| UpstreamError::ShuttingDown)?
+    }
+
+    /// Fetch `key` (a table key of `mirror`) from Redis, store it, and return it (`None`:
+    /// absent upstream). Joins a fill of the same key already in flight.
+    pub(crate) async fn fill(&self, mirror: &Mirror, key: &[u8]) -> Result<Option<Vec<u8>>, UpstreamError> {
+        let key = key.to_vec();
+        let m = mirror.index;
+        self.ask(|reply| conn::Request::Fill { mirror: m, key, reply }).await
+    }
+
+    /// `SET` (with `PX ttl`) in Redis, then evict the local entry.
+    pub(crate) async fn set(
+        &self,
+        mirror: &Mirror,
+        key: &[u8],
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> Result<(), UpstreamError> {
+        let key = key.to_vec();
+        let m = mirror.index;
+        self.ask(|reply| conn::Request::Set { mirror: m, key, value, ttl, reply }).await
+    }
+
+    /// `DEL` in Redis, then evict the local entry; `true` if Redis deleted a key.
+    pub(crate) async fn del(&self, mirror: &Mirror, key: &[u8]) -> Result<bool, UpstreamError> {
+        let key = key.to_vec();
+        let m = mirror.index;
+        self.ask(|reply| conn::Request::Del { mirror: m, key, reply }).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = UpstreamConfig::parse("redis://127.0.0.1:6379").unwrap();
+        assert_eq!((u.addr, u.user), (Addr::Tcp("127.0.0.1:6379".into()), None));
+        let u = UpstreamConfig::parse("redis://cache@redis.ns.svc:6380/").unwrap();
+        assert_eq!((u.addr, u.user), (Addr::Tcp("redis.ns.svc:6380".into()), Some("cache".into())));
+        assert_eq!(UpstreamConfig::parse("unix:///run/redis.sock").unwrap().addr, Addr::Unix("/run/redis.sock".into()));
+        assert_eq!(UpstreamConfig::parse("unix:/run/redis.sock").unwrap().addr, Addr::Unix("/run/redis.sock".into()));
+        for bad in
+            ["", "127.0.0.1:6379", "redis://host", "redis://@h:1", "redis://h:1/3", "unix:rel.sock", "http://h:1"]
+        {
+            assert!(UpstreamConfig::parse(bad).is_err(), "{bad:?} refused");
+        }
+    }
+
+    #[test]
+    fn mirrors() {
+        let m = parse_mirror("users=user:").unwrap();
+        assert_eq!((m.table.as_str(), m.prefix.as_str()), ("users", "user:"));
+        assert_eq!(parse_mirror("all=").unwrap().prefix, "");
+        assert_eq!(parse_mirror("t=a=b").unwrap().prefix, "a=b");
+        assert!(parse_mirror("users").is_err());
+        assert!(parse_mirror("../x=p").is_err());
+        assert!(parse_mirror("t=\0p").is_err());
+        assert_eq!(parse_max_ttl("none"), Ok(None));
+        assert_eq!(parse_max_ttl("10s"), Ok(Some(Duration::from_secs(10))));
+        assert!(parse_max_ttl("0s").is_err());
+    }
+
+    #[test]
+    fn negative_keys_never_collide_with_stored_keys() {
+        assert_eq!(negative_key(b"k"), Some(b"\0k".to_vec()));
+        assert!(!cacheable(b"\0k"), "a key that looks like a negative entry is never stored");
+        assert!(!cacheable(b""));
+        assert!(cacheable(b"k"));
+        assert_eq!(negative_key(&[b'a'; MAX_KEY]), None);
+        assert!(negative_key(&[b'a'; MAX_KEY - 1]).is_some());
+    }
+}
