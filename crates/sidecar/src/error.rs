@@ -80,7 +80,11 @@ impl std::fmt::Display for Error {
             Error::File(e) => {
                 write!(f, "{e}")?;
                 if matches!(e, podcache_writer::CreateError::LayoutMismatch { .. }) {
-                    f.write_str(" (pass --replace-mismatched to replace it)")?;
+                    f.write_str(
+                        " (pass --replace-mismatched to replace it, losing its data; sizes with k, M, G are powers \
+                         of 1000 as in Kubernetes: a file made when they meant KiB, MiB, GiB is kept by writing Ki, \
+                         Mi, Gi)",
+                    )?;
                 }
                 Ok(())
             }

@@ -46,6 +46,7 @@ pub mod names;
 pub mod ops;
 mod server;
 pub mod stats;
+pub mod token;
 pub mod tools;
 
 pub use config::{Config, RingSpec, TableSpec};

@@ -10,6 +10,7 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::stats::ring_stats;
 use podcache_format::file::ExclusiveLock;
 use podcache_format::ring::RingParams;
 use podcache_format::table::TableParams;
@@ -70,7 +71,7 @@ pub(crate) struct Shared {
     pub(crate) dir: PathBuf,
     pub(crate) tables: Tables,
     pub(crate) rings: Rings,
-    pub(crate) token: Option<Vec<u8>>,
+    pub(crate) token: Option<crate::token::Token>,
     pub(crate) max_body: usize,
     pub(crate) limits: crate::http::Limits,
     pub(crate) ready: AtomicBool,
@@ -147,14 +148,21 @@ fn check_space(config: &Config) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_token(path: &Path) -> Result<Vec<u8>, Error> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::Token { path: path.to_path_buf(), reason: e.to_string() })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(Error::Token { path: path.to_path_buf(), reason: "empty".into() });
+/// Create or attach a file with `build(replace)`. A file of another layout or version is
+/// replaced only if `replace` allows it, and only after `warn` described what it held (the
+/// builder itself would replace it without a word). Returns the writer and whether it replaced.
+fn create_or_replace<W>(
+    replace: bool,
+    build: impl Fn(bool) -> Result<W, CreateError>,
+    warn: impl FnOnce(&CreateError),
+) -> Result<(W, bool), Error> {
+    match build(false) {
+        Err(e @ (CreateError::LayoutMismatch { .. } | CreateError::VersionMismatch { .. })) if replace => {
+            warn(&e);
+            build(true).map(|w| (w, true)).map_err(Error::File)
+        }
+        r => r.map(|w| (w, false)).map_err(Error::File),
     }
-    Ok(token.as_bytes().to_vec())
 }
 
 type Tables = BTreeMap<String, Arc<TableEntry>>;
@@ -164,17 +172,32 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
     let mut tables = BTreeMap::new();
     for t in &config.tables {
         let path = table_path(&config.dir, &t.name);
-        let w = TableWriter::builder(&path)
-            .max_items(t.max_items)
-            .data_bytes(t.data_bytes)
-            .mode(config.file_mode)
-            .replace_mismatched(config.replace_mismatched)
-            .create()
-            .map_err(Error::File)?;
+        let build = |replace: bool| {
+            TableWriter::builder(&path)
+                .max_items(t.max_items)
+                .data_bytes(t.data_bytes)
+                .mode(config.file_mode)
+                .replace_mismatched(replace)
+                .create()
+        };
+        let (w, replaced) = create_or_replace(config.replace_mismatched, build, |e| {
+            let held = match TableReader::open(&path) {
+                Ok(r) => {
+                    let s = r.stats();
+                    format!("{} items, {} bytes of records", s.items, s.bytes_used)
+                }
+                Err(e) => format!("unreadable ({e})"),
+            };
+            tracing::warn!(
+                table = %t.name, path = %path.display(), mismatch = %e, destroyed = %held,
+                "replacing a table whose layout differs from the configuration (replace_mismatched): its data is lost"
+            );
+        })?;
         match w.recovery() {
-            None => {
-                tracing::info!(table = %t.name, path = %path.display(), file_bytes = w.file_size(), "created table")
-            }
+            None => tracing::info!(
+                table = %t.name, path = %path.display(), file_bytes = w.file_size(), replaced,
+                "created table"
+            ),
             Some(r) => tracing::info!(
                 table = %t.name, path = %path.display(), file_bytes = w.file_size(), epoch = w.epoch(),
                 items = r.items, cleared_slots = r.cleared_slots, damaged_segments = r.damaged_segments,
@@ -194,17 +217,29 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
     let mut rings = BTreeMap::new();
     for r in &config.rings {
         let path = ring_path(&config.dir, &r.name);
-        let mut b = Publisher::builder(&path)
-            .capacity(r.capacity)
-            .mode(config.file_mode)
-            .replace_mismatched(config.replace_mismatched);
-        if let Some(m) = r.max_message {
-            b = b.max_message(m);
-        }
-        let p = b.create().map_err(Error::File)?;
+        let build = |replace: bool| {
+            let mut b =
+                Publisher::builder(&path).capacity(r.capacity).mode(config.file_mode).replace_mismatched(replace);
+            if let Some(m) = r.max_message {
+                b = b.max_message(m);
+            }
+            b.create()
+        };
+        let (p, replaced) = create_or_replace(config.replace_mismatched, build, |e| {
+            let held = match ring_stats(&path, 0, &mut Vec::new()) {
+                Ok(s) => format!("{} messages ({} bytes), newest seq {}", s.messages, s.bytes, s.newest_seq),
+                Err(e) => format!("unreadable ({e})"),
+            };
+            tracing::warn!(
+                ring = %r.name, path = %path.display(), mismatch = %e, destroyed = %held,
+                "replacing a ring whose layout differs from the configuration (replace_mismatched): its messages are lost"
+            );
+        })?;
         let file_size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         match p.recovery() {
-            None => tracing::info!(ring = %r.name, path = %path.display(), file_bytes = file_size, "created ring"),
+            None => {
+                tracing::info!(ring = %r.name, path = %path.display(), file_bytes = file_size, replaced, "created ring")
+            }
             Some(rec) => tracing::info!(
                 ring = %r.name, path = %path.display(), epoch = p.epoch(), intact = rec.intact,
                 discarded = rec.discarded, "attached to existing ring"
@@ -235,7 +270,7 @@ impl Server {
         config.validate().map_err(Error::Config)?;
         std::fs::create_dir_all(&config.dir).map_err(|source| Error::Dir { dir: config.dir.clone(), source })?;
         let dir_lock = lock_dir(&config.dir)?;
-        let token = config.token_file.as_deref().map(read_token).transpose()?;
+        let token = config.token_file.as_deref().map(crate::token::Token::load).transpose()?;
         check_space(&config)?;
         let (tables, rings) = match open_files(&config) {
             Ok(f) => f,
@@ -361,7 +396,7 @@ impl Server {
                 Ok(())
             });
         }
-        // Expiry sweep.
+        // Expiry sweep, and the token file's check (see `token`).
         {
             let shared = Arc::clone(&shared);
             let mut rx = shared.shutdown_rx.clone();
@@ -372,6 +407,9 @@ impl Server {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = rx.wait_for(|s| *s) => return Ok(()),
+                    }
+                    if let Some(t) = &shared.token {
+                        t.refresh();
                     }
                     for t in shared.tables.values() {
                         let removed = t.writer().as_mut().map_or(0, |w| w.expire());
