@@ -4,7 +4,7 @@
 //! |--------|------|---------|
 //! | GET    | `/v1/tables` | 200 JSON list with stats |
 //! | GET    | `/v1/tables/{table}` | 200 JSON stats of one table |
-//! | GET    | `/v1/tables/{table}/keys?limit=N` | 200 JSON list of live keys |
+//! | GET    | `/v1/tables/{table}/keys?limit=N&cursor=C` | 200 JSON list of live keys (see [`MAX_KEYS_LIMIT`]) |
 //! | GET    | `/v1/tables/{table}/keys/{key}` | 200 raw value, 404 if absent |
 //! | PUT    | `/v1/tables/{table}/keys/{key}?ttl_ms=N` | 204 (body: raw value) |
 //! | DELETE | `/v1/tables/{table}/keys/{key}` | 204, 404 if absent |
@@ -82,7 +82,7 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
 fn params_of(method: &axum::http::Method, route: &str) -> &'static [&'static str] {
     use axum::http::Method;
     match (method, route) {
-        (&Method::GET, "/v1/tables/{table}/keys") => &["limit"],
+        (&Method::GET, "/v1/tables/{table}/keys") => &["limit", "cursor"],
         (&Method::PUT, "/v1/tables/{table}/keys/{*key}") => &["ttl_ms"],
         (&Method::GET, "/v1/rings/{ring}/subscribe") => &["from"],
         _ => &[],
@@ -242,6 +242,10 @@ fn shutting_down() -> ApiError {
     ApiError::new(Code::ShuttingDown, "the server is shutting down")
 }
 
+fn lost(reason: String) -> ApiError {
+    ApiError::new(Code::FileLost, reason)
+}
+
 fn table_json(t: &TableEntry) -> Result<serde_json::Value, ApiError> {
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     Ok(serde_json::json!({
@@ -267,8 +271,21 @@ async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Res
 #[serde(deny_unknown_fields)]
 struct KeysQuery {
     limit: Option<usize>,
+    cursor: Option<u64>,
 }
 
+/// Keys a listing returns when `limit` is not given.
+pub const DEFAULT_KEYS_LIMIT: usize = 1000;
+
+/// Most keys one listing returns (`limit` above it is refused): at most 255 bytes a key, an
+/// answer stays under ~3 MB. Longer listings page with `cursor`.
+pub const MAX_KEYS_LIMIT: usize = 10_000;
+
+/// `GET /v1/tables/{table}/keys?limit=N&cursor=C`: up to `limit` live keys, and `next_cursor`
+/// when there are more (pass it as `cursor` for the next page). The cursor is a position in the
+/// table's index, not a key: a listing made while the table changes may miss keys written or
+/// moved meanwhile, or list one twice, as any scan of a live hash table. Expired keys not yet
+/// removed are skipped (the key iteration validates each key as a get does).
 async fn list_keys(
     State(s): St,
     p: Result<Path<String>, PathRejection>,
@@ -277,19 +294,33 @@ async fn list_keys(
     let Path(name) = p.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     let t = table(&s, &name)?;
+    let limit = q.limit.unwrap_or(DEFAULT_KEYS_LIMIT);
+    if limit == 0 || limit > MAX_KEYS_LIMIT {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("limit={limit}: 1 to {MAX_KEYS_LIMIT} (page through longer listings with cursor)"),
+        ));
+    }
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
-    let limit = q.limit.unwrap_or(1000);
+    // The position counts index entries from the start, expired ones included, so a cursor
+    // stays valid whatever expires between two pages.
+    let start = q.cursor.unwrap_or(0);
     let mut keys = Vec::new();
-    let mut truncated = false;
+    let mut pos = 0u64;
+    let mut next_cursor = None;
     for k in r.keys() {
+        pos += 1;
+        if pos <= start {
+            continue;
+        }
         let k = k.map_err(get_err)?;
         if keys.len() == limit {
-            truncated = true;
+            next_cursor = Some(pos - 1);
             break;
         }
         keys.push(String::from_utf8_lossy(&k).into_owned());
     }
-    Ok(Json(serde_json::json!({ "keys": keys, "truncated": truncated })))
+    Ok(Json(serde_json::json!({ "keys": keys, "truncated": next_cursor.is_some(), "next_cursor": next_cursor })))
 }
 
 async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>) -> Result<Response, ApiError> {
@@ -334,6 +365,7 @@ async fn put_key(
     let body = body.map_err(body_err)?;
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     match ttl {
         Some(d) => w.put_with_ttl(key.as_bytes(), &body[..], d),
         None => w.put(key.as_bytes(), &body[..]),
@@ -348,6 +380,7 @@ async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejectio
     check_key(&key)?;
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     if w.delete(key.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -406,6 +439,7 @@ async fn load(
     // One lock for the whole load: it is applied as a batch.
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     for (i, (k, v, ttl)) in items.iter().enumerate() {
         let max = w.max_value(k.len(), ttl.is_some());
         if v.len() > max {
@@ -455,6 +489,7 @@ async fn publish(
     let body = body.map_err(body_err)?;
     let mut guard = r.publisher();
     let p = guard.as_mut().ok_or_else(shutting_down)?;
+    r.check.check().map_err(lost)?;
     match p.publish(&body) {
         Ok(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
         Err(PublishError::Empty) => Err(ApiError::new(Code::BadRequest, "empty message (messages are 1 byte or more)")),

@@ -142,6 +142,9 @@ pub enum Code {
     ShuttingDown,
     /// 503: too many open ring subscriptions.
     TooManySubscribers,
+    /// 503: the file was deleted or replaced under the sidecar; writes are refused until the
+    /// sidecar restarts and creates it anew.
+    FileLost,
     /// 500: the file is corrupt.
     Corrupt,
     /// 500: anything else.
@@ -169,6 +172,7 @@ impl Code {
             Code::Contended => "contended",
             Code::ShuttingDown => "shutting_down",
             Code::TooManySubscribers => "too_many_subscribers",
+            Code::FileLost => "file_lost",
             Code::Corrupt => "corrupt",
             Code::Internal => "internal",
         }
@@ -189,7 +193,9 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::ValueTooLarge | Code::MessageTooLarge | Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TableFull => StatusCode::INSUFFICIENT_STORAGE,
-            Code::Contended | Code::ShuttingDown | Code::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Contended | Code::ShuttingDown | Code::TooManySubscribers | Code::FileLost => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::Corrupt | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -40,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+mod filecheck;
 pub mod http;
 mod metrics;
 pub mod names;

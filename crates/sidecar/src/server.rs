@@ -9,6 +9,7 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::filecheck::FileCheck;
 use crate::metrics::Metrics;
 use crate::stats::ring_stats;
 use podcache_format::file::ExclusiveLock;
@@ -36,6 +37,10 @@ pub(crate) struct TableEntry {
     pub(crate) readers: ThreadLocal<TableReader>,
     pub(crate) max_items: u64,
     pub(crate) file_size: u64,
+    /// Whether the file is still the one at `path`.
+    pub(crate) check: FileCheck,
+    /// Expired items not yet removed, as of the last census (see `census`).
+    pub(crate) expired: std::sync::atomic::AtomicU64,
 }
 
 impl TableEntry {
@@ -58,6 +63,8 @@ pub(crate) struct RingEntry {
     pub(crate) publisher: Mutex<Option<Publisher>>,
     pub(crate) capacity: u64,
     pub(crate) file_size: u64,
+    /// Whether the file is still the one at `path`.
+    pub(crate) check: FileCheck,
 }
 
 impl RingEntry {
@@ -86,6 +93,12 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Why each file deleted or replaced under the sidecar is lost (see `filecheck`).
+    pub(crate) fn lost_files(&self) -> Vec<String> {
+        let checks = self.tables.values().map(|t| &t.check).chain(self.rings.values().map(|r| &r.check));
+        checks.filter_map(|c| c.check().err()).collect()
     }
 }
 
@@ -204,8 +217,11 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
                 "attached to existing table"
             ),
         }
+        let check = FileCheck::new(&path).map_err(|source| Error::Dir { dir: path.clone(), source })?;
         let entry = TableEntry {
             name: t.name.clone(),
+            check,
+            expired: std::sync::atomic::AtomicU64::new(0),
             path,
             max_items: t.max_items,
             file_size: w.file_size(),
@@ -245,8 +261,15 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
                 discarded = rec.discarded, "attached to existing ring"
             ),
         }
-        let entry =
-            RingEntry { name: r.name.clone(), path, capacity: p.capacity(), file_size, publisher: Mutex::new(Some(p)) };
+        let check = FileCheck::new(&path).map_err(|source| Error::Dir { dir: path.clone(), source })?;
+        let entry = RingEntry {
+            name: r.name.clone(),
+            path,
+            capacity: p.capacity(),
+            file_size,
+            check,
+            publisher: Mutex::new(Some(p)),
+        };
         rings.insert(r.name.clone(), Arc::new(entry));
     }
     Ok((tables, rings))
@@ -411,11 +434,45 @@ impl Server {
                     if let Some(t) = &shared.token {
                         t.refresh();
                     }
+                    for r in shared.rings.values() {
+                        let _ = r.check.check();
+                    }
                     for t in shared.tables.values() {
+                        let _ = t.check.check();
                         let removed = t.writer().as_mut().map_or(0, |w| w.expire());
                         if removed > 0 {
                             tracing::debug!(table = %t.name, removed, "swept expired items");
                         }
+                    }
+                }
+            });
+        }
+        // Census of expired items not yet removed (a metric), on a blocking thread: it reads
+        // every key of every table, so it waits 20 times as long as it took (at most ~5% of a
+        // core on a large table), and at least CENSUS_INTERVAL.
+        {
+            let shared = Arc::clone(&shared);
+            let mut rx = shared.shutdown_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    let s = Arc::clone(&shared);
+                    let took = tokio::task::spawn_blocking(move || {
+                        let start = std::time::Instant::now();
+                        for t in s.tables.values() {
+                            if s.is_shutting_down() {
+                                break;
+                            }
+                            if let Some(n) = count_expired(t) {
+                                t.expired.store(n, Ordering::Relaxed);
+                            }
+                        }
+                        start.elapsed()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    tokio::select! {
+                        _ = tokio::time::sleep(CENSUS_INTERVAL.max(took * 20)) => {}
+                        _ = rx.wait_for(|s| *s) => return Ok(()),
                     }
                 }
             });
@@ -458,6 +515,27 @@ impl Server {
             None => Ok(()),
         }
     }
+}
+
+/// Least time between two counts of expired items not yet removed
+/// (`podcache_table_expired_items`); a count that takes longer than a twentieth of it waits 20
+/// times as long as it took.
+pub const CENSUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Items of table `t` that expired but are not yet removed: the writer removes expired items a
+/// whole segment at a time (when every item in it has expired), so the file's item count
+/// includes them until then. The key iteration validates every key with a full get (expiry
+/// included), so the difference is what expired. Reads every key (about a get per item); `None`
+/// if the table cannot be read. A write between the two reads can skew one census by its items.
+fn count_expired(t: &TableEntry) -> Option<u64> {
+    let r = t.reader().ok()?;
+    let items = r.stats().items;
+    let mut live = 0u64;
+    for k in r.keys() {
+        k.ok()?;
+        live += 1;
+    }
+    Some(items.saturating_sub(live))
 }
 
 /// Run the sidecar until `shutdown` completes: [`Server::start`] then [`Server::serve`].
