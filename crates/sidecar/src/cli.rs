@@ -200,7 +200,8 @@ pub struct ServeArgs {
     /// Also serve the API on a Unix socket of this name inside --dir.
     #[arg(long, env = "PODCACHE_SOCKET")]
     pub socket: Option<String>,
-    /// Address of /healthz, /readyz and /metrics [default: 0.0.0.0:7071] ("none": off).
+    /// Address of /healthz, /readyz and /metrics [default: [::]:7071, dual-stack: IPv4 and
+    /// IPv6, or IPv4 only where the host has no IPv6] ("none": off).
     #[arg(long, env = "PODCACHE_OPS_LISTEN")]
     pub ops_listen: Option<String>,
     /// File holding a bearer token the API requires (ops endpoints are open).

@@ -68,7 +68,8 @@ impl Default for Config {
             rings: Vec::new(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
             socket: None,
-            ops_listen: Some(SocketAddr::from(([0, 0, 0, 0], 7071))),
+            // Dual-stack: probes and scrapes reach it on IPv4, IPv6 and dual-stack clusters.
+            ops_listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7071))),
             token_file: None,
             file_mode: 0o640,
             replace_mismatched: false,
@@ -228,7 +229,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// ```toml
 /// dir = "/run/podcache"
 /// listen = "127.0.0.1:7070"
-/// ops_listen = "0.0.0.0:7071"
+/// ops_listen = "[::]:7071"
 /// socket = "podcache.sock"
 /// token_file = "/etc/podcache/token"
 /// file_mode = "0640"

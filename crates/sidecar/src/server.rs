@@ -117,14 +117,22 @@ pub fn ring_path(dir: &Path, name: &str) -> PathBuf {
 
 /// The seed `TableWriter::builder` derives from the sizes (part of the layout).
 fn lock_dir(dir: &Path) -> Result<ExclusiveLock, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     let lock = dir.join(LOCK_FILE);
+    // 0600: only the sidecar's uid can open it, so no other container's process can hold it.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(&lock)
         .map_err(|source| Error::Dir { dir: dir.to_path_buf(), source })?;
+    // A lock file an earlier release created 0644: tighten it (ours, so this works).
+    if file.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
     ExclusiveLock::try_lock(file).map_err(|e| match e {
         rustix::io::Errno::WOULDBLOCK => Error::AlreadyServed { lock },
         e => Error::Dir { dir: dir.to_path_buf(), source: e.into() },
@@ -275,6 +283,41 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
     Ok((tables, rings))
 }
 
+/// Bind a TCP listener. The IPv6 wildcard `[::]` is bound dual-stack (`IPV6_V6ONLY` off, so
+/// IPv4 clients connect too, whatever `net.ipv6.bindv6only` says); where the kernel has no IPv6
+/// (`EAFNOSUPPORT`, `EADDRNOTAVAIL`) it falls back to `0.0.0.0` on the same port, with a
+/// warning. Other addresses are bound as given.
+fn bind_tcp(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    use socket2::{Domain, Socket, Type};
+    let err = |source| Error::Listen { what: addr.to_string(), source };
+    let bind = |addr: SocketAddr, dual: bool| -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
+        if dual {
+            s.set_only_v6(false)?;
+        }
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    let dual = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    let std = match bind(addr, dual) {
+        Err(e)
+            if dual
+                && matches!(
+                    rustix::io::Errno::from_io_error(&e),
+                    Some(rustix::io::Errno::AFNOSUPPORT | rustix::io::Errno::ADDRNOTAVAIL)
+                ) =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!(%addr, fallback = %v4, "no IPv6 on this host ({e}): listening on IPv4 only");
+            bind(v4, false).map_err(err)?
+        }
+        r => r.map_err(err)?,
+    };
+    tokio::net::TcpListener::from_std(std).map_err(err)
+}
+
 /// A started server: files created or attached, listeners bound, not serving yet.
 pub struct Server {
     shared: Arc<Shared>,
@@ -308,14 +351,7 @@ impl Server {
             }
             Err(e) => return Err(e),
         };
-        let api = match config.listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Listen { what: addr.to_string(), source })?,
-            ),
-            None => None,
-        };
+        let api = config.listen.map(bind_tcp).transpose()?;
         let socket = match &config.socket {
             Some(name) => {
                 let path = config.dir.join(name);
@@ -337,14 +373,7 @@ impl Server {
             }
             None => None,
         };
-        let ops = match config.ops_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Listen { what: addr.to_string(), source })?,
-            ),
-            None => None,
-        };
+        let ops = config.ops_listen.map(bind_tcp).transpose()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             dir: config.dir.clone(),

@@ -210,3 +210,30 @@ async fn a_rotated_token_file_is_followed_and_the_scheme_is_case_insensitive() {
     assert_eq!(status("Bearer two").await, 200);
     sc.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_ops_port_is_dual_stack_and_the_lock_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A lock file an earlier release left world-readable.
+    std::fs::write(dir.path().join(podcache_sidecar::LOCK_FILE), b"").unwrap();
+    std::fs::set_permissions(dir.path().join(podcache_sidecar::LOCK_FILE), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let mut cfg = common::config(dir.path());
+    cfg.ops_listen = Some("[::]:0".parse().unwrap());
+    let sc = common::start(cfg).await;
+    let port = sc.ops.port();
+    let c = common::client();
+    let v4 = c.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap();
+    assert_eq!(v4.status(), 200, "an IPv4 client reaches the [::] listener");
+    if std::net::TcpStream::connect(("::1", port)).is_ok() {
+        let v6 = c.get(format!("http://[::1]:{port}/healthz")).send().await.unwrap();
+        assert_eq!(v6.status(), 200);
+        assert!(sc.ops.is_ipv6(), "bound [::] itself, not the IPv4 fallback");
+    } else {
+        eprintln!("this host has no IPv6 loopback: the listener fell back to IPv4 ({})", sc.ops);
+    }
+    let mode = std::fs::metadata(dir.path().join(podcache_sidecar::LOCK_FILE)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the directory lock is the sidecar's alone");
+    sc.stop().await.unwrap();
+}
