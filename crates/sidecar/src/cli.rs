@@ -52,8 +52,8 @@ pub enum Command {
         dir: DirArg,
         /// The table.
         table: String,
-        /// The key.
-        key: String,
+        /// The key: its bytes as given, UTF-8 or not.
+        key: std::ffi::OsString,
     },
     /// List a table's live keys, one per line.
     Keys {

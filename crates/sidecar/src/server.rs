@@ -283,6 +283,41 @@ fn open_files(config: &Config) -> Result<(Tables, Rings), Error> {
     Ok((tables, rings))
 }
 
+/// The start-up error for a file whose layout is not the configured one, in the terms of the
+/// configuration (items, bytes, capacity) rather than the header's words.
+fn layout_mismatch(config: &Config, path: &Path) -> String {
+    let existing = |kind| podcache_format::file::open_read(path, kind).map(|(_, view)| view);
+    let (found, wanted) = if let Some(t) = config.tables.iter().find(|t| table_path(&config.dir, &t.name) == path) {
+        let found = existing(podcache_format::Kind::Table)
+            .ok()
+            .and_then(|v| TableParams::from_header(&v).ok().map(|p| (p, v.file_size)))
+            .map_or_else(
+                || "an unreadable layout".to_string(),
+                |(p, size)| format!("{}={}:{} ({size}-byte file)", t.name, p.max_items, p.data_bytes()),
+            );
+        (found, format!("{}={}:{}", t.name, t.max_items, t.data_bytes))
+    } else if let Some(r) = config.rings.iter().find(|r| ring_path(&config.dir, &r.name) == path) {
+        let found = existing(podcache_format::Kind::Ring)
+            .ok()
+            .and_then(|v| RingParams::from_header(&v).ok().map(|p| (p, v.file_size)))
+            .map_or_else(
+                || "an unreadable layout".to_string(),
+                |(p, size)| format!("{}={}:{} ({size}-byte file)", r.name, p.capacity, p.max_msg),
+            );
+        let max = r.max_message.map_or_else(|| "default".to_string(), |m| m.to_string());
+        (found, format!("{}={}:{max}", r.name, r.capacity))
+    } else {
+        ("another layout".to_string(), "the configured one".to_string())
+    };
+    format!(
+        "{}: the file has layout {found}, the configuration asks for {wanted} (in bytes and items); \
+         keep the file by configuring its layout, or pass --replace-mismatched to replace it (its data is lost). \
+         Sizes with k, M, G are powers of 1000 as in Kubernetes: a file made when they meant KiB, MiB, GiB is \
+         kept by writing Ki, Mi, Gi",
+        path.display()
+    )
+}
+
 /// Bind a TCP listener. The IPv6 wildcard `[::]` is bound dual-stack (`IPV6_V6ONLY` off, so
 /// IPv4 clients connect too, whatever `net.ipv6.bindv6only` says); where the kernel has no IPv6
 /// (`EAFNOSUPPORT`, `EADDRNOTAVAIL`) it falls back to `0.0.0.0` on the same port, with a
@@ -348,6 +383,9 @@ impl Server {
                      another writer); stop it and start again",
                     path.display()
                 )))
+            }
+            Err(Error::File(CreateError::LayoutMismatch { path, .. })) => {
+                return Err(Error::Config(layout_mismatch(&config, &path)))
             }
             Err(e) => return Err(e),
         };

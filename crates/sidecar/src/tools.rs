@@ -146,6 +146,10 @@ pub fn inspect(path: &Path, json: bool) -> ToolResult {
 
 /// `podcache verify PATH [--json]`: `Err` (exit 1) if the file is corrupt.
 pub fn verify(path: &Path, json: bool) -> ToolResult {
+    // A file that cannot be opened is not corrupt: say what the OS said.
+    if let Err(e) = std::fs::File::open(path) {
+        return Err(format!("{}: cannot open: {e}", path.display()));
+    }
     let kind = kind_of(path).map_err(|e| format!("CORRUPT: {e}"))?;
     let (region, view) = file::open_read(path, kind).map_err(|e| format!("CORRUPT: {e}"))?;
     let (ok, report) = match kind {
@@ -213,8 +217,10 @@ fn check_name(what: &str, name: &str) -> ToolResult {
     names::check(name).map_err(|e| format!("{what} name {name:?}: {e}"))
 }
 
-/// `podcache get --dir DIR TABLE KEY`.
-pub fn get(dir: &Path, table: &str, key: &str) -> ToolResult {
+/// `podcache get --dir DIR TABLE KEY`. The key is taken as bytes: a key that is not UTF-8 can
+/// be read too.
+pub fn get(dir: &Path, table: &str, key: &std::ffi::OsStr) -> ToolResult {
+    use std::os::unix::ffi::OsStrExt;
     check_name("table", table)?;
     let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
     match r.get_vec(key.as_bytes()).map_err(|e| e.to_string())? {

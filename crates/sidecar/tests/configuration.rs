@@ -60,6 +60,8 @@ fn false_in_the_environment_or_a_flag_overrides_true_in_the_file_for_replacing()
 
     let err = serve_refused(&base, &[("PODCACHE_REPLACE_MISMATCHED", "false")]);
     assert!(err.contains("layout") && err.contains("web.table"), "{err}");
+    // Both layouts in the configuration's own terms, not the header's words.
+    assert!(err.contains("web=100:") && err.contains("web=200:1048576"), "{err}");
     assert!(holds_precious(&table), "the environment's false must keep the file");
 
     let mut flag = base.to_vec();
