@@ -11,7 +11,7 @@
 //! | POST   | `/v1/tables/{table}/load` | 200 `{"loaded": n}` (body: NDJSON) |
 //! | GET    | `/v1/rings` | 200 JSON list with stats |
 //! | POST   | `/v1/rings/{ring}/messages` | 200 `{"seq": n}` (body: raw message) |
-//! | GET    | `/v1/rings/{ring}/subscribe?from=oldest\|newest` | Server-Sent Events |
+//! | GET    | `/v1/rings/{ring}/subscribe?from=oldest\|newest\|SEQ` | Server-Sent Events (also resumes from `Last-Event-ID`) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}`; see [`Code`].
 
@@ -175,6 +175,12 @@ async fn observe(State(s): St, req: Request, next: Next) -> Response {
         return resp;
     }
     let status = resp.status().as_u16();
+    if s.access_log {
+        tracing::info!(
+            target: "podcache::access",
+            method, route = %route, status, micros = start.elapsed().as_micros() as u64, "request"
+        );
+    }
     s.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
     s.metrics.latency.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
     resp
@@ -552,22 +558,55 @@ fn message_event(seq: u64, lost: u64, payload: &[u8]) -> (Event, usize) {
     sized_event("message", Some(seq), data.to_string())
 }
 
+/// Where a subscription starts: `?from=newest` (default), `oldest`, or a sequence number; a
+/// reconnecting EventSource's `Last-Event-ID: N` (when `from` is absent) resumes at `N + 1`.
+fn start_of(from: Option<&str>, last_event_id: Option<&axum::http::HeaderValue>) -> Result<Start, ApiError> {
+    let bad = |m: String| ApiError::new(Code::BadRequest, m);
+    match from {
+        Some("newest") => Ok(Start::Newest),
+        Some("oldest") => Ok(Start::Oldest),
+        Some(n) => match n.parse::<u64>() {
+            Ok(seq) if seq >= 1 => Ok(Start::Seq(seq)),
+            _ => Err(bad(format!("from={n:?}: use oldest, newest or a sequence number (1 or more)"))),
+        },
+        None => match last_event_id {
+            None => Ok(Start::Newest),
+            Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(id) => Ok(Start::Seq(id.saturating_add(1))),
+                None => Err(bad("Last-Event-ID is not a sequence number".into())),
+            },
+        },
+    }
+}
+
+/// A subscription's start (see [`start_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Oldest,
+    Newest,
+    /// The first sequence number to deliver: earlier messages still in the ring are skipped, and
+    /// if it is no longer in the ring the first event is `lapped` with how many are gone.
+    Seq(u64),
+}
+
 async fn subscribe(
     State(s): St,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<SubQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(name) = p.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     let r = ring(&s, &name)?;
-    let newest = match q.from.as_deref() {
-        None | Some("newest") => true,
-        Some("oldest") => false,
-        Some(other) => return Err(ApiError::new(Code::BadRequest, format!("from={other:?}: use oldest or newest"))),
-    };
+    let start = start_of(q.from.as_deref(), headers.get("last-event-id"))?;
     let slot = SubscriberSlot::take(&s)?;
-    let mut sub =
-        crate::server::open_subscriber(r, newest).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let mut sub = crate::server::open_subscriber(r, start == Start::Newest)
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    // Resuming: the next sequence number still to deliver (`None`: deliver everything).
+    let mut resume_at = match start {
+        Start::Seq(n) => Some(n),
+        _ => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize)>();
     let queue = Arc::new(EventQueue::default());
     let shared = Arc::clone(&s);
@@ -589,6 +628,20 @@ async fn subscribe(
             }
             match sub.recv_timeout(&mut buf, Duration::from_millis(100)) {
                 Ok(Some(m)) => {
+                    if let Some(from) = resume_at {
+                        if m.seq < from {
+                            continue; // delivered before the client reconnected
+                        }
+                        resume_at = None;
+                        if m.seq > from {
+                            // Gone from the ring before the client came back.
+                            let gone = m.seq - from;
+                            let lapped = serde_json::json!({ "lost": gone, "lost_total": gone, "laps": 0 });
+                            if !send(sized_event("lapped", None, lapped.to_string())) {
+                                return;
+                            }
+                        }
+                    }
                     if m.lost > 0 {
                         let lapped =
                             serde_json::json!({ "lost": m.lost, "lost_total": sub.lost(), "laps": sub.laps() });

@@ -243,6 +243,16 @@ pub struct ServeArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "PODCACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Log every API request (method, route pattern, status, microseconds; never keys or
+    /// bodies) at INFO with target podcache::access [default: off].
+    #[arg(
+        long,
+        env = "PODCACHE_ACCESS_LOG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub access_log: Option<bool>,
 }
 
 /// A clap parser that checks an item of a table or ring list (so a bad one is a usage error)
@@ -298,6 +308,9 @@ impl ServeArgs {
         }
         if let Some(d) = self.shutdown_grace.as_deref().or(file.shutdown_grace.as_deref()) {
             c.limits.shutdown_grace = config::parse_duration(d).map_err(|e| format!("shutdown grace: {e}"))?;
+        }
+        if let Some(a) = self.access_log.or(file.access_log) {
+            c.access_log = a;
         }
         if let Some(n) = self.max_connections.or(file.max_connections) {
             c.limits.max_connections = n;

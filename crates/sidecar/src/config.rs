@@ -58,6 +58,9 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Per-connection timeouts and limits of every listener, and the shutdown grace.
     pub limits: crate::http::Limits,
+    /// Log every API request at INFO, target `podcache::access` (method, route pattern, status,
+    /// microseconds; never the key or the body). Off by default.
+    pub access_log: bool,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             max_body: 16 << 20,
             sweep_interval: Duration::from_secs(1),
             limits: crate::http::Limits::default(),
+            access_log: false,
         }
     }
 }
@@ -239,6 +243,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// body_timeout = "30s"
 /// max_connections = 1024
 /// shutdown_grace = "10s"
+/// access_log = false
 /// tables = ["web=10000:64MiB"]
 /// rings = ["events=16MiB:64KiB"]
 /// ```
@@ -277,6 +282,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     /// See `--shutdown-grace`.
     pub shutdown_grace: Option<String>,
+    /// See `--access-log`.
+    pub access_log: Option<bool>,
 }
 
 impl FileConfig {

@@ -117,6 +117,19 @@ impl Collector for Snapshot {
             ConstGauge::new(i64::from(self.ready)).encode(m)?;
         }
         {
+            let mut m = enc.encode_descriptor(
+                "build_info",
+                "1, labelled with the podcache version and the file layout version it writes",
+                None,
+                g,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("layout_version", podcache_format::header::LAYOUT_VERSION.to_string()),
+            ];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        {
             let m = enc.encode_descriptor("ring_subscriptions", "Open ring subscriptions (SSE)", None, g)?;
             ConstGauge::new(self.subscribers as i64).encode(m)?;
         }

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) token: Option<crate::token::Token>,
     pub(crate) max_body: usize,
     pub(crate) limits: crate::http::Limits,
+    /// Log every API request (`--access-log`).
+    pub(crate) access_log: bool,
     pub(crate) ready: AtomicBool,
     pub(crate) shutting_down: AtomicBool,
     /// Open ring subscriptions (each holds a blocking thread).
@@ -368,6 +370,12 @@ impl Server {
     /// attach every file, bind the listeners. Any failure here is returned before a listener
     /// accepts anything.
     pub async fn start(config: Config) -> Result<Server, Error> {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            layout_version = podcache_format::header::LAYOUT_VERSION,
+            pid = std::process::id(),
+            "podcache serve starting"
+        );
         config.validate().map_err(Error::Config)?;
         std::fs::create_dir_all(&config.dir).map_err(|source| Error::Dir { dir: config.dir.clone(), source })?;
         let dir_lock = lock_dir(&config.dir)?;
@@ -421,6 +429,7 @@ impl Server {
             token,
             max_body: config.max_body,
             limits: config.limits,
+            access_log: config.access_log,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             subscribers: std::sync::atomic::AtomicUsize::new(0),

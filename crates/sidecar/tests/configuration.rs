@@ -239,3 +239,49 @@ async fn the_ops_port_is_dual_stack_and_the_lock_file_is_private() {
     assert_eq!(mode & 0o777, 0o600, "the directory lock is the sidecar's alone");
     sc.stop().await.unwrap();
 }
+
+#[test]
+fn build_info_at_start_up_and_access_logs_only_when_asked() {
+    let version = env!("CARGO_PKG_VERSION");
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(dir.path(), &["--table", "web=100:1Mi"]);
+    let start =
+        sc.startup_log.iter().find(|l| l["fields"]["message"] == "podcache serve starting").expect("start line");
+    assert_eq!(start["fields"]["version"], version, "{start}");
+    assert!(start["fields"]["layout_version"].as_u64().is_some(), "{start}");
+    let (_, body) = request(sc.ops, "GET", "/metrics");
+    let m = String::from_utf8(body).unwrap();
+    let line = m.lines().find(|l| l.starts_with("podcache_build_info{")).unwrap_or_else(|| panic!("{m}"));
+    assert!(line.contains(&format!("version=\"{version}\"")) && line.ends_with(" 1"), "{line}");
+    assert_eq!(request(sc.api, "GET", "/v1/tables/web/keys/secret-key").0, 404);
+    // Off by default: stop it and read its whole log (up to its last line).
+    sc.terminate();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sc.later_log.lock().unwrap().iter().any(|l| l.contains("files closed")) {
+        assert!(std::time::Instant::now() < deadline, "the sidecar did not log its shutdown (watchdog)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = sc.later_log.lock().unwrap().clone();
+    assert!(!lines.iter().any(|l| l.contains("podcache::access")), "access log without --access-log: {lines:?}");
+    drop(sc);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(dir.path(), &["--table", "web=100:1Mi", "--access-log"]);
+    assert_eq!(request(sc.api, "GET", "/v1/tables/web/keys/secret-key").0, 404);
+    let log = std::sync::Arc::clone(&sc.later_log);
+    let access = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = log.lock().unwrap().iter().find(|l| l.contains("podcache::access")).cloned();
+            if let Some(l) = found {
+                break l;
+            }
+            assert!(std::time::Instant::now() < deadline, "no access log line (watchdog)");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&access).unwrap();
+    assert_eq!(v["fields"]["status"], 404, "{v}");
+    assert_eq!(v["fields"]["route"], "/v1/tables/{table}/keys/{*key}", "{v}");
+    assert!(!access.contains("secret-key"), "an access log line never holds the key: {access}");
+}

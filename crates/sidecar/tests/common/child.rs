@@ -14,6 +14,8 @@ pub struct Sidecar {
     pub ops: SocketAddr,
     /// The JSON log lines written before it listened.
     pub startup_log: Vec<serde_json::Value>,
+    /// Every log line written after that.
+    pub later_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Sidecar {
@@ -52,8 +54,14 @@ impl Sidecar {
             }
         }
         // Keep draining its logs so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Sidecar { child, api: api.expect("API listening"), ops: ops.expect("ops listening"), startup_log }
+        let later_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&later_log);
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Sidecar { child, api: api.expect("API listening"), ops: ops.expect("ops listening"), startup_log, later_log }
     }
 
     /// Resident memory (VmRSS) in bytes.
