@@ -370,12 +370,6 @@ impl Server {
     /// attach every file, bind the listeners. Any failure here is returned before a listener
     /// accepts anything.
     pub async fn start(config: Config) -> Result<Server, Error> {
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            layout_version = podcache_format::header::LAYOUT_VERSION,
-            pid = std::process::id(),
-            "podcache serve starting"
-        );
         config.validate().map_err(Error::Config)?;
         std::fs::create_dir_all(&config.dir).map_err(|source| Error::Dir { dir: config.dir.clone(), source })?;
         let dir_lock = lock_dir(&config.dir)?;
@@ -554,7 +548,17 @@ impl Server {
             });
         }
         shared.ready.store(true, Ordering::Release);
-        tracing::info!(dir = %shared.dir.display(), tables = shared.tables.len(), rings = shared.rings.len(), "ready");
+        // Version and build information here, not before start-up: a failed start-up stays one
+        // line on stderr.
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            layout_version = podcache_format::header::LAYOUT_VERSION,
+            pid = std::process::id(),
+            dir = %shared.dir.display(),
+            tables = shared.tables.len(),
+            rings = shared.rings.len(),
+            "ready"
+        );
 
         let mut failed = None;
         tokio::select! {

@@ -245,8 +245,7 @@ fn build_info_at_start_up_and_access_logs_only_when_asked() {
     let version = env!("CARGO_PKG_VERSION");
     let dir = tempfile::tempdir().unwrap();
     let sc = Sidecar::start(dir.path(), &["--table", "web=100:1Mi"]);
-    let start =
-        sc.startup_log.iter().find(|l| l["fields"]["message"] == "podcache serve starting").expect("start line");
+    let start = sc.startup_log.iter().find(|l| l["fields"]["message"] == "ready").expect("the ready line");
     assert_eq!(start["fields"]["version"], version, "{start}");
     assert!(start["fields"]["layout_version"].as_u64().is_some(), "{start}");
     let (_, body) = request(sc.ops, "GET", "/metrics");

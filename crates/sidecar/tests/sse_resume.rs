@@ -5,32 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-/// Read SSE events (event name, data) from a streaming response until `n` events arrived.
+/// Read `n` events of a new stream.
 async fn sse_events(resp: &mut reqwest::Response, n: usize) -> Vec<(String, serde_json::Value)> {
-    let mut buf = String::new();
-    let mut out = Vec::new();
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let mut event = "message".to_string();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            if !data.is_empty() {
-                out.push((event, serde_json::from_str(&data).expect("event data is JSON")));
-            }
-            if out.len() == n {
-                return out;
-            }
-        }
-        let chunk = resp.chunk().await.expect("stream readable").expect("stream not ended");
-        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8 events"));
-    }
+    common::sse_events(resp, &mut String::new(), n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
