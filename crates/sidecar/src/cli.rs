@@ -126,6 +126,19 @@ pub enum Command {
         /// The NDJSON file (`-` or absent: read stdin).
         file: Option<PathBuf>,
     },
+    /// Show every table and ring of the directory, refreshed: items, bytes, puts, evictions,
+    /// expirations, messages, sequence numbers and rates per second (read-only, from the files).
+    Stat {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// Milliseconds between two refreshes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (default: until Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
 }
 
 /// Where a ring subscription starts.

@@ -493,3 +493,100 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
     outln!("{loaded}");
     Ok(())
 }
+
+/// One file's figures in `podcache stat`: name, then (label, value) pairs whose rates are shown.
+struct StatRow {
+    name: String,
+    figures: Vec<(&'static str, u64)>,
+}
+
+/// The tables and rings of `dir`, in name order (files that cannot be read are listed as such).
+fn stat_rows(dir: &Path) -> Result<Vec<Result<StatRow, String>>, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "table" || x == "ring"))
+        .collect();
+    paths.sort();
+    let mut buf = Vec::new();
+    Ok(paths
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if p.extension().is_some_and(|x| x == "table") {
+                let s = TableReader::open(p).map_err(|e| format!("{name}: {e}"))?.stats();
+                Ok(StatRow {
+                    name,
+                    figures: vec![
+                        ("items", s.items),
+                        ("bytes", s.bytes_used),
+                        ("capacity", s.bytes_capacity),
+                        ("puts", s.puts),
+                        ("deletes", s.deletes),
+                        ("evictions", s.evictions),
+                        ("expirations", s.expirations),
+                    ],
+                })
+            } else {
+                let s = ring_stats(p, 0, &mut buf).map_err(|e| format!("{name}: {e}"))?;
+                Ok(StatRow {
+                    name,
+                    figures: vec![
+                        ("messages", s.messages_total),
+                        ("bytes", s.bytes_total),
+                        ("retained", s.messages),
+                        ("retained_bytes", s.bytes),
+                        ("oldest_seq", s.oldest_seq),
+                        ("newest_seq", s.newest_seq),
+                    ],
+                })
+            }
+        })
+        .collect())
+}
+
+/// The counters whose rate per second `podcache stat` shows.
+const RATED: [&str; 4] = ["puts", "evictions", "messages", "bytes"];
+
+/// `podcache stat --dir DIR`: every `interval_ms`, a block of lines, one per file, with each
+/// counter and, from the second block on, the rate per second of puts, evictions, messages and
+/// bytes (ring bytes published, table bytes' change).
+pub fn stat(dir: &Path, interval_ms: u64, count: Option<u64>) -> ToolResult {
+    let interval = Duration::from_millis(interval_ms.max(1));
+    // The previous sample of each file, by name.
+    let mut last: std::collections::HashMap<String, (Instant, StatRow)> = Default::default();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        if n > 0 {
+            std::thread::sleep(interval);
+        }
+        n += 1;
+        let now = Instant::now();
+        let rows = stat_rows(dir)?;
+        outln!("{}  ({} files)", dir.display(), rows.len());
+        for row in rows {
+            let row = match row {
+                Ok(r) => r,
+                Err(e) => {
+                    outln!("  {e}");
+                    continue;
+                }
+            };
+            let mut line = format!("  {:<24}", row.name);
+            let before = last.get(&row.name).map(|(t, r)| (t, &r.figures));
+            for (label, v) in &row.figures {
+                line.push_str(&format!(" {label}={v}"));
+                let prev = before.and_then(|(t, f)| Some((t, f.iter().find(|(l, _)| l == label)?.1)));
+                if let (true, Some((t, p))) = (RATED.contains(label), prev) {
+                    let secs = now.duration_since(*t).as_secs_f64();
+                    if secs > 0.0 {
+                        line.push_str(&format!(" ({:.0}/s)", v.saturating_sub(p) as f64 / secs));
+                    }
+                }
+            }
+            outln!("{line}");
+            last.insert(row.name.clone(), (now, row));
+        }
+    }
+    Ok(())
+}

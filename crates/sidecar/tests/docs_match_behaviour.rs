@@ -41,3 +41,32 @@ fn verify_says_a_missing_file_is_missing_not_corrupt() {
     assert!(stdout.is_empty(), "{}", String::from_utf8_lossy(&stdout));
     assert!(!stderr.contains("CORRUPT") && stderr.contains("No such file"), "{stderr}");
 }
+
+#[test]
+fn stat_shows_every_table_and_ring_with_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = podcache_writer::TableWriter::builder(dir.path().join("web.table"))
+        .max_items(100)
+        .data_bytes(1 << 20)
+        .create()
+        .unwrap();
+    for k in [&b"a"[..], b"b", b"c"] {
+        w.put(k, b"v").unwrap();
+    }
+    let mut p = podcache_writer::Publisher::builder(dir.path().join("events.ring")).capacity(1 << 16).create().unwrap();
+    p.publish(b"one").unwrap();
+    p.publish(b"two").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = common::podcache(&["stat", "--dir", d, "-n", "2", "--interval-ms", "100"]);
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let blocks: Vec<&str> = out.split(&format!("{d}  (2 files)")).filter(|b| !b.trim().is_empty()).collect();
+    assert_eq!(blocks.len(), 2, "{out}");
+    let ring = blocks[0].lines().find(|l| l.contains("events.ring")).unwrap_or_else(|| panic!("{out}"));
+    assert!(ring.contains("messages=2") && ring.contains("newest_seq=2") && ring.contains("oldest_seq=1"), "{ring}");
+    let table = blocks[0].lines().find(|l| l.contains("web.table")).unwrap_or_else(|| panic!("{out}"));
+    assert!(table.contains("items=3") && table.contains("puts=3"), "{table}");
+    assert!(!blocks[0].contains("/s)"), "no rate before a second sample: {out}");
+    let table2 = blocks[1].lines().find(|l| l.contains("web.table")).unwrap();
+    assert!(table2.contains("puts=3 (0/s)"), "{table2}");
+}
