@@ -15,7 +15,7 @@ sidecar, checks what schema validation and generic policy checks cannot know:
   - the sizing rules of deploy/README.md for the tables and rings configured in
     PODCACHE_TABLES / PODCACHE_RINGS: sizeLimit >= the files + the largest file again (room to
     replace it), the sidecar's memory limit >= that + 32 MiB for the process;
-  - Prometheus scrape annotations point at port 7071.
+  - the ops port 7071 is named podcache-ops (scraped by annotations or a PodMonitor).
 
 Prints one line per check ("ok" or "FAILED: why") and a final count line
 "checks: N passed, M failed"; exits 1 if any failed.
@@ -29,13 +29,16 @@ import yaml
 SIDECAR = "podcache"
 VOLUME = "podcache"
 OPS_PORT = 7071
-UNITS = {"": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+         "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40,
+         "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 K8S_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 10**3, "M": 10**6, "G": 10**9}
 
 
 def podcache_bytes(text):
-    """Bytes of 'N', 'NKiB', 'NMiB', 'NGiB' (the sidecar's --table/--ring syntax)."""
-    m = re.fullmatch(r"(\d+)\s*(KiB|MiB|GiB)?", text.strip())
+    """Bytes of a size as `podcache serve` parses it: N, Ki/Mi/Gi/Ti (also KiB/MiB/GiB/TiB) or
+    k/M/G/T (powers of 1000, as in Kubernetes)."""
+    m = re.fullmatch(r"(\d+)\s*(KiB|MiB|GiB|TiB|Ki|Mi|Gi|Ti|k|M|G|T|B)?", text.strip())
     if not m:
         raise ValueError(f"bad size {text!r}")
     return int(m.group(1)) * UNITS[m.group(2) or ""]
@@ -56,7 +59,7 @@ def file_sizes(env):
     for spec in filter(None, (s.strip() for s in env.get("PODCACHE_TABLES", "").split(","))):
         _name, rest = spec.split("=", 1)
         items, size = rest.split(":", 1)
-        sizes.append(podcache_bytes(size) + 11 * int(items) + (16 << 10))
+        sizes.append(podcache_bytes(size) + 11 * podcache_bytes(items) + (16 << 10))
     for spec in filter(None, (s.strip() for s in env.get("PODCACHE_RINGS", "").split(","))):
         _name, rest = spec.split("=", 1)
         sizes.append(podcache_bytes(rest.split(":", 1)[0]) + (4 << 10))
@@ -149,9 +152,12 @@ def check_file(path, c):
         c.check(f"{what}: {readers} reader mount(s) of the volume are readOnly", not bad,
                 f"containers {bad} mount {VOLUME} writable (list real writers in podcache.io/writers)")
 
-        c.check(f"{what}: Prometheus annotations on port 7071",
-                ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(OPS_PORT),
-                f"annotations are {ann!r}")
+        # The component leaves the Pod's scrape annotations alone (they may be the app's): the
+        # sidecar is scraped through them when they name 7071, else through a PodMonitor on the
+        # named port.
+        ops = [p for p in sc.get("ports") or [] if p.get("containerPort") == OPS_PORT]
+        c.check(f"{what}: ops port 7071 named podcache-ops (for a PodMonitor)",
+                any(p.get("name") == "podcache-ops" for p in ops), f"sidecar ports are {sc.get('ports')!r}")
 
         env = {e["name"]: e.get("value", "") for e in sc.get("env") or [] if "value" in e}
         for ef in sc.get("envFrom") or []:

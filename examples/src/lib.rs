@@ -192,6 +192,28 @@ pub fn report<T: Into<ExitCode>>(role: &str, outcome: Outcome<T>) -> ExitCode {
     }
 }
 
+/// End the process (exit status 128 + the signal's number) when SIGTERM or SIGINT arrives.
+///
+/// A container's entrypoint is PID 1 of its PID namespace, and the kernel gives PID 1 no default
+/// action for SIGTERM: without a handler the signal is ignored and every Pod deletion waits for
+/// the SIGKILL at the end of `terminationGracePeriodSeconds`. Call it first in `main`.
+pub fn exit_on_termination(name: &'static str) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{name}: cannot handle SIGTERM ({e}); it will be ignored as PID 1");
+            return;
+        }
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("{name}: signal {sig}, exiting");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,14 +4,14 @@
 //! |--------|------|---------|
 //! | GET    | `/v1/tables` | 200 JSON list with stats |
 //! | GET    | `/v1/tables/{table}` | 200 JSON stats of one table |
-//! | GET    | `/v1/tables/{table}/keys?limit=N` | 200 JSON list of live keys |
+//! | GET    | `/v1/tables/{table}/keys?limit=N&cursor=C` | 200 JSON list of live keys (see [`MAX_KEYS_LIMIT`]) |
 //! | GET    | `/v1/tables/{table}/keys/{key}` | 200 raw value, 404 if absent |
 //! | PUT    | `/v1/tables/{table}/keys/{key}?ttl_ms=N` | 204 (body: raw value) |
 //! | DELETE | `/v1/tables/{table}/keys/{key}` | 204, 404 if absent |
 //! | POST   | `/v1/tables/{table}/load` | 200 `{"loaded": n}` (body: NDJSON) |
 //! | GET    | `/v1/rings` | 200 JSON list with stats |
 //! | POST   | `/v1/rings/{ring}/messages` | 200 `{"seq": n}` (body: raw message) |
-//! | GET    | `/v1/rings/{ring}/subscribe?from=oldest\|newest` | Server-Sent Events |
+//! | GET    | `/v1/rings/{ring}/subscribe?from=oldest\|newest\|SEQ` | Server-Sent Events (also resumes from `Last-Event-ID`) |
 //!
 //! Errors are `{"error": {"code": "...", "message": "..."}}`; see [`Code`].
 
@@ -52,6 +52,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rings", get(list_rings))
         .route("/v1/rings/{ring}/messages", post(publish))
         .route("/v1/rings/{ring}/subscribe", get(subscribe))
+        .route_layer(axum::middleware::from_fn(known_params))
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route (the API is under /v1/)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Code::MethodNotAllowed, "method not allowed on this route")
@@ -63,29 +64,51 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// Constant-time comparison (the time does not depend on where the inputs differ).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
 async fn auth(State(s): St, req: Request, next: Next) -> Response {
     if let Some(token) = &s.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .map(|t| t.trim_ascii());
-        if !given.is_some_and(|g| ct_eq(g, token)) {
+        if !token.check(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
             s.metrics.unauthorized.inc();
             let mut resp =
                 ApiError::new(Code::Unauthorized, "missing or wrong bearer token (Authorization: Bearer <token>)")
                     .into_response();
             resp.extensions_mut().insert(Unauthenticated);
             return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// The query parameters a route takes; anything else is refused.
+fn params_of(method: &axum::http::Method, route: &str) -> &'static [&'static str] {
+    use axum::http::Method;
+    match (method, route) {
+        (&Method::GET, "/v1/tables/{table}/keys") => &["limit", "cursor"],
+        (&Method::PUT, "/v1/tables/{table}/keys/{*key}") => &["ttl_ms"],
+        (&Method::GET, "/v1/rings/{ring}/subscribe") => &["from"],
+        _ => &[],
+    }
+}
+
+/// Refuse a query parameter the route does not take (`?ttl=5` for `?ttl_ms=5` would otherwise
+/// store the value without a TTL) with `400 bad_request` naming it.
+async fn known_params(req: Request, next: Next) -> Response {
+    if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        let route = req.extensions().get::<MatchedPath>().map_or("", |m| m.as_str());
+        let allowed = params_of(req.method(), route);
+        let given = match Query::<Vec<(String, String)>>::try_from_uri(req.uri()) {
+            Ok(Query(v)) => v,
+            Err(e) => {
+                return ApiError::new(Code::BadRequest, format!("bad query string: {}", e.body_text())).into_response()
+            }
+        };
+        if let Some((name, _)) = given.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+            let takes = if allowed.is_empty() {
+                "this request takes no query parameters".to_string()
+            } else {
+                format!("this request takes: {}", allowed.join(", "))
+            };
+            return ApiError::new(Code::BadRequest, format!("unknown query parameter {name:?} ({takes})"))
+                .into_response();
         }
     }
     next.run(req).await
@@ -152,6 +175,12 @@ async fn observe(State(s): St, req: Request, next: Next) -> Response {
         return resp;
     }
     let status = resp.status().as_u16();
+    if s.access_log {
+        tracing::info!(
+            target: "podcache::access",
+            method, route = %route, status, micros = start.elapsed().as_micros() as u64, "request"
+        );
+    }
     s.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
     s.metrics.latency.get_or_create(&RouteLabels { method, route }).observe(start.elapsed().as_secs_f64());
     resp
@@ -219,6 +248,10 @@ fn shutting_down() -> ApiError {
     ApiError::new(Code::ShuttingDown, "the server is shutting down")
 }
 
+fn lost(reason: String) -> ApiError {
+    ApiError::new(Code::FileLost, reason)
+}
+
 fn table_json(t: &TableEntry) -> Result<serde_json::Value, ApiError> {
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     Ok(serde_json::json!({
@@ -241,10 +274,24 @@ async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Res
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeysQuery {
     limit: Option<usize>,
+    cursor: Option<u64>,
 }
 
+/// Keys a listing returns when `limit` is not given.
+pub const DEFAULT_KEYS_LIMIT: usize = 1000;
+
+/// Most keys one listing returns (`limit` above it is refused): at most 255 bytes a key, an
+/// answer stays under ~3 MB. Longer listings page with `cursor`.
+pub const MAX_KEYS_LIMIT: usize = 10_000;
+
+/// `GET /v1/tables/{table}/keys?limit=N&cursor=C`: up to `limit` live keys, and `next_cursor`
+/// when there are more (pass it as `cursor` for the next page). The cursor is a position in the
+/// table's index, not a key: a listing made while the table changes may miss keys written or
+/// moved meanwhile, or list one twice, as any scan of a live hash table. Expired keys not yet
+/// removed are skipped (the key iteration validates each key as a get does).
 async fn list_keys(
     State(s): St,
     p: Result<Path<String>, PathRejection>,
@@ -253,23 +300,37 @@ async fn list_keys(
     let Path(name) = p.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     let t = table(&s, &name)?;
+    let limit = q.limit.unwrap_or(DEFAULT_KEYS_LIMIT);
+    if limit == 0 || limit > MAX_KEYS_LIMIT {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("limit={limit}: 1 to {MAX_KEYS_LIMIT} (page through longer listings with cursor)"),
+        ));
+    }
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
-    let limit = q.limit.unwrap_or(1000);
+    // The position counts index entries from the start, expired ones included, so a cursor
+    // stays valid whatever expires between two pages.
+    let start = q.cursor.unwrap_or(0);
     let mut keys = Vec::new();
-    let mut truncated = false;
     let mirrored = crate::near::http::mirror(&s, &name).is_some();
+    let mut pos = 0u64;
+    let mut next_cursor = None;
     for k in r.keys() {
+        pos += 1;
+        if pos <= start {
+            continue;
+        }
         let k = k.map_err(get_err)?;
         if mirrored && !crate::near::cacheable(&k) {
             continue; // a negative entry (a key absent upstream), not a key of the table
         }
         if keys.len() == limit {
-            truncated = true;
+            next_cursor = Some(pos - 1);
             break;
         }
         keys.push(String::from_utf8_lossy(&k).into_owned());
     }
-    Ok(Json(serde_json::json!({ "keys": keys, "truncated": truncated })))
+    Ok(Json(serde_json::json!({ "keys": keys, "truncated": next_cursor.is_some(), "next_cursor": next_cursor })))
 }
 
 async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>) -> Result<Response, ApiError> {
@@ -290,6 +351,7 @@ async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PutQuery {
     ttl_ms: Option<u64>,
 }
@@ -319,6 +381,7 @@ async fn put_key(
     }
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     match ttl {
         Some(d) => w.put_with_ttl(key.as_bytes(), &body[..], d),
         None => w.put(key.as_bytes(), &body[..]),
@@ -336,6 +399,7 @@ async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejectio
     }
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     if w.delete(key.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -400,6 +464,7 @@ async fn load(
     // One lock for the whole load: it is applied as a batch.
     let mut guard = t.writer();
     let w = guard.as_mut().ok_or_else(shutting_down)?;
+    t.check.check().map_err(lost)?;
     for (i, (k, v, ttl)) in items.iter().enumerate() {
         let max = w.max_value(k.len(), ttl.is_some());
         if v.len() > max {
@@ -449,6 +514,7 @@ async fn publish(
     let body = body.map_err(body_err)?;
     let mut guard = r.publisher();
     let p = guard.as_mut().ok_or_else(shutting_down)?;
+    r.check.check().map_err(lost)?;
     match p.publish(&body) {
         Ok(seq) => Ok(Json(serde_json::json!({ "seq": seq }))),
         Err(PublishError::Empty) => Err(ApiError::new(Code::BadRequest, "empty message (messages are 1 byte or more)")),
@@ -484,6 +550,7 @@ impl Drop for SubscriberSlot {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SubQuery {
     from: Option<String>,
 }
@@ -510,22 +577,55 @@ fn message_event(seq: u64, lost: u64, payload: &[u8]) -> (Event, usize) {
     sized_event("message", Some(seq), data.to_string())
 }
 
+/// Where a subscription starts: `?from=newest` (default), `oldest`, or a sequence number; a
+/// reconnecting EventSource's `Last-Event-ID: N` (when `from` is absent) resumes at `N + 1`.
+fn start_of(from: Option<&str>, last_event_id: Option<&axum::http::HeaderValue>) -> Result<Start, ApiError> {
+    let bad = |m: String| ApiError::new(Code::BadRequest, m);
+    match from {
+        Some("newest") => Ok(Start::Newest),
+        Some("oldest") => Ok(Start::Oldest),
+        Some(n) => match n.parse::<u64>() {
+            Ok(seq) if seq >= 1 => Ok(Start::Seq(seq)),
+            _ => Err(bad(format!("from={n:?}: use oldest, newest or a sequence number (1 or more)"))),
+        },
+        None => match last_event_id {
+            None => Ok(Start::Newest),
+            Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(id) => Ok(Start::Seq(id.saturating_add(1))),
+                None => Err(bad("Last-Event-ID is not a sequence number".into())),
+            },
+        },
+    }
+}
+
+/// A subscription's start (see [`start_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Oldest,
+    Newest,
+    /// The first sequence number to deliver: earlier messages still in the ring are skipped, and
+    /// if it is no longer in the ring the first event is `lapped` with how many are gone.
+    Seq(u64),
+}
+
 async fn subscribe(
     State(s): St,
     p: Result<Path<String>, PathRejection>,
     q: Result<Query<SubQuery>, QueryRejection>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(name) = p.map_err(path_err)?;
     let Query(q) = q.map_err(query_err)?;
     let r = ring(&s, &name)?;
-    let newest = match q.from.as_deref() {
-        None | Some("newest") => true,
-        Some("oldest") => false,
-        Some(other) => return Err(ApiError::new(Code::BadRequest, format!("from={other:?}: use oldest or newest"))),
-    };
+    let start = start_of(q.from.as_deref(), headers.get("last-event-id"))?;
     let slot = SubscriberSlot::take(&s)?;
-    let mut sub =
-        crate::server::open_subscriber(r, newest).map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let mut sub = crate::server::open_subscriber(r, start == Start::Newest)
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    // Resuming: the next sequence number still to deliver (`None`: deliver everything).
+    let mut resume_at = match start {
+        Start::Seq(n) => Some(n),
+        _ => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize)>();
     let queue = Arc::new(EventQueue::default());
     let shared = Arc::clone(&s);
@@ -547,6 +647,20 @@ async fn subscribe(
             }
             match sub.recv_timeout(&mut buf, Duration::from_millis(100)) {
                 Ok(Some(m)) => {
+                    if let Some(from) = resume_at {
+                        if m.seq < from {
+                            continue; // delivered before the client reconnected
+                        }
+                        resume_at = None;
+                        if m.seq > from {
+                            // Gone from the ring before the client came back.
+                            let gone = m.seq - from;
+                            let lapped = serde_json::json!({ "lost": gone, "lost_total": gone, "laps": 0 });
+                            if !send(sized_event("lapped", None, lapped.to_string())) {
+                                return;
+                            }
+                        }
+                    }
                     if m.lost > 0 {
                         let lapped =
                             serde_json::json!({ "lost": m.lost, "lost_total": sub.lost(), "laps": sub.laps() });
@@ -619,14 +733,6 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_eq() {
-        assert!(ct_eq(b"secret", b"secret"));
-        assert!(!ct_eq(b"secret", b"secreT"));
-        assert!(!ct_eq(b"secret", b"secret2"));
-        assert!(!ct_eq(b"", b"x"));
-    }
 
     #[test]
     fn ndjson() {

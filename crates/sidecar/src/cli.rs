@@ -1,6 +1,6 @@
 //! The command line of `podcache` (clap).
 
-use crate::config::{self, Config, FileConfig, RingSpec, TableSpec};
+use crate::config::{self, Config, FileConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,8 +52,8 @@ pub enum Command {
         dir: DirArg,
         /// The table.
         table: String,
-        /// The key.
-        key: String,
+        /// The key: its bytes as given, UTF-8 or not.
+        key: std::ffi::OsString,
     },
     /// List a table's live keys, one per line.
     Keys {
@@ -126,6 +126,19 @@ pub enum Command {
         /// The NDJSON file (`-` or absent: read stdin).
         file: Option<PathBuf>,
     },
+    /// Show every table and ring of the directory, refreshed: items, bytes, puts, evictions,
+    /// expirations, messages, sequence numbers and rates per second (read-only, from the files).
+    Stat {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// Milliseconds between two refreshes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many refreshes (default: until Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
 }
 
 /// Where a ring subscription starts.
@@ -181,21 +194,27 @@ pub struct ServeArgs {
     /// Directory of the files (the shared volume's mount path) [default: /run/podcache].
     #[arg(long, env = "PODCACHE_DIR")]
     pub dir: Option<PathBuf>,
-    /// A table NAME=ITEMS:BYTES, e.g. web=10000:64MiB (repeatable; env: comma separated).
-    #[arg(long = "table", env = "PODCACHE_TABLES", value_delimiter = ',', value_parser = config::parse_table)]
-    pub tables: Vec<TableSpec>,
+    /// A table NAME=ITEMS:BYTES, e.g. web=10000:64Mi (repeatable; env: comma separated; an
+    /// empty value means no table, overriding the config file).
+    #[arg(long = "table", env = "PODCACHE_TABLES", value_delimiter = ',', value_parser = checked(config::parse_table))]
+    pub tables: Option<Vec<String>>,
     /// A ring `NAME=BYTES[:MAX_MESSAGE]` (repeatable).
     #[arg(
-        help = "A ring NAME=BYTES[:MAX_MESSAGE], e.g. events=16MiB:64KiB (repeatable; BYTES a power of two)",
-        long = "ring", env = "PODCACHE_RINGS", value_delimiter = ',', value_parser = config::parse_ring)]
-    pub rings: Vec<RingSpec>,
+        help = "A ring NAME=BYTES[:MAX_MESSAGE], e.g. events=16Mi:64Ki (repeatable; BYTES a power of two; \
+                an empty value means no ring)",
+        long = "ring",
+        env = "PODCACHE_RINGS",
+        value_delimiter = ','
+    )]
+    pub rings: Option<Vec<String>>,
     /// Address of the HTTP API [default: 127.0.0.1:7070] ("none": no TCP listener).
     #[arg(long, env = "PODCACHE_LISTEN")]
     pub listen: Option<String>,
     /// Also serve the API on a Unix socket of this name inside --dir.
     #[arg(long, env = "PODCACHE_SOCKET")]
     pub socket: Option<String>,
-    /// Address of /healthz, /readyz and /metrics [default: 0.0.0.0:7071] ("none": off).
+    /// Address of /healthz, /readyz and /metrics [default: [::]:7071, dual-stack: IPv4 and
+    /// IPv6, or IPv4 only where the host has no IPv6] ("none": off).
     #[arg(long, env = "PODCACHE_OPS_LISTEN")]
     pub ops_listen: Option<String>,
     /// File holding a bearer token the API requires (ops endpoints are open).
@@ -205,9 +224,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PODCACHE_FILE_MODE")]
     pub file_mode: Option<String>,
     /// Replace a file whose layout differs from the configuration (its data is lost; readers
-    /// of the old file see it retired). Without it, start-up fails naming both layouts.
-    #[arg(long, env = "PODCACHE_REPLACE_MISMATCHED", value_parser = clap::builder::BoolishValueParser::new())]
-    pub replace_mismatched: bool,
+    /// of the old file see it retired; logged as a warning naming what was replaced). Without
+    /// it, start-up fails naming both layouts. `--replace-mismatched false` (or the variable set
+    /// to false) overrides a config file's true.
+    #[arg(
+        long,
+        env = "PODCACHE_REPLACE_MISMATCHED",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub replace_mismatched: Option<bool>,
     /// Largest request body (values, messages, loads) [default: 16MiB].
     #[arg(long, env = "PODCACHE_MAX_BODY")]
     pub max_body: Option<String>,
@@ -251,6 +278,22 @@ pub struct ServeArgs {
     /// Longest a mirrored entry is kept without an invalidation, or "none" [default: 1h].
     #[arg(long, env = "PODCACHE_MIRROR_MAX_TTL")]
     pub mirror_max_ttl: Option<String>,
+    /// Log every API request (method, route pattern, status, microseconds; never keys or
+    /// bodies) at INFO with target podcache::access [default: off].
+    #[arg(
+        long,
+        env = "PODCACHE_ACCESS_LOG",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub access_log: Option<bool>,
+}
+
+/// A clap parser that checks an item of a table or ring list (so a bad one is a usage error)
+/// and keeps its text; an empty item passes (it stands for nothing, see `config::parse_list`).
+fn checked<T>(parse: fn(&str) -> Result<T, String>) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| if s.trim().is_empty() { Ok(String::new()) } else { parse(s).map(|_| s.to_string()) }
 }
 
 fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
@@ -271,16 +314,10 @@ impl ServeArgs {
         if let Some(d) = self.dir.clone().or(file.dir) {
             c.dir = d;
         }
-        c.tables = if self.tables.is_empty() {
-            file.tables.iter().map(|s| config::parse_table(s)).collect::<Result<_, _>>()?
-        } else {
-            self.tables.clone()
-        };
-        c.rings = if self.rings.is_empty() {
-            file.rings.iter().map(|s| config::parse_ring(s)).collect::<Result<_, _>>()?
-        } else {
-            self.rings.clone()
-        };
+        // Field by field: a flag, else its environment variable (clap), else the file, else the
+        // default. A list given empty (`PODCACHE_TABLES=`) is "none", not "unset".
+        c.tables = config::parse_list(self.tables.as_deref().unwrap_or(&file.tables), config::parse_table)?;
+        c.rings = config::parse_list(self.rings.as_deref().unwrap_or(&file.rings), config::parse_ring)?;
         if let Some(l) = self.listen.as_deref().or(file.listen.as_deref()) {
             c.listen = parse_addr(l)?;
         }
@@ -292,7 +329,9 @@ impl ServeArgs {
         if let Some(m) = self.file_mode.as_deref().or(file.file_mode.as_deref()) {
             c.file_mode = config::parse_mode(m)?;
         }
-        c.replace_mismatched = self.replace_mismatched || file.replace_mismatched.unwrap_or(false);
+        if let Some(r) = self.replace_mismatched.or(file.replace_mismatched) {
+            c.replace_mismatched = r;
+        }
         if let Some(b) = self.max_body.as_deref().or(file.max_body.as_deref()) {
             c.max_body = usize::try_from(config::parse_size(b)?).map_err(|_| "max body too large".to_string())?;
         }
@@ -304,6 +343,9 @@ impl ServeArgs {
         }
         if let Some(d) = self.shutdown_grace.as_deref().or(file.shutdown_grace.as_deref()) {
             c.limits.shutdown_grace = config::parse_duration(d).map_err(|e| format!("shutdown grace: {e}"))?;
+        }
+        if let Some(a) = self.access_log.or(file.access_log) {
+            c.access_log = a;
         }
         if let Some(n) = self.max_connections.or(file.max_connections) {
             c.limits.max_connections = n;

@@ -60,6 +60,9 @@ pub struct Config {
     pub limits: crate::http::Limits,
     /// Tables that mirror an upstream Redis (`--upstream`, `--mirror`); `None`: no near cache.
     pub near: Option<crate::near::NearConfig>,
+    /// Log every API request at INFO, target `podcache::access` (method, route pattern, status,
+    /// microseconds; never the key or the body). Off by default.
+    pub access_log: bool,
 }
 
 impl Default for Config {
@@ -70,7 +73,8 @@ impl Default for Config {
             rings: Vec::new(),
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
             socket: None,
-            ops_listen: Some(SocketAddr::from(([0, 0, 0, 0], 7071))),
+            // Dual-stack: probes and scrapes reach it on IPv4, IPv6 and dual-stack clusters.
+            ops_listen: Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7071))),
             token_file: None,
             file_mode: 0o640,
             replace_mismatched: false,
@@ -78,6 +82,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(1),
             limits: crate::http::Limits::default(),
             near: None,
+            access_log: false,
         }
     }
 }
@@ -119,20 +124,42 @@ impl Config {
     }
 }
 
-/// Parse a byte size: `1234`, `64KiB`, `16MiB`, `1GiB` (also `K`/`M`/`G`, `KB`/`MB`/`GB` as
-/// powers of 1024, and `B`).
+/// Parse a byte size the way Kubernetes writes quantities: a plain number of bytes, a binary
+/// suffix `Ki`, `Mi`, `Gi`, `Ti` (powers of 1024; `KiB`, `MiB`, `GiB`, `TiB` and `B` as well) or a
+/// decimal suffix `k`, `M`, `G`, `T` (powers of 1000, as in Kubernetes).
+///
+/// The suffixes that meant powers of 1024 in earlier releases and mean something else (or
+/// nothing) to Kubernetes are refused with a message saying what to write: `K`, `m`, `g`, `KB`,
+/// `MB`, `GB`, `TB`. A configuration written for the old meaning of `M`, `G` (MiB, GiB) now asks
+/// for a different layout: a ring's capacity is then no power of two and refused, a table's
+/// layout differs from its file and start-up is refused naming both layouts (nothing is
+/// replaced without `--replace-mismatched`); write `Mi`, `Gi` to keep the old files.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64KiB, 16MiB, 1GiB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64Ki, 16Mi, 1Gi, 10k)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "Ki" | "KiB" | "kiB" | "kib" => 1 << 10,
+        "Mi" | "MiB" | "mib" => 1 << 20,
+        "Gi" | "GiB" | "gib" => 1 << 30,
+        "Ti" | "TiB" | "tib" => 1 << 40,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        other => {
+            let l = other.to_ascii_lowercase();
+            let hint = match l.trim_end_matches('b') {
+                "k" => " (write Ki for 1024 or k for 1000)",
+                "m" => " (write Mi for 2^20 or M for 10^6; a lower-case m means milli to Kubernetes)",
+                "g" => " (write Gi for 2^30 or G for 10^9)",
+                "t" => " (write Ti for 2^40 or T for 10^12)",
+                _ => " (use Ki, Mi, Gi, Ti for powers of 1024, or k, M, G, T for powers of 1000)",
+            };
+            return Err(format!("{s:?}: unknown or ambiguous unit {other:?}{hint}"));
+        }
     };
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
@@ -152,7 +179,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(ms).map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// Parse `NAME=ITEMS:BYTES`, e.g. `web=10000:64MiB`.
+/// Parse `NAME=ITEMS:BYTES`, e.g. `web=10000:64Mi` (sizes: [`parse_size`]).
 pub fn parse_table(s: &str) -> Result<TableSpec, String> {
     let (name, rest) =
         s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=ITEMS:BYTES, e.g. web=10000:64MiB"))?;
@@ -164,7 +191,7 @@ pub fn parse_table(s: &str) -> Result<TableSpec, String> {
     Ok(TableSpec { name: name.to_string(), max_items, data_bytes })
 }
 
-/// Parse `NAME=BYTES[:MAX_MESSAGE]`, e.g. `events=16MiB:64KiB`.
+/// Parse `NAME=BYTES[:MAX_MESSAGE]`, e.g. `events=16Mi:64Ki` (sizes: [`parse_size`]).
 pub fn parse_ring(s: &str) -> Result<RingSpec, String> {
     let (name, rest) = s
         .split_once('=')
@@ -174,6 +201,12 @@ pub fn parse_ring(s: &str) -> Result<RingSpec, String> {
         None => (rest, None),
     };
     let capacity = parse_size(cap).map_err(|e| format!("ring {name}: bytes: {e}"))?;
+    if !capacity.is_power_of_two() {
+        return Err(format!(
+            "ring {name}: {cap:?} is {capacity} bytes, not a power of two (k, M, G are powers of 1000 as in \
+             Kubernetes; write Ki, Mi, Gi, e.g. 16Mi)"
+        ));
+    }
     let max_message = match max {
         Some(m) => {
             let v = parse_size(m).map_err(|e| format!("ring {name}: max message: {e}"))?;
@@ -183,6 +216,12 @@ pub fn parse_ring(s: &str) -> Result<RingSpec, String> {
     };
     names::check(name).map_err(|e| format!("ring {name:?}: {e}"))?;
     Ok(RingSpec { name: name.to_string(), capacity, max_message })
+}
+
+/// Parse every non-empty item of a list of tables or rings: an empty item (an empty
+/// `PODCACHE_TABLES`, a trailing comma) stands for nothing, so an empty list means none.
+pub fn parse_list<T>(items: &[String], parse: fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(parse).collect()
 }
 
 /// Parse an octal file mode such as `0640` or `640`.
@@ -197,7 +236,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// ```toml
 /// dir = "/run/podcache"
 /// listen = "127.0.0.1:7070"
-/// ops_listen = "0.0.0.0:7071"
+/// ops_listen = "[::]:7071"
 /// socket = "podcache.sock"
 /// token_file = "/etc/podcache/token"
 /// file_mode = "0640"
@@ -207,6 +246,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// body_timeout = "30s"
 /// max_connections = 1024
 /// shutdown_grace = "10s"
+/// access_log = false
 /// tables = ["web=10000:64MiB"]
 /// rings = ["events=16MiB:64KiB"]
 /// upstream = "redis://127.0.0.1:6379"
@@ -261,6 +301,8 @@ pub struct FileConfig {
     pub mirror_max_ttl: Option<String>,
     /// See `--upstream-timeout`.
     pub upstream_timeout: Option<String>,
+    /// See `--access-log`.
+    pub access_log: Option<bool>,
 }
 
 impl FileConfig {
@@ -280,10 +322,22 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("64KiB"), Ok(64 << 10));
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("1Mi"), Ok(1 << 20));
+        assert_eq!(parse_size("64Ki"), Ok(64 << 10));
+        // Decimal, as in Kubernetes.
+        assert_eq!(parse_size("10k"), Ok(10_000));
+        assert_eq!(parse_size("1M"), Ok(1_000_000));
+        assert_eq!(parse_size("2G"), Ok(2_000_000_000));
+        // The old binary single letters and the B forms are refused, naming what to write.
+        for bad in ["1K", "1m", "1g", "1KB", "1MB", "1GB", "1kb"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("ambiguous") && e.contains("i "), "{bad}: {e}");
+        }
         assert!(parse_size("12XB").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+        assert!(parse_size("99999999999G").is_err());
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl std::fmt::Display for Error {
             Error::File(e) => {
                 write!(f, "{e}")?;
                 if matches!(e, podcache_writer::CreateError::LayoutMismatch { .. }) {
-                    f.write_str(" (pass --replace-mismatched to replace it)")?;
+                    f.write_str(
+                        " (pass --replace-mismatched to replace it, losing its data; sizes with k, M, G are powers \
+                         of 1000 as in Kubernetes: a file made when they meant KiB, MiB, GiB is kept by writing Ki, \
+                         Mi, Gi)",
+                    )?;
                 }
                 Ok(())
             }
@@ -142,6 +146,9 @@ pub enum Code {
     UpstreamUnavailable,
     /// 502: the table mirrors Redis and Redis answered with an error.
     UpstreamError,
+    /// 503: the file was deleted or replaced under the sidecar; writes are refused until the
+    /// sidecar restarts and creates it anew.
+    FileLost,
     /// 500: the file is corrupt.
     Corrupt,
     /// 500: anything else.
@@ -171,6 +178,7 @@ impl Code {
             Code::TooManySubscribers => "too_many_subscribers",
             Code::UpstreamUnavailable => "upstream_unavailable",
             Code::UpstreamError => "upstream_error",
+            Code::FileLost => "file_lost",
             Code::Corrupt => "corrupt",
             Code::Internal => "internal",
         }
@@ -191,7 +199,9 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::ValueTooLarge | Code::MessageTooLarge | Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::TableFull => StatusCode::INSUFFICIENT_STORAGE,
-            Code::Contended | Code::ShuttingDown | Code::TooManySubscribers => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Contended | Code::ShuttingDown | Code::TooManySubscribers | Code::FileLost => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Code::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::UpstreamError => StatusCode::BAD_GATEWAY,
             Code::Corrupt | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -40,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+mod filecheck;
 pub mod http;
 mod metrics;
 pub mod names;
@@ -47,6 +48,7 @@ pub mod near;
 pub mod ops;
 mod server;
 pub mod stats;
+pub mod token;
 pub mod tools;
 
 pub use config::{Config, RingSpec, TableSpec};

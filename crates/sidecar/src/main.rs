@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Command::Del { w, table, key } => tools::del(w, table, key),
         Command::Publish { w, ring, message } => tools::publish(w, ring, message.as_deref()),
         Command::Load { w, table, file } => tools::load(w, table, file.as_ref()),
+        Command::Stat { dir, interval_ms, count } => tools::stat(&dir.dir, *interval_ms, *count),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -83,6 +83,8 @@ impl Metrics {
 #[derive(Debug, Default)]
 struct Snapshot {
     tables: Vec<(String, TableStats, u64, u64)>,
+    /// Expired items not yet removed, by table (as of the last census).
+    expired: Vec<(String, u64)>,
     rings: Vec<(String, RingStats, u64)>,
     ready: bool,
     subscribers: usize,
@@ -107,8 +109,26 @@ impl Collector for Snapshot {
         let g = MetricType::Gauge;
         let c = MetricType::Counter;
         {
-            let m = enc.encode_descriptor("ready", "1 when every file is created or attached and ready", None, g)?;
+            let m = enc.encode_descriptor(
+                "ready",
+                "1 when every file is created or attached, still at its path, and the API serves",
+                None,
+                g,
+            )?;
             ConstGauge::new(i64::from(self.ready)).encode(m)?;
+        }
+        {
+            let mut m = enc.encode_descriptor(
+                "build_info",
+                "1, labelled with the podcache version and the file layout version it writes",
+                None,
+                g,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("layout_version", podcache_format::header::LAYOUT_VERSION.to_string()),
+            ];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
         }
         {
             let m = enc.encode_descriptor("ring_subscriptions", "Open ring subscriptions (SSE)", None, g)?;
@@ -120,9 +140,16 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "table_items",
-            "Live items",
+            "Items in the table, including expired ones not yet removed (see table_expired_items)",
             g,
             t(|s, _, _| s.items).map(|(l, v)| (l, ConstGauge::new(v as i64))),
+        )?;
+        family(
+            &mut enc,
+            "table_expired_items",
+            "Items expired but not yet removed, counted in table_items (counted every 10 s or more)",
+            g,
+            self.expired.iter().map(|(n, v)| ([("table", n.clone())], ConstGauge::new(*v as i64))),
         )?;
         family(
             &mut enc,
@@ -245,13 +272,16 @@ impl Collector for Snapshot {
 /// Render every metric in the Prometheus text format.
 pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut snap = Snapshot {
-        ready: shared.ready.load(std::sync::atomic::Ordering::Acquire),
+        ready: shared.ready.load(std::sync::atomic::Ordering::Acquire)
+            && !shared.is_shutting_down()
+            && shared.lost_files().is_empty(),
         subscribers: shared.subscribers.load(std::sync::atomic::Ordering::Acquire),
         ..Snapshot::default()
     };
     for t in shared.tables.values() {
         if let Ok(r) = t.reader() {
             snap.tables.push((t.name.clone(), r.stats(), t.max_items, t.file_size));
+            snap.expired.push((t.name.clone(), t.expired.load(std::sync::atomic::Ordering::Relaxed)));
         }
     }
     let mut buf = Vec::new();

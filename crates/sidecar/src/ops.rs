@@ -13,30 +13,34 @@ use std::sync::Arc;
 /// The ops router.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
 /// 200 once every file is created or attached and the API serves; 503 before and while shutting
-/// down, or if a file is no longer there.
+/// down, and once a file was deleted or replaced under the sidecar (naming it).
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Acquire) || s.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
     }
-    let missing: Vec<String> = s
-        .tables
-        .values()
-        .map(|t| &t.path)
-        .chain(s.rings.values().map(|r| &r.path))
-        .filter(|p| !p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if missing.is_empty() {
+    let lost = s.lost_files();
+    if lost.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: missing {}\n", missing.join(", ")))
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", lost.join("; ")))
+    }
+}
+
+/// 200 while the process serves; 503 once a file was deleted or replaced under it (see
+/// `filecheck`), so the livenessProbe restarts the container and the file is created anew.
+async fn healthz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    let lost = s.lost_files();
+    if lost.is_empty() {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}\n", lost.join("; ")))
     }
 }
 

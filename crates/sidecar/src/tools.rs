@@ -146,6 +146,10 @@ pub fn inspect(path: &Path, json: bool) -> ToolResult {
 
 /// `podcache verify PATH [--json]`: `Err` (exit 1) if the file is corrupt.
 pub fn verify(path: &Path, json: bool) -> ToolResult {
+    // A file that cannot be opened is not corrupt: say what the OS said.
+    if let Err(e) = std::fs::File::open(path) {
+        return Err(format!("{}: cannot open: {e}", path.display()));
+    }
     let kind = kind_of(path).map_err(|e| format!("CORRUPT: {e}"))?;
     let (region, view) = file::open_read(path, kind).map_err(|e| format!("CORRUPT: {e}"))?;
     let (ok, report) = match kind {
@@ -213,8 +217,10 @@ fn check_name(what: &str, name: &str) -> ToolResult {
     names::check(name).map_err(|e| format!("{what} name {name:?}: {e}"))
 }
 
-/// `podcache get --dir DIR TABLE KEY`.
-pub fn get(dir: &Path, table: &str, key: &str) -> ToolResult {
+/// `podcache get --dir DIR TABLE KEY`. The key is taken as bytes: a key that is not UTF-8 can
+/// be read too.
+pub fn get(dir: &Path, table: &str, key: &std::ffi::OsStr) -> ToolResult {
+    use std::os::unix::ffi::OsStrExt;
     check_name("table", table)?;
     let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
     match r.get_vec(key.as_bytes()).map_err(|e| e.to_string())? {
@@ -485,5 +491,102 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
         || Ok(via_sidecar(w, "POST", &url, &body)?.and_then(|out| answer_u64(&out, "loaded"))),
     )?;
     outln!("{loaded}");
+    Ok(())
+}
+
+/// One file's figures in `podcache stat`: name, then (label, value) pairs whose rates are shown.
+struct StatRow {
+    name: String,
+    figures: Vec<(&'static str, u64)>,
+}
+
+/// The tables and rings of `dir`, in name order (files that cannot be read are listed as such).
+fn stat_rows(dir: &Path) -> Result<Vec<Result<StatRow, String>>, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "table" || x == "ring"))
+        .collect();
+    paths.sort();
+    let mut buf = Vec::new();
+    Ok(paths
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if p.extension().is_some_and(|x| x == "table") {
+                let s = TableReader::open(p).map_err(|e| format!("{name}: {e}"))?.stats();
+                Ok(StatRow {
+                    name,
+                    figures: vec![
+                        ("items", s.items),
+                        ("bytes", s.bytes_used),
+                        ("capacity", s.bytes_capacity),
+                        ("puts", s.puts),
+                        ("deletes", s.deletes),
+                        ("evictions", s.evictions),
+                        ("expirations", s.expirations),
+                    ],
+                })
+            } else {
+                let s = ring_stats(p, 0, &mut buf).map_err(|e| format!("{name}: {e}"))?;
+                Ok(StatRow {
+                    name,
+                    figures: vec![
+                        ("messages", s.messages_total),
+                        ("bytes", s.bytes_total),
+                        ("retained", s.messages),
+                        ("retained_bytes", s.bytes),
+                        ("oldest_seq", s.oldest_seq),
+                        ("newest_seq", s.newest_seq),
+                    ],
+                })
+            }
+        })
+        .collect())
+}
+
+/// The counters whose rate per second `podcache stat` shows.
+const RATED: [&str; 4] = ["puts", "evictions", "messages", "bytes"];
+
+/// `podcache stat --dir DIR`: every `interval_ms`, a block of lines, one per file, with each
+/// counter and, from the second block on, the rate per second of puts, evictions, messages and
+/// bytes (ring bytes published, table bytes' change).
+pub fn stat(dir: &Path, interval_ms: u64, count: Option<u64>) -> ToolResult {
+    let interval = Duration::from_millis(interval_ms.max(1));
+    // The previous sample of each file, by name.
+    let mut last: std::collections::HashMap<String, (Instant, StatRow)> = Default::default();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        if n > 0 {
+            std::thread::sleep(interval);
+        }
+        n += 1;
+        let now = Instant::now();
+        let rows = stat_rows(dir)?;
+        outln!("{}  ({} files)", dir.display(), rows.len());
+        for row in rows {
+            let row = match row {
+                Ok(r) => r,
+                Err(e) => {
+                    outln!("  {e}");
+                    continue;
+                }
+            };
+            let mut line = format!("  {:<24}", row.name);
+            let before = last.get(&row.name).map(|(t, r)| (t, &r.figures));
+            for (label, v) in &row.figures {
+                line.push_str(&format!(" {label}={v}"));
+                let prev = before.and_then(|(t, f)| Some((t, f.iter().find(|(l, _)| l == label)?.1)));
+                if let (true, Some((t, p))) = (RATED.contains(label), prev) {
+                    let secs = now.duration_since(*t).as_secs_f64();
+                    if secs > 0.0 {
+                        line.push_str(&format!(" ({:.0}/s)", v.saturating_sub(p) as f64 / secs));
+                    }
+                }
+            }
+            outln!("{line}");
+            last.insert(row.name.clone(), (now, row));
+        }
+    }
     Ok(())
 }

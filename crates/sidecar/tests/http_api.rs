@@ -3,40 +3,13 @@
 
 mod common;
 
-use common::{client, config, error_code, json, podcache, start, stream_client};
+use common::{client, config, error_code, json, podcache, sse_events, start, stream_client};
 use std::time::Duration;
 use tokio::time::timeout;
 
 const WATCHDOG: Duration = Duration::from_secs(120);
 /// The watchdog of the test that publishes a flood over HTTP.
 const FLOOD_WATCHDOG: Duration = Duration::from_secs(600);
-
-/// Read SSE events (event name, data) from a streaming response until `n` events arrived.
-async fn sse_events(resp: &mut reqwest::Response, buf: &mut String, n: usize) -> Vec<(String, serde_json::Value)> {
-    let mut out = Vec::new();
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let mut event = "message".to_string();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.trim_start());
-                }
-            }
-            if !data.is_empty() {
-                out.push((event, serde_json::from_str(&data).expect("event data is JSON")));
-            }
-            if out.len() == n {
-                return out;
-            }
-        }
-        let chunk = resp.chunk().await.expect("stream readable").expect("stream not ended");
-        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8 events"));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_works() {

@@ -8,5 +8,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    podcache_examples::exit_on_termination("consumer");
     podcache_examples::report("consumer", podcache_examples::run_consumer(podcache_examples::ConsumerArgs::parse()))
 }

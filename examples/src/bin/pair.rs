@@ -26,6 +26,7 @@ struct Args {
 }
 
 fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+    podcache_examples::exit_on_termination("pair");
     // The two children are this same binary in another role (so one `cargo run` builds all).
     match std::env::var(ROLE).as_deref() {
         Ok("producer") => return Ok(report("producer", run_producer(ProducerArgs::parse()))),

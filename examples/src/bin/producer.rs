@@ -8,5 +8,6 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    podcache_examples::exit_on_termination("producer");
     podcache_examples::report("producer", podcache_examples::run_producer(podcache_examples::ProducerArgs::parse()))
 }

@@ -62,6 +62,7 @@ struct Args {
 const MAX_HEAD: usize = 16 * 1024;
 
 fn main() -> ExitCode {
+    podcache_examples::exit_on_termination("webserve");
     let args = Args::parse();
     let path = args.dir.join(format!("{}.table", args.table));
     // Open once before listening: the port opens only when the table can be read.

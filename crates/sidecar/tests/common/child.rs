@@ -12,35 +12,56 @@ pub struct Sidecar {
     pub child: Child,
     pub api: SocketAddr,
     pub ops: SocketAddr,
+    /// The JSON log lines written before it listened.
+    pub startup_log: Vec<serde_json::Value>,
+    /// Every log line written after that.
+    pub later_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Sidecar {
-    /// Start `podcache serve --dir DIR ARGS` on ephemeral ports; returns once it is ready.
+    /// Start `podcache serve --dir DIR ARGS` on ephemeral ports; returns once it logged `ready`.
     pub fn start(dir: &std::path::Path, args: &[&str]) -> Sidecar {
+        Sidecar::start_with_env(dir, args, &[])
+    }
+
+    /// [`Sidecar::start`] with these environment variables added.
+    pub fn start_with_env(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Sidecar {
         let mut child = Command::new(env!("CARGO_BIN_EXE_podcache"))
             .args(["serve", "--dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(["--ops-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn podcache serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut api, mut ops) = (None, None);
-        while api.is_none() || ops.is_none() {
-            let line = lines.next().expect("podcache serve exited before listening").unwrap();
+        let mut startup_log = Vec::new();
+        let mut ready = false;
+        while !ready {
+            let line = lines.next().expect("podcache serve exited before it was ready").unwrap();
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            startup_log.push(v.clone());
             let msg = v["fields"]["message"].as_str().unwrap_or_default();
             let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
             if msg.starts_with("HTTP API listening") && addr.is_some() {
                 api = addr;
             } else if msg.starts_with("ops listening") {
                 ops = addr;
+            } else if msg == "ready" {
+                ready = true;
             }
         }
         // Keep draining its logs so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Sidecar { child, api: api.unwrap(), ops: ops.unwrap() }
+        let later_log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&later_log);
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Sidecar { child, api: api.expect("API listening"), ops: ops.expect("ops listening"), startup_log, later_log }
     }
 
     /// Resident memory (VmRSS) in bytes.

@@ -134,3 +134,30 @@ pub async fn json(resp: reqwest::Response) -> serde_json::Value {
     let bytes = resp.bytes().await.expect("a body");
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("JSON body ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
+
+/// Read SSE events (event name, data) from a streaming response until `n` events arrived.
+pub async fn sse_events(resp: &mut reqwest::Response, buf: &mut String, n: usize) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut event = "message".to_string();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if !data.is_empty() {
+                out.push((event, serde_json::from_str(&data).expect("event data is JSON")));
+            }
+            if out.len() == n {
+                return out;
+            }
+        }
+        let chunk = resp.chunk().await.expect("stream readable").expect("stream not ended");
+        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8 events"));
+    }
+}
