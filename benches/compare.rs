@@ -1065,6 +1065,12 @@ impl Report<'_> {
             "Written by `bash benches/compare.sh` (the `compare` binary, `benches/compare.rs`); every \
              figure below comes from that one run. Do not edit by hand: run the command again.\n"
         );
+        let _ = writeln!(
+            out,
+            "Measured by other commands, in files of their own: the Python reader next to redis-py, \
+             the sidecar's HTTP API and a `dict` in [python/RESULTS.md](python/RESULTS.md) \
+             (`benches/python/bench_get.py`, run by `.ci/python`).\n"
+        );
         self.header(&mut out);
         let _ = writeln!(out, "\n## How to read this\n");
         let _ = writeln!(
