@@ -179,7 +179,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
         }
         let mut g = Vec::new();
         let b = size as u64;
-        let pods = [PodMode::Spin, PodMode::Adaptive];
+        let pods = [PodMode::Spin, PodMode::Adaptive, PodMode::User];
         for mode in pods {
             g.push(row(
                 format!("stream/{label}/podcache_{}", mode.name()),

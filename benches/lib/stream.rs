@@ -209,9 +209,15 @@ pub fn pod_consumer() {
         // 57-62 M/s this way in the same minutes. The cost was in going through `PodMode::recv`
         // for each message (even with a `try_recv` first inside it), not in the read: a scratch
         // consumer calling `recv_spin` itself for each message also ran at 57-62.
-        let next = match sub.try_recv(&mut buf).expect("read the data ring") {
-            Some(m) => Some(m),
-            None => mode.recv(&mut sub, &mut buf, Duration::from_secs(1)).expect("read the data ring"),
+        //
+        // `PodMode::User` is the loop a user writes: one `recv_spin` call per message.
+        let next = if mode == PodMode::User {
+            sub.recv_spin(&mut buf, Duration::from_secs(1)).expect("read the data ring")
+        } else {
+            match sub.try_recv(&mut buf).expect("read the data ring") {
+                Some(m) => Some(m),
+                None => mode.recv(&mut sub, &mut buf, Duration::from_secs(1)).expect("read the data ring"),
+            }
         };
         let Some(m) = next else {
             continue;
