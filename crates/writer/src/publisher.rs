@@ -2,7 +2,7 @@
 
 use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file::{self, CreateOptions, WriterFile};
-use podcache_format::ring::{Claim, PublishError, Recovery, RingParams, RingWriter, WakePolicy};
+use podcache_format::ring::{Claim, Loan, PublishError, Recovery, RingParams, RingWriter, WakePolicy};
 use podcache_format::{CreateError, Kind};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -135,6 +135,34 @@ impl Publisher {
     /// Claim room for a message of up to `max_len` bytes to write in place (see [`Claim`]).
     pub fn claim(&mut self, max_len: usize) -> Result<Claim<'_>, PublishError> {
         self.ring.claim(max_len)
+    }
+
+    /// Lend `len` bytes of the ring itself to write a message in place, with no copy: the
+    /// [`Loan`] dereferences to `&mut [u8]`, and [`Loan::commit`] publishes it (computing its
+    /// checksum then). Dropping the loan publishes nothing, and neither does a publisher killed
+    /// while it holds one: subscribers never see the bytes of a loan that was not committed.
+    /// The loan holds exactly `len` bytes (1 up to [`max_message`](Self::max_message)); it
+    /// starts with whatever the ring held there, so write all of it.
+    ///
+    /// Making room for the loan may lap a slow subscriber, as a publish of `len` bytes would,
+    /// even if the loan is dropped.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("loan.ring");
+    /// use podcache_writer::Publisher;
+    ///
+    /// let mut publisher = Publisher::builder(&path).capacity(1 << 16).create()?;
+    /// let mut loan = publisher.loan(16)?;
+    /// loan[..8].copy_from_slice(&7u64.to_le_bytes());
+    /// loan[8..].fill(0xab);
+    /// let seq = loan.commit();
+    /// assert_eq!(seq, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
+        self.ring.loan(len)
     }
 
     /// Encode `value` with postcard and publish it.

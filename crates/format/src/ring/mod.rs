@@ -59,6 +59,8 @@ pub use reader::RingReader;
 #[cfg(feature = "write")]
 pub use recovery::Recovery;
 pub use wait::wake_readers;
+#[cfg(all(feature = "write", not(loom)))]
+pub use writer::Loan;
 #[cfg(feature = "write")]
 pub use writer::{Claim, RingWriter};
 

@@ -304,3 +304,83 @@ impl std::io::Write for Claim<'_> {
         Ok(())
     }
 }
+
+/// A message written in place: `len` bytes of the ring itself, handed out as `&mut [u8]` by a
+/// ring writer's [`loan`](RingWriter::loan). [`commit`](Loan::commit) publishes them;
+/// dropping the loan publishes nothing.
+///
+/// # Why a mutable slice over the ring is sound here
+///
+/// The bytes lie beyond the committed `tail` and inside the writer's lease, which was moved
+/// past them (and fenced) before the loan was made. No reader that follows the protocol takes
+/// them: a reader copies only records below the `tail` it loaded, and a reader still copying
+/// an older record at the same place in the data region is one the lease has already lapped,
+/// so it discards what it copied. Readers in other processes map the file read-only, and
+/// there is one writer per file (the file lock), so nothing else stores to these bytes while
+/// the loan lives. The record header and `tail` are stored only at `commit`, with the Release
+/// stores of every publish, after the payload.
+#[cfg(not(loom))]
+pub struct Loan<'w> {
+    writer: &'w mut RingWriter,
+    start: u64,
+    bytes: &'w mut [u8],
+}
+
+#[cfg(not(loom))]
+impl RingWriter {
+    /// Lend `len` bytes of the ring to write a message in place (see [`Loan`]). Space is made
+    /// as for a publish of `len` bytes: a slow reader may be lapped by it even if the loan is
+    /// dropped.
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
+        self.check_len(len)?;
+        let start = self.reserve(self.tail, len as u64);
+        // Order the lease store (in `reserve`) before the plain stores the borrower makes: a
+        // lapped reader that copies one of them must see the lease that laps it. The payload
+        // stores of `publish` are Release stores for that; the loan's are the caller's own
+        // writes, so a fence stands in (on x86 stores are never reordered; on aarch64 this is
+        // the `dmb` that keeps them behind the lease's `stlr`).
+        fence(Ordering::SeqCst);
+        let first = self.g.word(start) + 2;
+        let words = &self.region.words()[first..first + len.div_ceil(8)];
+        // SAFETY: `words` are `len.div_ceil(8) * 8 >= len` bytes of the data region (`reserve`
+        // placed the record so that its header and payload lie inside it, and `check` bounds
+        // the region by the mapping), writable (`create`/`attach` assert a writable region),
+        // and not stored to by anyone else while the loan mutably borrows the writer (see the
+        // `Loan` docs: beyond the tail, inside the lease, one writer per file). The pointer
+        // comes from a slice of `AtomicU64` (an `UnsafeCell`), so writing through it is
+        // allowed; `u8` has no alignment or validity requirement beyond initialised memory,
+        // which a mapped file is.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_ptr().cast::<u8>().cast_mut(), len) };
+        Ok(Loan { writer: self, start, bytes })
+    }
+}
+
+#[cfg(not(loom))]
+impl Loan<'_> {
+    /// Publish the message: the checksum of the bytes, the record header, then the tail.
+    /// Returns its sequence number.
+    pub fn commit(self) -> u64 {
+        let Loan { writer, start, bytes } = self;
+        let seq = writer.next_seq;
+        let crc = record_crc(seq, bytes);
+        writer.finish_record(start, seq, bytes.len() as u32, crc);
+        let end = writer.tail_after;
+        writer.commit(end);
+        seq
+    }
+}
+
+#[cfg(not(loom))]
+impl std::ops::Deref for Loan<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+#[cfg(not(loom))]
+impl std::ops::DerefMut for Loan<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
+}
