@@ -190,7 +190,7 @@ impl RingWriter {
         let w = self.region.words();
         let first = self.g.word(start);
         copy_in(w, first + 2, msg);
-        self.finish_record(start, seq, msg.len() as u32, record_crc(seq, msg));
+        self.finish_record(start, seq, msg.len() as u32, record_crc(&self.g, seq, msg));
         Ok(seq)
     }
 
@@ -239,7 +239,7 @@ impl RingWriter {
         let out = WordWriter::new(self.g.word(start) + 2);
         // No other record can be written while the claim borrows the writer: `next_seq` is
         // the claim's sequence number.
-        let crc = Crc::new(self.next_seq);
+        let crc = self.g.crc.then(|| Crc::new(self.next_seq));
         Ok(Claim { writer: self, start, cap: max_len, out, crc })
     }
 }
@@ -250,7 +250,8 @@ pub struct Claim<'w> {
     start: u64,
     cap: usize,
     out: WordWriter,
-    crc: Crc,
+    /// `None` in a ring without checksums.
+    crc: Option<Crc>,
 }
 
 impl Claim<'_> {
@@ -273,7 +274,9 @@ impl Claim<'_> {
     /// `bytes.len()` only when the claim is full).
     pub fn write(&mut self, bytes: &[u8]) -> usize {
         let take = bytes.len().min(self.remaining());
-        self.crc.update(&bytes[..take]);
+        if let Some(crc) = &mut self.crc {
+            crc.update(&bytes[..take]);
+        }
         self.out.write(self.writer.region.words(), &bytes[..take]);
         take
     }
@@ -285,7 +288,7 @@ impl Claim<'_> {
             return Err(PublishError::Empty);
         }
         let seq = self.writer.next_seq;
-        self.writer.finish_record(self.start, seq, len as u32, self.crc.finalize());
+        self.writer.finish_record(self.start, seq, len as u32, self.crc.map_or(0, Crc::finalize));
         let end = self.writer.tail_after;
         self.writer.commit(end);
         Ok(seq)
@@ -362,7 +365,7 @@ impl Loan<'_> {
     pub fn commit(self) -> u64 {
         let Loan { writer, start, bytes } = self;
         let seq = writer.next_seq;
-        let crc = record_crc(seq, bytes);
+        let crc = record_crc(&writer.g, seq, bytes);
         writer.finish_record(start, seq, bytes.len() as u32, crc);
         let end = writer.tail_after;
         writer.commit(end);
