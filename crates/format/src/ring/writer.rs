@@ -178,6 +178,14 @@ impl RingWriter {
         // lapped by this lease then sees the head stored before it). For the data it covers,
         // the data's own Release stores order it.
         w[W_LEASE].store(new, Ordering::Release);
+        // Keep every later store of this writer behind the lease store, the plain stores a
+        // caller makes into a `Loan` included: a lapped reader that copies one of them must see
+        // the lease that laps it. The writer's own record stores are Release stores sequenced
+        // after the lease for that; a loan's are the caller's, so this fence stands in. On x86
+        // stores are never reordered (a compiler barrier); on aarch64 it is the `dmb` that
+        // keeps later plain stores behind the lease's `stlr`. Once per lease step
+        // (capacity/16 bytes), not per message.
+        fence(Ordering::Release);
         self.lease = new;
     }
 
@@ -308,9 +316,9 @@ impl std::io::Write for Claim<'_> {
     }
 }
 
-/// A message written in place: `len` bytes of the ring itself, handed out as `&mut [u8]` by a
-/// ring writer's [`loan`](RingWriter::loan). [`commit`](Loan::commit) publishes them;
-/// dropping the loan publishes nothing.
+/// A message written in place: `len` bytes of the ring itself, handed out as `&mut [u8]` by
+/// `Publisher::loan`. [`commit`](Loan::commit) publishes them; dropping the loan publishes
+/// nothing.
 ///
 /// # Why a mutable slice over the ring is sound here
 ///
@@ -336,13 +344,9 @@ impl RingWriter {
     /// dropped.
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         self.check_len(len)?;
+        // `reserve` moves the lease past the record if needed; the fence after every lease
+        // store (`extend_lease`) keeps the borrower's plain stores behind it.
         let start = self.reserve(self.tail, len as u64);
-        // Order the lease store (in `reserve`) before the plain stores the borrower makes: a
-        // lapped reader that copies one of them must see the lease that laps it. The payload
-        // stores of `publish` are Release stores for that; the loan's are the caller's own
-        // writes, so a fence stands in (on x86 stores are never reordered; on aarch64 this is
-        // the `dmb` that keeps them behind the lease's `stlr`).
-        fence(Ordering::SeqCst);
         let first = self.g.word(start) + 2;
         let words = &self.region.words()[first..first + len.div_ceil(8)];
         // SAFETY: `words` are `len.div_ceil(8) * 8 >= len` bytes of the data region (`reserve`
