@@ -228,7 +228,8 @@ fn publisher_child(final_run: bool) {
 /// One publishing step, chosen at random.
 fn publish_some(p: &mut Publisher, rng: &mut Rng, scratch: &mut Vec<u8>, garbage: &[u8]) {
     let seq = p.next_seq();
-    match rng.below(13) {
+    let op = rng.below(13);
+    match op {
         0..=3 => {
             payload_into(seq, MAX_MSG, scratch);
             assert_eq!(p.publish(scratch).expect("publish"), seq);
@@ -254,20 +255,30 @@ fn publish_some(p: &mut Publisher, rng: &mut Rng, scratch: &mut Vec<u8>, garbage
             assert_eq!(p.next_seq(), seq, "an abandoned claim takes no sequence number");
         }
         10 | 11 => {
-            // A loan: garbage first (what a publisher killed part-way leaves), then the message.
+            // A loan: garbage first (what a publisher killed part-way leaves), then the message,
+            // whole or through io::Write in odd-sized pieces (partial words at both edges).
             payload_into(seq, MAX_MSG, scratch);
             let mut loan = p.loan(scratch.len()).expect("loan");
             let n = loan.len();
             loan.copy_from_slice(&garbage[..n]);
-            loan.copy_from_slice(scratch);
+            if op == 10 {
+                loan.copy_from_slice(scratch);
+            } else {
+                for piece in scratch.chunks(7) {
+                    std::io::Write::write_all(&mut loan, piece).expect("fits");
+                }
+            }
             assert_eq!(loan.commit(), seq);
         }
         _ => {
-            // An abandoned loan, filled with garbage and dropped: never visible to a reader.
+            // An abandoned loan, filled with garbage (whole, then a piece at an odd offset)
+            // and dropped: never visible to a reader.
             {
                 let mut loan = p.loan(1 + rng.below_usize(MAX_MSG)).expect("loan");
                 let n = loan.len();
                 loan.copy_from_slice(&garbage[..n]);
+                let at = rng.below_usize(n);
+                loan.write_at(at, &garbage[..n - at]);
             } // dropped uncommitted
             assert_eq!(p.next_seq(), seq, "an abandoned loan takes no sequence number");
         }

@@ -181,6 +181,8 @@ impl PodStream {
             if self.contract == Contract::Copy {
                 self.publisher.publish(msg).expect("publish");
             } else {
+                // The user's form of iceoryx2's write_from_slice: the loan stores the message
+                // into the ring with word stores (no staging buffer, no reference to the ring).
                 let mut loan = self.publisher.loan(msg.len()).expect("loan");
                 loan.copy_from_slice(msg);
                 loan.commit();

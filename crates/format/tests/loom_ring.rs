@@ -304,6 +304,22 @@ fn dropped_claim_then_claim(w: &mut RingWriter) {
     assert_eq!(c.commit(), Ok(5));
 }
 
+/// A loan filled with poison and dropped; then message 5 loaned at the same place and written
+/// in place in two pieces, 5 bytes at offset 0 then 8 at offset 5: each piece merges a partial
+/// word into what the ring holds there (the dropped loan's poison), with Relaxed stores; then
+/// committed.
+fn dropped_loan_then_loan(w: &mut RingWriter) {
+    {
+        let mut dropped = w.loan(16).unwrap();
+        dropped.fill(POISON);
+    }
+    let p = payload(5);
+    let mut l = w.loan(13).unwrap();
+    l.write_at(0, &p[..5]);
+    l.write_at(5, &p[5..]);
+    assert_eq!(l.commit(), 5);
+}
+
 /// Publish messages `4..=last` as one batch.
 fn batch(w: &mut RingWriter, last: u64) {
     let msgs: Vec<Vec<u8>> = (4..=last).map(payload).collect();
@@ -419,6 +435,59 @@ fn claim_commit_lapped_reader() {
         read: read_some,
         last: 5,
         write: dropped_claim_then_claim,
+    }
+    .check();
+}
+
+/// Model 2 with a loan instead of a claim: a loan is filled with poison and dropped, then
+/// message 5 is loaned at the same place, written in place with Relaxed word stores (partial
+/// words merged) and committed. The lapped reader never takes the poison or part of message 5
+/// for message 1 (the Release fence after the lease store orders the loan's Relaxed stores);
+/// the poller never sees the dropped loan or part of message 5 (the Release store of tail).
+#[test]
+fn loan_commit_two_readers() {
+    Model {
+        name: "loan_commit_two_readers",
+        bound: Some(3),
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2), (POLLER, 2)],
+        read: read_some,
+        last: 5,
+        write: dropped_loan_then_loan,
+    }
+    .check();
+}
+
+/// The loan model, unbounded, with the lapped reader only.
+#[test]
+fn loan_commit_lapped_reader() {
+    Model {
+        name: "loan_commit_lapped_reader",
+        bound: None,
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2)],
+        read: read_some,
+        last: 5,
+        write: dropped_loan_then_loan,
+    }
+    .check();
+}
+
+/// The loan model with a lapped reader reading in place: its closure may run on a loan's
+/// bytes, but such a read yields nothing.
+#[test]
+fn loan_commit_lapped_reader_in_place() {
+    Model {
+        name: "loan_commit_lapped_reader_in_place",
+        bound: Some(3),
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2)],
+        read: read_some_in_place,
+        last: 5,
+        write: dropped_loan_then_loan,
     }
     .check();
 }

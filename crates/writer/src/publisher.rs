@@ -167,11 +167,16 @@ impl Publisher {
     }
 
     /// Lend `len` bytes of the ring itself to write a message in place, with no copy: the
-    /// [`Loan`] dereferences to `&mut [u8]`, and [`Loan::commit`] publishes it (computing its
-    /// checksum then). Dropping the loan publishes nothing, and neither does a publisher killed
-    /// while it holds one: subscribers never see the bytes of a loan that was not committed.
-    /// The loan holds exactly `len` bytes (1 up to [`max_message`](Self::max_message)); it
-    /// starts with whatever the ring held there, so write all of it.
+    /// [`Loan`] stores into the ring through its methods ([`Loan::write_at`],
+    /// [`Loan::copy_from_slice`], [`Loan::fill`], [`Loan::put_u64_le`], or `std::io::Write`
+    /// from a cursor, so `write!` or a serde serialiser encodes straight into the ring), never
+    /// through a `&mut [u8]` over the shared mapping. [`Loan::commit`] publishes the message
+    /// (computing its checksum then). Dropping the loan publishes nothing, and neither does a
+    /// publisher killed while it holds one: subscribers never see the bytes of a loan that was
+    /// not committed. The loan holds exactly `len` bytes (1 up to
+    /// [`max_message`](Self::max_message)); it starts with whatever the ring held there, so
+    /// write all of it. An offset past the loan's end panics (see [`Loan`]); the `io::Write`
+    /// form returns `WriteZero` instead.
     ///
     /// Making room for the loan may lap a slow subscriber, as a publish of `len` bytes would,
     /// even if the loan is dropped.
@@ -180,13 +185,20 @@ impl Publisher {
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let path = dir.path().join("loan.ring");
     /// use podcache_writer::Publisher;
+    /// use std::io::Write;
     ///
     /// let mut publisher = Publisher::builder(&path).capacity(1 << 16).create()?;
     /// let mut loan = publisher.loan(16)?;
-    /// loan[..8].copy_from_slice(&7u64.to_le_bytes());
-    /// loan[8..].fill(0xab);
-    /// let seq = loan.commit();
-    /// assert_eq!(seq, 1);
+    /// loan.put_u64_le(0, 7);
+    /// loan.fill_at(8, 8, 0xab);
+    /// assert_eq!(loan.commit(), 1);
+    ///
+    /// // Encode in place: write! through io::Write, at most the loan's length.
+    /// let mut loan = publisher.loan(11)?;
+    /// write!(loan, "hello {:05}", 42)?;
+    /// assert_eq!(loan.remaining(), 0);
+    /// assert!(write!(loan, "!").is_err(), "past the end: WriteZero, not a panic");
+    /// assert_eq!(loan.commit(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[inline]

@@ -60,10 +60,8 @@ pub use reader::{MsgBytes, RingReader};
 #[cfg(feature = "write")]
 pub use recovery::Recovery;
 pub use wait::wake_readers;
-#[cfg(all(feature = "write", not(loom)))]
-pub use writer::Loan;
 #[cfg(feature = "write")]
-pub use writer::{Claim, RingWriter};
+pub use writer::{Claim, Loan, RingWriter};
 
 /// Let `ticks` of the logical clock pass (loom models only: the clock that stands in for time
 /// under `--cfg loom`, see `clock.rs`): a thread preempted for that long.
@@ -398,7 +396,8 @@ fn lapped(w: &[AtomicU64], g: &Geometry, pos: u64) -> bool {
     // SYNC: Acquire fence, pairs with the Release stores of record words (RingWriter::
     // finish_record, the payload stores of region::copy_in and WordWriter::write, the padding
     // marker in RingWriter::reserve), each sequenced after the lease store in
-    // RingWriter::extend_lease that allowed it.
+    // RingWriter::extend_lease that allowed it, and with the Release fence after that lease
+    // store, which orders a Loan's Relaxed payload stores (region::store_bytes).
     fence(Ordering::Acquire);
     // Relaxed: ordered by the fence above.
     let lease = w[W_LEASE].load(Ordering::Relaxed);

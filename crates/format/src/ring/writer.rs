@@ -3,7 +3,7 @@
 use super::*;
 use crate::checksum::Crc;
 use crate::clock::WakeClock;
-use crate::region::{copy_in, WordWriter};
+use crate::region::{copy_in, copy_out, fill_bytes, store_bytes, WordWriter};
 use std::sync::Arc;
 
 /// A writer's [`WakePolicy`], with the adaptive policy's clock.
@@ -178,13 +178,13 @@ impl RingWriter {
         // lapped by this lease then sees the head stored before it). For the data it covers,
         // the data's own Release stores order it.
         w[W_LEASE].store(new, Ordering::Release);
-        // Keep every later store of this writer behind the lease store, the plain stores a
-        // caller makes into a `Loan` included: a lapped reader that copies one of them must see
-        // the lease that laps it. The writer's own record stores are Release stores sequenced
-        // after the lease for that; a loan's are the caller's, so this fence stands in. On x86
-        // stores are never reordered (a compiler barrier); on aarch64 it is the `dmb` that
-        // keeps later plain stores behind the lease's `stlr`. Once per lease step
-        // (capacity/16 bytes), not per message.
+        // SYNC: Release fence, pairs with the Acquire fence in `ring::lapped`. It orders every
+        // later store of this writer after the lease store, the Relaxed payload stores of a
+        // `Loan` included (region::store_bytes / fill_bytes): a lapped reader that loaded one of
+        // them sees this lease after its fence and discards its copy. The writer's other record
+        // stores are Release stores and need no fence; the loan's are Relaxed so that a loan
+        // costs one plain store per word on every CPU. One fence per lease step (capacity/16
+        // bytes), not per message; on x86 it is only a compiler barrier.
         fence(Ordering::Release);
         self.lease = new;
     }
@@ -316,78 +316,272 @@ impl std::io::Write for Claim<'_> {
     }
 }
 
-/// A message written in place: `len` bytes of the ring itself, handed out as `&mut [u8]` by
-/// `Publisher::loan`. [`commit`](Loan::commit) publishes them; dropping the loan publishes
-/// nothing.
+/// A message written in place: `len` bytes of the ring itself, lent by a ring writer's
+/// [`loan`](RingWriter::loan) (`Publisher::loan` in the writer library). The bytes are filled
+/// through the loan's methods ([`write_at`](Loan::write_at), [`fill`](Loan::fill),
+/// [`put_u64_le`](Loan::put_u64_le), or [`std::io::Write`] from a cursor, so a serialiser can
+/// encode straight into the ring); [`commit`](Loan::commit) publishes them, and dropping the
+/// loan publishes nothing.
 ///
-/// # Why a mutable slice over the ring is sound here
+/// No reference to the ring is ever handed out: every write is a run of atomic word stores
+/// into the mapping (a partial word at either edge merged with the word's other bytes), as a
+/// publish's copy is. The loan starts with whatever the ring held there, so write all of it.
 ///
-/// The bytes lie beyond the committed `tail` and inside the writer's lease, which was moved
-/// past them (and fenced) before the loan was made. No reader that follows the protocol takes
-/// them: a reader copies only records below the `tail` it loaded, and a reader still copying
-/// an older record at the same place in the data region is one the lease has already lapped,
-/// so it discards what it copied. Readers in other processes map the file read-only, and
-/// there is one writer per file (the file lock), so nothing else stores to these bytes while
-/// the loan lives. The record header and `tail` are stored only at `commit`, with the Release
-/// stores of every publish, after the payload.
-#[cfg(not(loom))]
+/// # Offsets
+///
+/// Offsets are byte offsets into the message, `0..len()`. A write that would reach past
+/// `len()` is a bug in the caller and panics with a message naming the offset, the length
+/// and the loan's size, as indexing a slice would; nothing of it is stored. The
+/// [`std::io::Write`] form never panics: it writes what fits and then returns `WriteZero`.
+///
+/// # Ordering
+///
+/// The stores are Relaxed. A reader that takes the message does so only after loading the
+/// `tail` that [`commit`](Loan::commit) stores with Release after the record header, so it
+/// sees every store the loan made. A reader still copying an older record at the same place
+/// is one the lease laps: the lease store covering these bytes is followed by a Release fence
+/// (`extend_lease`) that every later store of the writer comes after, so a reader that loaded
+/// one of the loan's bytes sees that lease after its Acquire fence and discards its copy.
 pub struct Loan<'w> {
     writer: &'w mut RingWriter,
     start: u64,
-    bytes: &'w mut [u8],
+    /// Byte index (in the region) of the payload's first byte; word-aligned.
+    byte: usize,
+    len: usize,
+    /// The cursor of the `io::Write` form.
+    pos: usize,
+    /// The checksum of bytes `0..crc_upto` as written, while the message is written front to
+    /// back (`None` once a write left that order, or in a ring without checksums): `commit`
+    /// then needs no second pass over the payload. Otherwise `commit` reads it back.
+    crc: Option<Crc>,
+    crc_upto: usize,
 }
 
-#[cfg(not(loom))]
 impl RingWriter {
     /// Lend `len` bytes of the ring to write a message in place (see [`Loan`]). Space is made
     /// as for a publish of `len` bytes: a slow reader may be lapped by it even if the loan is
     /// dropped.
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         self.check_len(len)?;
-        // `reserve` moves the lease past the record if needed; the fence after every lease
-        // store (`extend_lease`) keeps the borrower's plain stores behind it.
+        // `reserve` moves the lease past the record if needed; the Release fence after every
+        // lease store (`extend_lease`) orders the loan's Relaxed stores after it.
         let start = self.reserve(self.tail, len as u64);
-        let first = self.g.word(start) + 2;
-        let words = &self.region.words()[first..first + len.div_ceil(8)];
-        // SAFETY: `words` are `len.div_ceil(8) * 8 >= len` bytes of the data region (`reserve`
-        // placed the record so that its header and payload lie inside it, and `check` bounds
-        // the region by the mapping), writable (`create`/`attach` assert a writable region),
-        // and not stored to by anyone else while the loan mutably borrows the writer (see the
-        // `Loan` docs: beyond the tail, inside the lease, one writer per file). The pointer
-        // comes from a slice of `AtomicU64` (an `UnsafeCell`), so writing through it is
-        // allowed; `u8` has no alignment or validity requirement beyond initialised memory,
-        // which a mapped file is.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(words.as_ptr().cast::<u8>().cast_mut(), len) };
-        Ok(Loan { writer: self, start, bytes })
+        let byte = (self.g.word(start) + 2) * 8;
+        Ok(Loan { writer: self, start, byte, len, pos: 0, crc: None, crc_upto: 0 })
     }
 }
 
-#[cfg(not(loom))]
 impl Loan<'_> {
-    /// Publish the message: the checksum of the bytes, the record header, then the tail.
-    /// Returns its sequence number.
+    /// The message's length in bytes (what [`loan`](RingWriter::loan) was asked for).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a loan holds at least one byte.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Panic unless `at..at + n` lies inside the message.
+    #[inline]
+    #[track_caller]
+    fn check(&self, what: &str, at: usize, n: usize) {
+        if at.checked_add(n).is_none_or(|end| end > self.len) {
+            out_of_range(what, at, n, self.len);
+        }
+    }
+
+    /// Keep the running checksum for `n` bytes stored at `at` (`hash` feeds them): a write at
+    /// offset 0 starts it again, one at its end extends it, any other write drops it.
+    #[inline]
+    fn track(&mut self, at: usize, n: usize, hash: impl FnOnce(&mut Crc)) {
+        if n == 0 || !self.writer.g.crc {
+            return;
+        }
+        if at == 0 {
+            self.crc = Some(Crc::new(self.writer.next_seq));
+            self.crc_upto = 0;
+        }
+        match &mut self.crc {
+            Some(c) if at == self.crc_upto => {
+                hash(c);
+                self.crc_upto += n;
+            }
+            _ => self.crc = None,
+        }
+    }
+
+    /// Store `bytes` at offset `at` of the message.
+    ///
+    /// # Panics
+    ///
+    /// If `at + bytes.len() > self.len()` (see [Offsets](Loan#offsets)).
+    #[inline]
+    #[track_caller]
+    pub fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        self.check("write_at", at, bytes.len());
+        store_bytes(self.writer.region.words(), self.byte + at, bytes);
+        self.track(at, bytes.len(), |c| c.update(bytes));
+    }
+
+    /// Store `src` as the whole message.
+    ///
+    /// # Panics
+    ///
+    /// If `src.len() != self.len()`, as [`slice::copy_from_slice`] does.
+    #[inline]
+    #[track_caller]
+    pub fn copy_from_slice(&mut self, src: &[u8]) {
+        if src.len() != self.len {
+            panic!("Loan::copy_from_slice: {} bytes given for a loan of {} bytes", src.len(), self.len);
+        }
+        store_bytes(self.writer.region.words(), self.byte, src);
+        self.track(0, src.len(), |c| c.update(src));
+    }
+
+    /// Set every byte of the message to `byte`.
+    #[inline]
+    pub fn fill(&mut self, byte: u8) {
+        self.fill_at(0, self.len, byte);
+    }
+
+    /// Set `n` bytes from offset `at` to `byte`.
+    ///
+    /// # Panics
+    ///
+    /// If `at + n > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn fill_at(&mut self, at: usize, n: usize, byte: u8) {
+        self.check("fill_at", at, n);
+        fill_bytes(self.writer.region.words(), self.byte + at, n, byte);
+        self.track(at, n, |c| {
+            let block = [byte; 256];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block.len());
+                c.update(&block[..k]);
+                left -= k;
+            }
+        });
+    }
+
+    /// Store `v` little-endian at offset `at` (any alignment).
+    ///
+    /// # Panics
+    ///
+    /// If `at + 8 > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn put_u64_le(&mut self, at: usize, v: u64) {
+        self.check("put_u64_le", at, 8);
+        let byte = self.byte + at;
+        let words = self.writer.region.words();
+        if byte.is_multiple_of(8) {
+            // Relaxed: see the type's docs (Ordering).
+            words[byte / 8].store(v, Ordering::Relaxed);
+        } else {
+            store_bytes(words, byte, &v.to_le_bytes());
+        }
+        self.track(at, 8, |c| c.update(&v.to_le_bytes()));
+    }
+
+    /// Store `v` little-endian at offset `at` (any alignment).
+    ///
+    /// # Panics
+    ///
+    /// If `at + 4 > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn put_u32_le(&mut self, at: usize, v: u32) {
+        self.check("put_u32_le", at, 4);
+        store_bytes(self.writer.region.words(), self.byte + at, &v.to_le_bytes());
+        self.track(at, 4, |c| c.update(&v.to_le_bytes()));
+    }
+
+    /// Where the next [`std::io::Write::write`] stores (0 when the loan is made).
+    #[inline]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Move the [`std::io::Write`] cursor.
+    ///
+    /// # Panics
+    ///
+    /// If `pos > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn set_position(&mut self, pos: usize) {
+        self.check("set_position", pos, 0);
+        self.pos = pos;
+    }
+
+    /// Bytes the [`std::io::Write`] form can still take.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.len - self.pos
+    }
+
+    /// Publish the message: the checksum of its bytes, the record header, then the tail.
+    /// Returns its sequence number. The checksum was kept as the bytes were stored if the
+    /// message was written front to back (each write starting at offset 0 or where the last
+    /// one ended); otherwise it is computed here, reading the payload back with word loads.
     pub fn commit(self) -> u64 {
-        let Loan { writer, start, bytes } = self;
+        let Loan { writer, start, byte, len, crc, crc_upto, .. } = self;
         let seq = writer.next_seq;
-        let crc = record_crc(&writer.g, seq, bytes);
-        writer.finish_record(start, seq, bytes.len() as u32, crc);
+        let crc = if let (Some(c), true) = (crc, crc_upto == len) {
+            c.finalize()
+        } else if writer.g.crc {
+            let mut h = Crc::new(seq);
+            let mut chunk = [0u8; 512];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(chunk.len());
+                // The writer's own stores: Relaxed loads return them.
+                copy_out(writer.region.words(), (byte + at) / 8, &mut chunk[..n]);
+                h.update(&chunk[..n]);
+                at += n;
+            }
+            h.finalize()
+        } else {
+            0
+        };
+        writer.finish_record(start, seq, len as u32, crc);
         let end = writer.tail_after;
         writer.commit(end);
         seq
     }
 }
 
-#[cfg(not(loom))]
-impl std::ops::Deref for Loan<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.bytes
+#[cold]
+#[track_caller]
+fn out_of_range(what: &str, at: usize, n: usize, len: usize) -> ! {
+    panic!("Loan::{what}: {n} bytes at offset {at} do not fit in a loan of {len} bytes")
+}
+
+impl std::io::Write for Loan<'_> {
+    /// Store as much of `buf` as fits from the cursor on; `WriteZero` when nothing fits.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.remaining());
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        store_bytes(self.writer.region.words(), self.byte + self.pos, &buf[..n]);
+        self.track(self.pos, n, |c| c.update(&buf[..n]));
+        self.pos += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-#[cfg(not(loom))]
-impl std::ops::DerefMut for Loan<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.bytes
+impl std::fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loan").field("len", &self.len).field("position", &self.pos).finish_non_exhaustive()
     }
 }
