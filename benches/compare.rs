@@ -22,7 +22,7 @@
 use podcache_benches::kv::{Dist, GetData, GetPeer, MemoryEfficiency, PutPeer, Puts, Readers};
 use podcache_benches::redis::{RedisPingPong, RedisServer, RedisStream};
 use podcache_benches::roundtrip::{LinePingPong, PodPingPong, RoundTrip, UdsPingPong};
-use podcache_benches::stream::{payload, PodStream, RtrbStream, UdsStream, SIZES};
+use podcache_benches::stream::{payload, Contract, PodStream, RtrbStream, UdsStream, SIZES};
 use podcache_benches::{child_role, run_child, PodMode, ShmDir};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -179,7 +179,7 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
         }
         let mut g = Vec::new();
         let b = size as u64;
-        let pods = [PodMode::Spin, PodMode::Adaptive];
+        let pods = [PodMode::Spin, PodMode::Adaptive, PodMode::User];
         for mode in pods {
             g.push(row(
                 format!("stream/{label}/podcache_{}", mode.name()),
@@ -230,6 +230,50 @@ fn workloads(gate: bool, redis: Option<&Path>, data: &BTreeMap<u64, GetData>) ->
             ));
         }
         out.push(Group { rows: g, interleaved: false });
+    }
+
+    // The in-place contract (issue 17): the producer writes each whole message into the
+    // buffer the transport hands out, the consumer checks its first and last 8 bytes in place.
+    if !gate {
+        for (size, label) in [(64usize, "64B"), (65536, "64KiB")] {
+            let mut g = Vec::new();
+            let b = size as u64;
+            for checksums in [true, false] {
+                let name = if checksums { "podcache_crc" } else { "podcache_nocrc" };
+                g.push(row(
+                    format!("inplace/{label}/{name}"),
+                    Unit::PerSec,
+                    b,
+                    Box::new(move || {
+                        harness(
+                            PodStream::with_contract(PodMode::User, size, Contract::InPlace { checksums }),
+                            PodStream::run,
+                        )
+                    }),
+                ));
+            }
+            #[cfg(feature = "iceoryx2")]
+            g.push(row(
+                format!("inplace/{label}/iceoryx2"),
+                Unit::PerSec,
+                b,
+                Box::new(move || {
+                    harness(
+                        podcache_benches::ice::IceStream::with_contract(size, true),
+                        podcache_benches::ice::IceStream::run,
+                    )
+                }),
+            ));
+            if size == 64 {
+                g.push(row(
+                    format!("inplace/{label}/rtrb"),
+                    Unit::PerSec,
+                    b,
+                    Box::new(move || harness(RtrbStream::new(size), RtrbStream::run)),
+                ));
+            }
+            out.push(Group { rows: g, interleaved: false });
+        }
     }
 
     // Round trips.
@@ -472,6 +516,36 @@ const TARGETS: &[Target] = &[
                followed by a re-check of the lease. rtrb's own rate moves with where the host puts \
                the two vCPUs (70-100 M/s on the development VM) more than podcache's does. \
                benches/experiments/without-checksums.sh measures the ring without the payload crc.",
+    },
+    Target {
+        issue: "17",
+        what: "in-place contract, 64 B msgs/s ≥ 0.5× rtrb (loan, one recv_spin_in_place per message, checksums on)",
+        a: "inplace/64B/podcache_crc",
+        b: "inplace/64B/rtrb",
+        rate: true,
+        a_bytes: 0.0,
+        bound: 0.5,
+        note: SPIN_NOTE,
+    },
+    Target {
+        issue: "17",
+        what: "in-place contract, 64 KiB msgs/s ≥ 1.0× iceoryx2, checksums off",
+        a: "inplace/64KiB/podcache_nocrc",
+        b: "inplace/64KiB/iceoryx2",
+        rate: true,
+        a_bytes: 0.0,
+        bound: 1.0,
+        note: SPIN_NOTE,
+    },
+    Target {
+        issue: "17",
+        what: "in-place contract, 64 KiB msgs/s ≥ 0.5× iceoryx2, checksums on",
+        a: "inplace/64KiB/podcache_crc",
+        b: "inplace/64KiB/iceoryx2",
+        rate: true,
+        a_bytes: 0.0,
+        bound: 0.5,
+        note: SPIN_NOTE,
     },
     Target {
         issue: "2",
@@ -1139,6 +1213,20 @@ impl Report<'_> {
         for (_, label) in SIZES {
             let _ = writeln!(out, "### {label} messages\n");
             self.peers_table(&mut out, &format!("stream/{label}/"), &format!("stream/{label}/podcache_spin"));
+        }
+        let _ = writeln!(out, "## In-place contract (loan and check in place), one producer process → one consumer\n");
+        let _ = writeln!(
+            out,
+            "The producer writes each whole message into the buffer the transport hands out (podcache: \
+             `Publisher::loan`; iceoryx2: `loan_slice_uninit` + `write_from_slice`; rtrb: `push` of a \
+             `[u8; 64]` into its slot); the consumer checks the first and last 8 bytes where the message \
+             lies (podcache: one `recv_spin_in_place` call per message, the user's loop, default wake \
+             policy; iceoryx2: the sample's payload; rtrb: `pop` of the slot). podcache_crc is a ring with \
+             payload checksums (the default), podcache_nocrc one created with `checksums(false)`.\n"
+        );
+        for label in ["64B", "64KiB"] {
+            let _ = writeln!(out, "### {label} messages\n");
+            self.peers_table(&mut out, &format!("inplace/{label}/"), &format!("inplace/{label}/podcache_crc"));
         }
         let _ = writeln!(out, "## Round trip, 64 B, process ↔ process\n");
         let _ = writeln!(

@@ -3,7 +3,8 @@
 //!
 //! The test binary re-executes itself: one child publisher at a time creates (first) or
 //! attaches to (every later one) the ring on `/dev/shm` and publishes, with `publish`,
-//! `publish_batch`, claims (written in odd-sized pieces) and abandoned claims in a seeded mix,
+//! `publish_batch`, claims (written in odd-sized pieces), loans (written in place, garbage
+//! first) and abandoned claims and loans in a seeded mix,
 //! messages whose bytes derive from their sequence number. The parent kills each publisher
 //! after a random delay (0..3 ms after it reported being attached; one in six is killed at a
 //! random point of its start-up instead, possibly inside the attach itself) and starts the
@@ -227,7 +228,8 @@ fn publisher_child(final_run: bool) {
 /// One publishing step, chosen at random.
 fn publish_some(p: &mut Publisher, rng: &mut Rng, scratch: &mut Vec<u8>, garbage: &[u8]) {
     let seq = p.next_seq();
-    match rng.below(10) {
+    let op = rng.below(13);
+    match op {
         0..=3 => {
             payload_into(seq, MAX_MSG, scratch);
             assert_eq!(p.publish(scratch).expect("publish"), seq);
@@ -247,10 +249,38 @@ fn publish_some(p: &mut Publisher, rng: &mut Rng, scratch: &mut Vec<u8>, garbage
             }
             assert_eq!(claim.commit().expect("commit"), seq);
         }
-        _ => {
+        9 => {
             // Abandoned: written in place, never committed. No reader may ever see these bytes.
             p.claim(MAX_MSG).expect("claim").write(&garbage[..rng.below_usize(MAX_MSG)]);
             assert_eq!(p.next_seq(), seq, "an abandoned claim takes no sequence number");
+        }
+        10 | 11 => {
+            // A loan: garbage first (what a publisher killed part-way leaves), then the message,
+            // whole or through io::Write in odd-sized pieces (partial words at both edges).
+            payload_into(seq, MAX_MSG, scratch);
+            let mut loan = p.loan(scratch.len()).expect("loan");
+            let n = loan.len();
+            loan.copy_from_slice(&garbage[..n]);
+            if op == 10 {
+                loan.copy_from_slice(scratch);
+            } else {
+                for piece in scratch.chunks(7) {
+                    std::io::Write::write_all(&mut loan, piece).expect("fits");
+                }
+            }
+            assert_eq!(loan.commit(), seq);
+        }
+        _ => {
+            // An abandoned loan, filled with garbage (whole, then a piece at an odd offset)
+            // and dropped: never visible to a reader.
+            {
+                let mut loan = p.loan(1 + rng.below_usize(MAX_MSG)).expect("loan");
+                let n = loan.len();
+                loan.copy_from_slice(&garbage[..n]);
+                let at = rng.below_usize(n);
+                loan.write_at(at, &garbage[..n - at]);
+            } // dropped uncommitted
+            assert_eq!(p.next_seq(), seq, "an abandoned loan takes no sequence number");
         }
     }
 }

@@ -25,8 +25,8 @@ const HEADER_CRC: usize = 0x28;
 const P_DATA_OFFSET: usize = 0x40;
 const P_CAPACITY: usize = 0x48;
 const P_MAX_MSG: usize = 0x50;
-/// Parameter word 7: the records' checksum algorithm (1 = CRC-32/IEEE, the only one layout 4
-/// defines).
+/// Parameter word 7: the records' checksum algorithm (1 = CRC-32/IEEE; `CHECKSUM_NONE`, the
+/// bytes `nocrc`, for a ring without payload checksums; nothing else, 0 included).
 const P_CHECKSUM: usize = 0x78;
 const TAIL: usize = 0x100;
 const TAIL_SEQ: usize = 0x108;

@@ -39,6 +39,7 @@ const VAR_SERVICE: &str = "PODCACHE_BENCH_SERVICE";
 const VAR_SOCK: &str = "PODCACHE_BENCH_SOCK";
 const VAR_SHARED: &str = "PODCACHE_BENCH_SHARED";
 const VAR_SIZE: &str = "PODCACHE_BENCH_SIZE";
+const VAR_IN_PLACE: &str = "PODCACHE_BENCH_IN_PLACE";
 /// Samples a round-trip subscriber's queue holds.
 const PING_QUEUE: usize = 16;
 
@@ -134,6 +135,13 @@ pub struct IceStream {
 impl IceStream {
     /// Create the service, start the subscriber child, warm up.
     pub fn new(size: usize) -> IceStream {
+        IceStream::with_contract(size, false)
+    }
+
+    /// [`new`](Self::new); with `in_place`, the subscriber checks the first and last 8 bytes
+    /// of each sample where it lies instead of copying it (the in-place contract,
+    /// [`crate::stream::Contract`]; the publisher writes into the loaned sample either way).
+    pub fn with_contract(size: usize, in_place: bool) -> IceStream {
         let dir = ShmDir::new();
         let name = format!("{}/stream", unique_name());
         let node = node();
@@ -151,6 +159,7 @@ impl IceStream {
                 (VAR_SOCK, sock.into_os_string()),
                 (VAR_SHARED, lines_path.into_os_string()),
                 (VAR_SIZE, size.to_string().into()),
+                (VAR_IN_PLACE, (if in_place { "1" } else { "0" }).into()),
             ],
         );
         // The child connects once its subscriber exists.
@@ -219,8 +228,28 @@ pub fn subscriber_child() {
     drop(UnixStream::connect(child_var(VAR_SOCK)).expect("connect"));
     let mut buf = vec![0u8; size];
     let mut received = 0u64;
+    let in_place = child_var(VAR_IN_PLACE) == "1";
+    let data = crate::stream::ends(&payload(size, FLAG_DATA));
     loop {
-        receive(&sub, &mut buf, || {});
+        if in_place {
+            // The first and last 8 bytes, checked in the sample; only the flag byte is kept.
+            spin_until(
+                || match sub.receive().expect("receive") {
+                    Some(s) => {
+                        let p = s.payload();
+                        let (first, last) = crate::stream::ends(p);
+                        assert_eq!(last, data.1, "last 8 bytes");
+                        assert!(first >> 8 == data.0 >> 8, "first 8 bytes");
+                        buf[0] = first as u8;
+                        true
+                    }
+                    None => false,
+                },
+                || {},
+            );
+        } else {
+            receive(&sub, &mut buf, || {});
+        }
         if buf[0] == FLAG_EXIT {
             return;
         }

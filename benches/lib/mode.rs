@@ -16,11 +16,14 @@ pub enum PodMode {
     Adaptive,
     /// `WakePolicy::Always` (a `FUTEX_WAKE` per publish), consumer in `recv_timeout`.
     Always,
+    /// A user's loop: the publisher's default policy, and the consumer calls `recv_spin` once
+    /// per message (no `try_recv` drain in front of it).
+    User,
 }
 
 impl PodMode {
     /// Every mode.
-    pub const ALL: [PodMode; 4] = [PodMode::Spin, PodMode::Poll, PodMode::Adaptive, PodMode::Always];
+    pub const ALL: [PodMode; 5] = [PodMode::Spin, PodMode::Poll, PodMode::Adaptive, PodMode::Always, PodMode::User];
 
     /// Short name, used in bench ids and passed to child processes.
     pub fn name(self) -> &'static str {
@@ -29,6 +32,7 @@ impl PodMode {
             PodMode::Poll => "poll",
             PodMode::Adaptive => "adaptive",
             PodMode::Always => "always",
+            PodMode::User => "user",
         }
     }
 
@@ -41,7 +45,7 @@ impl PodMode {
     pub fn policy(self) -> WakePolicy {
         match self {
             PodMode::Spin | PodMode::Poll => WakePolicy::Never,
-            PodMode::Adaptive => WakePolicy::DEFAULT,
+            PodMode::Adaptive | PodMode::User => WakePolicy::DEFAULT,
             PodMode::Always => WakePolicy::Always,
         }
     }
@@ -49,7 +53,7 @@ impl PodMode {
     /// Receive the next message the way this mode does, waiting at most `timeout`.
     pub fn recv(self, sub: &mut Subscriber, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, RecvError> {
         match self {
-            PodMode::Spin => sub.recv_spin(buf, timeout),
+            PodMode::Spin | PodMode::User => sub.recv_spin(buf, timeout),
             PodMode::Poll => {
                 // Read the clock only every 4096 empty polls, so the hot path has none.
                 let mut deadline = None;

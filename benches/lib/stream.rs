@@ -45,6 +45,28 @@ const VAR_MODE: &str = "PODCACHE_BENCH_MODE";
 const VAR_SIZE: &str = "PODCACHE_BENCH_SIZE";
 const VAR_ACK_EVERY: &str = "PODCACHE_BENCH_ACK_EVERY";
 const VAR_SOCK: &str = "PODCACHE_BENCH_SOCK";
+const VAR_CONTRACT: &str = "PODCACHE_BENCH_IN_PLACE";
+
+/// The in-place contract of the zero-copy comparison: the producer writes each whole message
+/// into the buffer the transport hands out (podcache: `Publisher::loan`), and the consumer
+/// checks the first and last 8 bytes where the message lies (podcache: one
+/// `recv_spin_in_place` per message), copying nothing else.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Contract {
+    /// `publish` a prepared message; the consumer copies it out (the stream rows).
+    Copy,
+    /// Loan and check in place, on a ring with payload checksums (`checksums`) or without.
+    InPlace {
+        /// Whether the ring carries payload checksums.
+        checksums: bool,
+    },
+}
+
+/// The first and last 8 bytes of a message as little-endian words (the in-place check).
+pub fn ends(msg: &[u8]) -> (u64, u64) {
+    let w = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    (w(&msg[..8]), w(&msg[msg.len() - 8..]))
+}
 
 /// A payload of `size` bytes with `flag` in its first byte.
 pub fn payload(size: usize, flag: u8) -> Vec<u8> {
@@ -69,6 +91,7 @@ pub struct PodStream {
     end: Vec<u8>,
     /// Messages the producer may have in flight.
     credit: u64,
+    contract: Contract,
     published: u64,
     /// Messages the consumer has confirmed (received + lost).
     acked: u64,
@@ -78,6 +101,11 @@ pub struct PodStream {
 impl PodStream {
     /// Create the rings and start the consumer child.
     pub fn new(mode: PodMode, size: usize) -> PodStream {
+        PodStream::with_contract(mode, size, Contract::Copy)
+    }
+
+    /// [`new`](Self::new) under `contract`.
+    pub fn with_contract(mode: PodMode, size: usize, contract: Contract) -> PodStream {
         let dir = ShmDir::new();
         let data_path = dir.path("data.ring");
         let ack_path = dir.path("ack.ring");
@@ -86,6 +114,7 @@ impl PodStream {
             .capacity(RING_CAPACITY)
             .max_message(MAX_MSG)
             .wake(policy)
+            .checksums(!matches!(contract, Contract::InPlace { checksums: false }))
             .create()
             .expect("create the data ring");
         let credit = WINDOW / record_len(size);
@@ -98,6 +127,7 @@ impl PodStream {
                 (VAR_MODE, mode.name().into()),
                 (VAR_SIZE, size.to_string().into()),
                 (VAR_ACK_EVERY, ack_every.to_string().into()),
+                (VAR_CONTRACT, (if contract == Contract::Copy { "0" } else { "1" }).into()),
             ],
         );
         let acks = open_with_child(&ack_path, &mut child);
@@ -109,6 +139,7 @@ impl PodStream {
             data: payload(size, FLAG_DATA),
             end: payload(size, FLAG_END),
             credit,
+            contract,
             published: 0,
             acked: 0,
             _dir: dir,
@@ -147,7 +178,15 @@ impl PodStream {
                 self.wait_acked(self.published + 1 - self.credit, false);
             }
             let msg = if i + 1 == iters { &self.end } else { &self.data };
-            self.publisher.publish(msg).expect("publish");
+            if self.contract == Contract::Copy {
+                self.publisher.publish(msg).expect("publish");
+            } else {
+                // The user's form of iceoryx2's write_from_slice: the loan stores the message
+                // into the ring with word stores (no staging buffer, no reference to the ring).
+                let mut loan = self.publisher.loan(msg.len()).expect("loan");
+                loan.copy_from_slice(msg);
+                loan.commit();
+            }
             self.published += 1;
         }
         self.wait_acked(self.published, false);
@@ -202,6 +241,32 @@ pub fn pod_consumer() {
     ack(0, 0);
     let mut buf = vec![0u8; sub.max_message()];
     let (mut received, mut lost) = (0u64, 0u64);
+    if child_var(VAR_CONTRACT) == "1" {
+        // The in-place contract: check the first and last 8 bytes where the message lies.
+        let (data, end, exit) = (payload(size, FLAG_DATA), payload(size, FLAG_END), payload(size, FLAG_EXIT));
+        let (data, end, exit) = (ends(&data), ends(&end), ends(&exit));
+        loop {
+            let got = sub
+                .recv_spin_in_place(Duration::from_secs(1), |b| (b.len(), b.u64_le_at(0), b.u64_le_at(b.len() - 8)))
+                .expect("read the data ring");
+            let Some((m, (len, first, last))) = got else { continue };
+            assert_eq!(len, size, "message length");
+            lost += m.lost;
+            let seen = (first, last);
+            if seen == exit {
+                return;
+            }
+            received += 1;
+            if seen == end {
+                ack(received, lost);
+            } else {
+                assert_eq!(seen, data, "first and last 8 bytes of message {}", m.seq);
+                if received % ack_every == 0 {
+                    ack(received, lost);
+                }
+            }
+        }
+    }
     loop {
         // Drain with `try_recv`, as the rtrb consumer drains with `pop`; the mode's call only
         // waits for an empty ring. Calling the mode's `recv` for every message instead held the
@@ -209,9 +274,15 @@ pub fn pod_consumer() {
         // 57-62 M/s this way in the same minutes. The cost was in going through `PodMode::recv`
         // for each message (even with a `try_recv` first inside it), not in the read: a scratch
         // consumer calling `recv_spin` itself for each message also ran at 57-62.
-        let next = match sub.try_recv(&mut buf).expect("read the data ring") {
-            Some(m) => Some(m),
-            None => mode.recv(&mut sub, &mut buf, Duration::from_secs(1)).expect("read the data ring"),
+        //
+        // `PodMode::User` is the loop a user writes: one `recv_spin` call per message.
+        let next = if mode == PodMode::User {
+            sub.recv_spin(&mut buf, Duration::from_secs(1)).expect("read the data ring")
+        } else {
+            match sub.try_recv(&mut buf).expect("read the data ring") {
+                Some(m) => Some(m),
+                None => mode.recv(&mut sub, &mut buf, Duration::from_secs(1)).expect("read the data ring"),
+            }
         };
         let Some(m) = next else {
             continue;

@@ -61,8 +61,14 @@ pub const RETIRED: u64 = 3;
 /// The parameter word that names the records' checksum algorithm (both kinds).
 pub const PARAM_CHECKSUM: usize = 7;
 /// Checksum algorithm 1: CRC-32 with the IEEE polynomial (`crc32fast`), docs/design.md §6. The
-/// only one layout 4 defines; a reader refuses a file that names another.
+/// default, and the only one a table uses.
 pub const CHECKSUM_CRC32: u64 = 1;
+/// "No checksum", rings only: records carry no payload checksum (their `crc` field is zero and
+/// readers do not verify it); the lease and sequence checks alone detect overwrites
+/// (docs/design.md §6 says what each choice detects). The word is the ASCII bytes `nocrc`
+/// (little-endian), not 0, so a zeroed word never turns checksums off. Readers of releases
+/// before it refuse such a ring as corrupt (an unknown checksum algorithm).
+pub const CHECKSUM_NONE: u64 = u64::from_le_bytes(*b"nocrc\0\0\0");
 
 /// What a podcache file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -296,6 +296,83 @@ pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
 }
 
 #[cfg(feature = "write")]
+/// Store `src` at byte `byte` (any alignment) of `words` with Relaxed word stores: whole words
+/// in pairs (16 bytes of `src` a step), then one word, then a partial last word. A partial word
+/// at either edge is merged with what the word holds (a Relaxed load of the writer's own
+/// earlier store), so the bytes around `byte..byte + src.len()` keep their values.
+///
+/// The caller has bounds-checked `byte..byte + src.len()`, is the only writer of those words,
+/// and orders the stores for readers itself: Relaxed is enough only where a Release fence after
+/// the lease store and a Release store of the record header and tail come around them (a ring
+/// loan, see `ring::writer::Loan`).
+#[inline]
+pub(crate) fn store_bytes(words: &[AtomicU64], byte: usize, mut src: &[u8]) {
+    if src.is_empty() {
+        return;
+    }
+    let (mut first, lead) = (byte / 8, byte % 8);
+    if lead != 0 {
+        let n = (8 - lead).min(src.len());
+        merge_word(&words[first], lead, n, le_word(&src[..n]));
+        src = &src[n..];
+        first += 1;
+    }
+    let (pairs, rest) = src.as_chunks::<16>();
+    let dst = &words[first..first + src.len().div_ceil(8)];
+    let (dst_pairs, dst_rest) = dst.split_at(pairs.len() * 2);
+    for (p, w) in pairs.iter().zip(dst_pairs.as_chunks::<2>().0) {
+        let (lo, hi) = p.split_at(8);
+        // Relaxed: see the function docs (the caller orders the stores).
+        w[0].store(u64::from_le_bytes(lo.try_into().expect("8 bytes")), Ordering::Relaxed);
+        w[1].store(u64::from_le_bytes(hi.try_into().expect("8 bytes")), Ordering::Relaxed);
+    }
+    let (whole, bytes) = rest.as_chunks::<8>();
+    if let (Some(c), Some(w)) = (whole.first(), dst_rest.first()) {
+        // Relaxed: as above.
+        w.store(u64::from_le_bytes(*c), Ordering::Relaxed);
+    }
+    if let (false, Some(w)) = (bytes.is_empty(), dst_rest.last()) {
+        merge_word(w, 0, bytes.len(), le_word(bytes));
+    }
+}
+
+#[cfg(feature = "write")]
+/// Store `len` copies of `byte` from byte `at` (any alignment) of `words`; as [`store_bytes`].
+#[inline]
+pub(crate) fn fill_bytes(words: &[AtomicU64], at: usize, mut len: usize, byte: u8) {
+    if len == 0 {
+        return;
+    }
+    let splat = u64::from_ne_bytes([byte; 8]);
+    let (mut first, lead) = (at / 8, at % 8);
+    if lead != 0 {
+        let n = (8 - lead).min(len);
+        merge_word(&words[first], lead, n, splat);
+        len -= n;
+        first += 1;
+    }
+    for w in &words[first..first + len / 8] {
+        // Relaxed: as in `store_bytes`.
+        w.store(splat, Ordering::Relaxed);
+    }
+    if !len.is_multiple_of(8) {
+        merge_word(&words[first + len / 8], 0, len % 8, splat);
+    }
+}
+
+#[cfg(feature = "write")]
+/// Replace bytes `lead..lead + n` (little-endian) of `word` with the low `n` bytes of `value`.
+#[inline(always)]
+fn merge_word(word: &AtomicU64, lead: usize, n: usize, value: u64) {
+    debug_assert!(n >= 1 && lead + n <= 8);
+    let mask = (u64::MAX >> (64 - 8 * n)) << (8 * lead);
+    // Relaxed (both): the caller is the only writer of the word, so the load returns its own
+    // last store; ordering for readers as in `store_bytes`.
+    let old = word.load(Ordering::Relaxed);
+    word.store((old & !mask) | ((value << (8 * lead)) & mask), Ordering::Relaxed);
+}
+
+#[cfg(feature = "write")]
 /// Appends a byte stream to shared words, one Release store per word (SYNC: pairs with the
 /// Acquire fence of the reader's validation: `lapped` in the ring module for a ring claim, the
 /// table reader's `still_valid` for a table record). A word is stored each time it fills, and the
@@ -439,6 +516,33 @@ mod tests {
             }
             if bytes.len() >= 8 {
                 assert_eq!(load_at(w, *at).to_le_bytes(), bytes[..8], "at {at}");
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "write")]
+    fn store_and_fill_bytes_touch_exactly_their_range() {
+        // Every start alignment and length up to 40 bytes, over a region holding a known
+        // background: the range holds what was stored, every byte outside it is unchanged.
+        let background: Vec<u8> = (0..64 * 8).map(|i| (i * 37 + 11) as u8).collect();
+        for at in 8..24usize {
+            for len in 0..=40usize {
+                let region = Region::heap(64);
+                let w = region.words();
+                copy_in(w, 0, &background);
+                let src: Vec<u8> = (0..len).map(|i| (i * 5 + at) as u8 ^ 0x5a).collect();
+                store_bytes(w, at, &src);
+                let mut want = background.clone();
+                want[at..at + len].copy_from_slice(&src);
+                let mut got = vec![0u8; want.len()];
+                copy_out(w, 0, &mut got);
+                assert_eq!(got, want, "store at {at}, len {len}");
+
+                fill_bytes(w, at, len, 0xc3);
+                want[at..at + len].fill(0xc3);
+                copy_out(w, 0, &mut got);
+                assert_eq!(got, want, "fill at {at}, len {len}");
             }
         }
     }

@@ -4,8 +4,9 @@
 //! [`crate::ring`] can be model-checked on a heap region. Everything else in the crate imports
 //! from here, never from `std::sync::atomic` directly.
 //!
-//! Loom models only Acquire fences, so the protocols are written with Release *stores* and
-//! Acquire *fences* (never Release fences).
+//! The protocols are written with Release *stores* and Acquire *fences*, with one exception:
+//! the Release fence after the ring writer's lease store, which orders a loan's Relaxed payload
+//! stores (loom 0.7 models Release fences too, and the loan models check that one).
 
 #[cfg(loom)]
 pub use crash::crash_after_stores;

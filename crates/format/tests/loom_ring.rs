@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The ring of every model: 128 bytes of data right after the control block.
-const PARAMS: RingParams = RingParams { data_offset: MIN_DATA_OFFSET, capacity: 128, max_msg: 16 };
+const PARAMS: RingParams = RingParams { data_offset: MIN_DATA_OFFSET, capacity: 128, max_msg: 16, checksums: true };
 
 /// Payload lengths by sequence number (index 0 unused); see the table in the module docs.
 const LENS: [usize; 7] = [0, 16, 8, 16, 16, 13, 16];
@@ -174,6 +174,21 @@ fn read_some(r: &mut RingReader, seen: &mut Seen, tries: usize) {
     }
 }
 
+/// [`read_some`] with zero-copy reads: the closure copies what it sees (possibly torn bytes);
+/// only a validated call's copy may come back, and it is checked as a copied read is.
+fn read_some_in_place(r: &mut RingReader, seen: &mut Seen, tries: usize) {
+    for _ in 0..tries {
+        match r.read_with(|b| b.to_vec()) {
+            Ok(Some((m, bytes))) => {
+                assert_eq!(m.len, bytes.len(), "length of {m:?}");
+                seen.check(m, &bytes);
+            }
+            Ok(None) => {}
+            Err(e) => panic!("read failed: {e:?} ({e})"),
+        }
+    }
+}
+
 /// After every thread is done: the reader drains the ring to the last message, and its totals
 /// add up.
 fn drain(mut r: RingReader, mut seen: Seen, last: u64) {
@@ -206,6 +221,8 @@ struct Model {
     policy: WakePolicy,
     prefill: u64,
     readers: &'static [(Start, usize)],
+    /// How a reader thread reads (`read_some` copies, `read_some_in_place` does not).
+    read: fn(&mut RingReader, &mut Seen, usize),
     last: u64,
     write: fn(&mut RingWriter),
 }
@@ -238,9 +255,10 @@ impl Model {
             .iter()
             .map(|&(start, tries)| {
                 let mut r = RingReader::new(Arc::clone(&region), &PARAMS, start);
+                let read = self.read;
                 thread::spawn(move || {
                     let mut seen = Seen::default();
-                    read_some(&mut r, &mut seen, tries);
+                    read(&mut r, &mut seen, tries);
                     (r, seen)
                 })
             })
@@ -286,6 +304,22 @@ fn dropped_claim_then_claim(w: &mut RingWriter) {
     assert_eq!(c.commit(), Ok(5));
 }
 
+/// A loan filled with poison and dropped; then message 5 loaned at the same place and written
+/// in place in two pieces, 5 bytes at offset 0 then 8 at offset 5: each piece merges a partial
+/// word into what the ring holds there (the dropped loan's poison), with Relaxed stores; then
+/// committed.
+fn dropped_loan_then_loan(w: &mut RingWriter) {
+    {
+        let mut dropped = w.loan(16).unwrap();
+        dropped.fill(POISON);
+    }
+    let p = payload(5);
+    let mut l = w.loan(13).unwrap();
+    l.write_at(0, &p[..5]);
+    l.write_at(5, &p[5..]);
+    assert_eq!(l.commit(), 5);
+}
+
 /// Publish messages `4..=last` as one batch.
 fn batch(w: &mut RingWriter, last: u64) {
     let msgs: Vec<Vec<u8>> = (4..=last).map(payload).collect();
@@ -311,6 +345,7 @@ fn publish_poll_two_readers() {
         policy: WakePolicy::Never,
         prefill: 4,
         readers: &[(LAPPED, 2), (POLLER, 2)],
+        read: read_some,
         last: 5,
         write: |w| publish(w, 5),
     }
@@ -328,6 +363,24 @@ fn publish_three_lapped_reader() {
         policy: WakePolicy::Always,
         prefill: 3,
         readers: &[(LAPPED, 3)],
+        read: read_some,
+        last: 6,
+        write: |w| (4..=6).for_each(|seq| publish(w, seq)),
+    }
+    .check();
+}
+
+/// Model 1, longer, lapped reader reading in place (`read_with`): a closure that ran on bytes
+/// the writer was overwriting never yields a result.
+#[test]
+fn publish_three_lapped_reader_in_place() {
+    Model {
+        name: "publish_three_lapped_reader_in_place",
+        bound: Some(3),
+        policy: WakePolicy::Always,
+        prefill: 3,
+        readers: &[(LAPPED, 3)],
+        read: read_some_in_place,
         last: 6,
         write: |w| (4..=6).for_each(|seq| publish(w, seq)),
     }
@@ -343,6 +396,7 @@ fn publish_three_polling_reader() {
         policy: WakePolicy::Always,
         prefill: 3,
         readers: &[(POLLER, 3)],
+        read: read_some,
         last: 6,
         write: |w| (4..=6).for_each(|seq| publish(w, seq)),
     }
@@ -362,6 +416,7 @@ fn claim_commit_two_readers() {
         policy: WakePolicy::Never,
         prefill: 4,
         readers: &[(LAPPED, 2), (POLLER, 2)],
+        read: read_some,
         last: 5,
         write: dropped_claim_then_claim,
     }
@@ -377,8 +432,62 @@ fn claim_commit_lapped_reader() {
         policy: WakePolicy::Never,
         prefill: 4,
         readers: &[(LAPPED, 2)],
+        read: read_some,
         last: 5,
         write: dropped_claim_then_claim,
+    }
+    .check();
+}
+
+/// Model 2 with a loan instead of a claim: a loan is filled with poison and dropped, then
+/// message 5 is loaned at the same place, written in place with Relaxed word stores (partial
+/// words merged) and committed. The lapped reader never takes the poison or part of message 5
+/// for message 1 (the Release fence after the lease store orders the loan's Relaxed stores);
+/// the poller never sees the dropped loan or part of message 5 (the Release store of tail).
+#[test]
+fn loan_commit_two_readers() {
+    Model {
+        name: "loan_commit_two_readers",
+        bound: Some(3),
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2), (POLLER, 2)],
+        read: read_some,
+        last: 5,
+        write: dropped_loan_then_loan,
+    }
+    .check();
+}
+
+/// The loan model, unbounded, with the lapped reader only.
+#[test]
+fn loan_commit_lapped_reader() {
+    Model {
+        name: "loan_commit_lapped_reader",
+        bound: None,
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2)],
+        read: read_some,
+        last: 5,
+        write: dropped_loan_then_loan,
+    }
+    .check();
+}
+
+/// The loan model with a lapped reader reading in place: its closure may run on a loan's
+/// bytes, but such a read yields nothing.
+#[test]
+fn loan_commit_lapped_reader_in_place() {
+    Model {
+        name: "loan_commit_lapped_reader_in_place",
+        bound: Some(3),
+        policy: WakePolicy::Never,
+        prefill: 4,
+        readers: &[(LAPPED, 2)],
+        read: read_some_in_place,
+        last: 5,
+        write: dropped_loan_then_loan,
     }
     .check();
 }
@@ -393,6 +502,7 @@ fn batch_two_readers() {
         policy: WakePolicy::Never,
         prefill: 3,
         readers: &[(LAPPED, 1), (POLLER, 2)],
+        read: read_some,
         last: 5,
         write: |w| batch(w, 5),
     }
@@ -410,6 +520,7 @@ fn batch_three_polling_reader() {
         policy: WakePolicy::Never,
         prefill: 3,
         readers: &[(POLLER, 3)],
+        read: read_some,
         last: 6,
         write: |w| batch(w, 6),
     }
@@ -425,6 +536,7 @@ fn batch_three_lapped_reader() {
         policy: WakePolicy::Never,
         prefill: 3,
         readers: &[(LAPPED, 2)],
+        read: read_some,
         last: 6,
         write: |w| batch(w, 6),
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 fn params(capacity: u64, max_msg: u32) -> RingParams {
-    RingParams { data_offset: 4096, capacity, max_msg }
+    RingParams { data_offset: 4096, capacity, max_msg, checksums: true }
 }
 
 fn region(p: &RingParams) -> Arc<Region> {
@@ -440,7 +440,7 @@ fn max_message_is_capped_by_the_format() {
     let cap = 1u64 << 34;
     assert_eq!(RingParams::max_msg_limit(cap), MAX_MESSAGE);
     assert!(RingParams::new(cap, MAX_MESSAGE as u32).is_ok());
-    let too_big = RingParams { data_offset: 4096, capacity: cap, max_msg: u32::MAX - 7 };
+    let too_big = RingParams { data_offset: 4096, capacity: cap, max_msg: u32::MAX - 7, checksums: true };
     assert_eq!(too_big.check(), Err(ParamsError::BadMaxMessage { max_msg: u32::MAX - 7, limit: MAX_MESSAGE }));
     // Small rings keep their quarter-of-the-ring limit.
     assert_eq!(RingParams::max_msg_limit(1024), 240);

@@ -4,7 +4,7 @@ use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file;
 use podcache_format::header::RETIRED;
 use podcache_format::region::Region;
-use podcache_format::ring::{Msg, ReadError, RingParams, RingReader, Start};
+use podcache_format::ring::{Msg, MsgBytes, ReadError, RingParams, RingReader, Start};
 use podcache_format::{Kind, OpenError};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 /// again (so a dropped future's thread is free within this).
 #[cfg(feature = "tokio")]
 pub const ASYNC_WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Empty polls between two clock reads of [`Subscriber::recv_spin`].
+const SPIN_POLLS_PER_CLOCK: u32 = 256;
 
 /// Builds a [`Subscriber`]: see [`Subscriber::builder`].
 #[derive(Clone, Debug)]
@@ -49,6 +52,7 @@ impl SubscriberBuilder {
             _region: region,
             reader,
             max_msg: params.max_msg as usize,
+            checksums: params.checksums,
             epoch,
             scratch: Vec::new(),
         })
@@ -68,6 +72,7 @@ pub struct Subscriber {
     _region: Arc<Region>,
     reader: RingReader,
     max_msg: usize,
+    checksums: bool,
     epoch: u64,
     scratch: Vec<u8>,
 }
@@ -111,24 +116,123 @@ impl Subscriber {
         self.reader.read(buf)
     }
 
-    /// Busy-wait for the next message, up to `timeout`.
+    /// Busy-wait for the next message, up to `timeout` (`Duration::MAX`: no limit).
+    ///
+    /// A message that is already there is read without a clock read or a function call beyond
+    /// the read itself. When the ring is empty, the poll loop reloads only the shared `tail`
+    /// word (one cache line the publisher writes once per commit), with a CPU spin hint
+    /// between loads, and reads the clock only every 256 polls; the timeout therefore starts
+    /// at the first clock read, some microseconds after the call.
+    #[inline]
     pub fn recv_spin(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, ReadError> {
-        // The clock is read only once the ring is found empty (it costs as much as a read).
-        if let Some(m) = self.reader.read(buf)? {
-            return Ok(Some(m));
+        match self.reader.read(buf)? {
+            Some(m) => Ok(Some(m)),
+            None => self.spin_until_message(buf, timeout),
         }
-        // A timeout too long to add (`Duration::MAX`) has no deadline.
-        let deadline = Instant::now().checked_add(timeout);
-        let mut n = 0u32;
+    }
+
+    /// [`recv_spin`](Self::recv_spin) once the ring was found empty.
+    #[inline(never)]
+    fn spin_until_message(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<Msg>, ReadError> {
+        // `None`: not read yet; `Some(None)`: no deadline (a timeout too long to add).
+        let mut deadline: Option<Option<Instant>> = None;
+        let mut polls = 0u32;
         loop {
-            if let Some(m) = self.reader.read(buf)? {
-                return Ok(Some(m));
+            // Wait before the load: the last one found the ring empty, and a load right after
+            // it would only take the line away from the publisher again.
+            std::hint::spin_loop();
+            if self.reader.has_data() {
+                if let Some(m) = self.reader.read(buf)? {
+                    return Ok(Some(m));
+                }
             }
-            n = n.wrapping_add(1);
-            if n.is_multiple_of(1024) && deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(SPIN_POLLS_PER_CLOCK) {
+                let now = Instant::now();
+                let d = *deadline.get_or_insert_with(|| now.checked_add(timeout));
+                if d.is_some_and(|d| now >= d) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Zero-copy receive: call `f` on the next message while it is still in the ring, then
+    /// validate it; `Ok(None)` if there is none yet. Never blocks.
+    ///
+    /// [`MsgBytes`] reads the bytes in place (word loads from the mapping, no copy of the
+    /// message unless `f` makes one). The publisher may be overwriting them while `f` runs,
+    /// if this subscriber is being lapped, so `f` may see **torn bytes**: it must not trust
+    /// them (check lengths it reads from them, do no `unsafe` based on them). Such a call
+    /// never becomes a result: after `f` returns, the subscriber checks that the publisher did
+    /// not reach the message (and, on a ring with checksums, the checksum); if it did, `f`'s
+    /// result is dropped, the subscriber moves on as after any lap (the next message's
+    /// [`Msg::lost`] counts what it missed) and calls `f` on that next message. So `f` may run
+    /// more than once per call, and only the result of a validated call is returned.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("in-place.ring");
+    /// # let mut publisher = podcache_writer::Publisher::builder(&path).capacity(1 << 16).create()?;
+    /// # publisher.publish(&[7u8; 32])?;
+    /// use podcache_reader::Subscriber;
+    ///
+    /// let mut sub = Subscriber::open(&path)?;
+    /// // Look at the first and last 8 bytes without copying the message.
+    /// if let Some((msg, (first, last))) = sub.try_recv_in_place(|b| (b.u64_le_at(0), b.u64_le_at(b.len() - 8)))? {
+    ///     assert_eq!(msg.len, 32);
+    ///     assert_eq!(first, u64::from_le_bytes([7; 8]));
+    ///     assert_eq!(last, first);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn try_recv_in_place<R>(&mut self, f: impl FnMut(&MsgBytes<'_>) -> R) -> Result<Option<(Msg, R)>, ReadError> {
+        self.reader.read_with(f)
+    }
+
+    /// [`try_recv_in_place`](Self::try_recv_in_place), busy-waiting up to `timeout` for a
+    /// message as [`recv_spin`](Self::recv_spin) does.
+    pub fn recv_spin_in_place<R>(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&MsgBytes<'_>) -> R,
+    ) -> Result<Option<(Msg, R)>, ReadError> {
+        let mut deadline: Option<Option<Instant>> = None;
+        let mut polls = 0u32;
+        loop {
+            if self.reader.has_data() {
+                if let Some(got) = self.reader.read_with(&mut f)? {
+                    return Ok(Some(got));
+                }
+            }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(SPIN_POLLS_PER_CLOCK) {
+                let now = Instant::now();
+                let d = *deadline.get_or_insert_with(|| now.checked_add(timeout));
+                if d.is_some_and(|d| now >= d) {
+                    return Ok(None);
+                }
             }
             std::hint::spin_loop();
+        }
+    }
+
+    /// [`try_recv_in_place`](Self::try_recv_in_place), waiting up to `timeout` as
+    /// [`recv_timeout`](Self::recv_timeout) does (spin briefly, then sleep on the futex).
+    pub fn recv_timeout_in_place<R>(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(&MsgBytes<'_>) -> R,
+    ) -> Result<Option<(Msg, R)>, ReadError> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            if let Some(got) = self.reader.read_with(&mut f)? {
+                return Ok(Some(got));
+            }
+            if !self.reader.wait(deadline) {
+                return self.reader.read_with(&mut f);
+            }
         }
     }
 
@@ -220,6 +324,14 @@ impl Subscriber {
     /// Skip everything not yet read: the next message is the next one published.
     pub fn skip_to_newest(&mut self) {
         self.reader.skip_to_newest();
+    }
+
+    /// Whether the ring's records carry payload checksums, which this subscriber verifies (the
+    /// publisher's choice, recorded in the file). Without them a subscriber still never
+    /// returns a message the publisher overwrote while it was read, but would return payload
+    /// bytes damaged in place by something other than the publisher.
+    pub fn checksums(&self) -> bool {
+        self.checksums
     }
 
     /// Largest message the ring carries: a buffer this big always fits.

@@ -72,7 +72,7 @@ mod table;
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::file::CreateOptions;
 pub use podcache_format::ring::{
-    record_size as ring_record_size, Claim, PublishError, Recovery, WakePolicy, MAX_WAKE_WINDOW,
+    record_size as ring_record_size, Claim, Loan, PublishError, Recovery, WakePolicy, MAX_WAKE_WINDOW,
 };
 pub use podcache_format::table::{
     record_size, EvictionPolicy, PutError, TableParams, TableParamsError, TableRecovery, TableStats, MAX_KEY,

@@ -2,7 +2,7 @@
 
 use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file::{self, CreateOptions, WriterFile};
-use podcache_format::ring::{Claim, PublishError, Recovery, RingParams, RingWriter, WakePolicy};
+use podcache_format::ring::{Claim, Loan, PublishError, Recovery, RingParams, RingWriter, WakePolicy};
 use podcache_format::{CreateError, Kind};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ pub struct PublisherBuilder {
     capacity: u64,
     max_msg: Option<u32>,
     wake: WakePolicy,
+    checksums: bool,
     opts: CreateOptions,
 }
 
@@ -37,6 +38,22 @@ impl PublisherBuilder {
         self
     }
 
+    /// Whether records carry a payload checksum (crc32) that subscribers verify (default: on).
+    ///
+    /// With checksums, a subscriber detects a message overwritten while it read it (the lease
+    /// and sequence checks) **and** payload bytes changed by anything else: a bit flip, a
+    /// stray write to the file, a bug. Without them, it still never returns a message the
+    /// publisher overwrote while it was read (the lease check does not depend on the
+    /// checksum), and still checks sequence numbers and lengths, but it would return payload
+    /// bytes damaged in place by something other than the publisher. Turning them off saves
+    /// computing crc32 over every message on both sides: worth it for large messages where a
+    /// user prefers speed. Recorded in the file; subscribers follow what the file says
+    /// (subscribers of releases before this option refuse a ring without checksums).
+    pub fn checksums(mut self, on: bool) -> Self {
+        self.checksums = on;
+        self
+    }
+
     /// Permission bits of a newly created file (default `0o640`).
     pub fn mode(mut self, mode: u32) -> Self {
         self.opts.mode = mode;
@@ -53,7 +70,9 @@ impl PublisherBuilder {
     pub fn create(self) -> Result<Publisher, CreateError> {
         let max_msg =
             self.max_msg.unwrap_or_else(|| RingParams::max_msg_limit(self.capacity).min(u32::MAX.into()) as u32);
-        let params = RingParams::new(self.capacity, max_msg).map_err(|e| CreateError::InvalidOptions(e.to_string()))?;
+        let params = RingParams::new(self.capacity, max_msg)
+            .map_err(|e| CreateError::InvalidOptions(e.to_string()))?
+            .with_checksums(self.checksums);
         let mut file =
             file::create_or_attach(&self.path, Kind::Ring, &params.to_words(), params.file_size(), &self.opts)?;
         let region = file.region().clone();
@@ -64,7 +83,15 @@ impl PublisherBuilder {
             (ring, Some(rec))
         };
         let epoch = file.finish().map_err(|source| CreateError::Io { path: self.path.clone(), source })?;
-        Ok(Publisher { file, ring, recovery, epoch, scratch: Vec::new(), capacity: params.capacity })
+        Ok(Publisher {
+            file,
+            ring,
+            recovery,
+            epoch,
+            scratch: Vec::new(),
+            capacity: params.capacity,
+            checksums: params.checksums,
+        })
     }
 }
 
@@ -81,6 +108,7 @@ pub struct Publisher {
     epoch: u64,
     scratch: Vec<u8>,
     capacity: u64,
+    checksums: bool,
 }
 
 /// A typed publish failed.
@@ -112,6 +140,7 @@ impl Publisher {
             capacity: 16 << 20,
             max_msg: None,
             wake: WakePolicy::DEFAULT,
+            checksums: true,
             opts: CreateOptions::default(),
         }
     }
@@ -135,6 +164,46 @@ impl Publisher {
     /// Claim room for a message of up to `max_len` bytes to write in place (see [`Claim`]).
     pub fn claim(&mut self, max_len: usize) -> Result<Claim<'_>, PublishError> {
         self.ring.claim(max_len)
+    }
+
+    /// Lend `len` bytes of the ring itself to write a message in place, with no copy: the
+    /// [`Loan`] stores into the ring through its methods ([`Loan::write_at`],
+    /// [`Loan::copy_from_slice`], [`Loan::fill`], [`Loan::put_u64_le`], or `std::io::Write`
+    /// from a cursor, so `write!` or a serde serialiser encodes straight into the ring), never
+    /// through a `&mut [u8]` over the shared mapping. [`Loan::commit`] publishes the message
+    /// (computing its checksum then). Dropping the loan publishes nothing, and neither does a
+    /// publisher killed while it holds one: subscribers never see the bytes of a loan that was
+    /// not committed. The loan holds exactly `len` bytes (1 up to
+    /// [`max_message`](Self::max_message)); it starts with whatever the ring held there, so
+    /// write all of it. An offset past the loan's end panics (see [`Loan`]); the `io::Write`
+    /// form returns `WriteZero` instead.
+    ///
+    /// Making room for the loan may lap a slow subscriber, as a publish of `len` bytes would,
+    /// even if the loan is dropped.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("loan.ring");
+    /// use podcache_writer::Publisher;
+    /// use std::io::Write;
+    ///
+    /// let mut publisher = Publisher::builder(&path).capacity(1 << 16).create()?;
+    /// let mut loan = publisher.loan(16)?;
+    /// loan.put_u64_le(0, 7);
+    /// loan.fill_at(8, 8, 0xab);
+    /// assert_eq!(loan.commit(), 1);
+    ///
+    /// // Encode in place: write! through io::Write, at most the loan's length.
+    /// let mut loan = publisher.loan(11)?;
+    /// write!(loan, "hello {:05}", 42)?;
+    /// assert_eq!(loan.remaining(), 0);
+    /// assert!(write!(loan, "!").is_err(), "past the end: WriteZero, not a panic");
+    /// assert_eq!(loan.commit(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
+        self.ring.loan(len)
     }
 
     /// Encode `value` with postcard and publish it.
@@ -170,6 +239,11 @@ impl Publisher {
     /// Bytes of records the ring holds.
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Whether records carry payload checksums (see [`PublisherBuilder::checksums`]).
+    pub fn checksums(&self) -> bool {
+        self.checksums
     }
 
     /// Writer epoch: 1 for the creator, +1 for each publisher that attached after it.

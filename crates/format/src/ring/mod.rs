@@ -20,7 +20,8 @@
 //! `len: u32 | crc: u32`, word 1: `seq: u64` — then the payload, padded to 8 bytes. A record
 //! never straddles the end of the data region: when it does not fit, the writer stores a
 //! padding marker (`len == u32::MAX`, 8 bytes) and starts the record at offset 0. The crc is
-//! crc32 (IEEE) of the payload XORed with a mix of `seq` (see docs/design.md, "Checksums").
+//! crc32 (IEEE) of the payload XORed with a mix of `seq` (see docs/design.md, "Checksums"), or 0 in
+//! a ring created without payload checksums ([`RingParams::checksums`]).
 //!
 //! # Protocol
 //!
@@ -55,12 +56,12 @@ mod wait;
 #[cfg(feature = "write")]
 mod writer;
 
-pub use reader::RingReader;
+pub use reader::{MsgBytes, RingReader};
 #[cfg(feature = "write")]
 pub use recovery::Recovery;
 pub use wait::wake_readers;
 #[cfg(feature = "write")]
-pub use writer::{Claim, RingWriter};
+pub use writer::{Claim, Loan, RingWriter};
 
 /// Let `ticks` of the logical clock pass (loom models only: the clock that stands in for time
 /// under `--cfg loom`, see `clock.rs`): a thread preempted for that long.
@@ -112,6 +113,10 @@ pub struct RingParams {
     pub capacity: u64,
     /// Largest message payload in bytes.
     pub max_msg: u32,
+    /// Whether records carry a payload checksum (crc32) that readers verify: header parameter
+    /// word 7 is [`CHECKSUM_CRC32`](crate::header::CHECKSUM_CRC32) or
+    /// [`CHECKSUM_NONE`](crate::header::CHECKSUM_NONE).
+    pub checksums: bool,
 }
 
 /// Why ring parameters were refused.
@@ -152,7 +157,12 @@ impl std::fmt::Display for ParamsError {
             }
             ParamsError::BadDataOffset(o) => write!(f, "data offset {o} is invalid"),
             ParamsError::UnknownChecksum(id) => {
-                write!(f, "checksum algorithm {id} unknown (this build knows {})", crate::header::CHECKSUM_CRC32)
+                write!(
+                    f,
+                    "checksum algorithm {id} unknown (this build knows {} and {})",
+                    crate::header::CHECKSUM_NONE,
+                    crate::header::CHECKSUM_CRC32
+                )
             }
             ParamsError::BeyondFile { needed, file_size } => {
                 write!(f, "ring layout needs {needed} B but the file has {file_size} B")
@@ -164,11 +174,16 @@ impl std::fmt::Display for ParamsError {
 impl std::error::Error for ParamsError {}
 
 impl RingParams {
-    /// Parameters for a ring file holding `capacity` bytes of records.
+    /// Parameters for a ring file holding `capacity` bytes of records, with checksums.
     pub fn new(capacity: u64, max_msg: u32) -> Result<RingParams, ParamsError> {
-        let p = RingParams { data_offset: FILE_DATA_OFFSET, capacity, max_msg };
+        let p = RingParams { data_offset: FILE_DATA_OFFSET, capacity, max_msg, checksums: true };
         p.check()?;
         Ok(p)
+    }
+
+    /// The same parameters with payload checksums on or off.
+    pub fn with_checksums(self, on: bool) -> RingParams {
+        RingParams { checksums: on, ..self }
     }
 
     /// Largest payload a ring of `capacity` bytes accepts.
@@ -198,18 +213,20 @@ impl RingParams {
 
     /// The header parameter words.
     pub fn to_words(&self) -> [u64; PARAM_WORDS] {
-        [self.data_offset, self.capacity, u64::from(self.max_msg), 0, 0, 0, 0, crate::header::CHECKSUM_CRC32]
+        let checksum = if self.checksums { crate::header::CHECKSUM_CRC32 } else { crate::header::CHECKSUM_NONE };
+        [self.data_offset, self.capacity, u64::from(self.max_msg), 0, 0, 0, 0, checksum]
     }
 
     /// Read back from a validated header. The values are still checked: the file is untrusted.
     pub fn from_header(h: &HeaderView) -> Result<RingParams, ParamsError> {
         let max_msg = u32::try_from(h.params[2])
             .map_err(|_| ParamsError::BadMaxMessage { max_msg: u32::MAX, limit: Self::max_msg_limit(h.params[1]) })?;
-        let checksum = h.params[crate::header::PARAM_CHECKSUM];
-        if checksum != crate::header::CHECKSUM_CRC32 {
-            return Err(ParamsError::UnknownChecksum(checksum));
-        }
-        let p = RingParams { data_offset: h.params[0], capacity: h.params[1], max_msg };
+        let checksums = match h.params[crate::header::PARAM_CHECKSUM] {
+            crate::header::CHECKSUM_CRC32 => true,
+            crate::header::CHECKSUM_NONE => false,
+            other => return Err(ParamsError::UnknownChecksum(other)),
+        };
+        let p = RingParams { data_offset: h.params[0], capacity: h.params[1], max_msg, checksums };
         p.check()?;
         if p.file_size() > h.file_size {
             return Err(ParamsError::BeyondFile { needed: p.file_size(), file_size: h.file_size });
@@ -362,9 +379,14 @@ pub const fn record_size(len: usize) -> u64 {
 #[cfg(feature = "write")]
 /// The record checksum: crc32 of the payload under the sequence number (see
 /// [`crate::checksum`]); a wrong `len` makes the reader hash other bytes, so it is caught too.
+/// Zero in a ring without checksums.
 #[inline]
-fn record_crc(seq: u64, payload: &[u8]) -> u32 {
-    checksum(seq, &[payload])
+fn record_crc(g: &Geometry, seq: u64, payload: &[u8]) -> u32 {
+    if g.crc {
+        checksum(seq, &[payload])
+    } else {
+        0
+    }
 }
 
 /// Whether the writer may have overwritten anything a reader copied from the record at `pos`
@@ -374,7 +396,8 @@ fn lapped(w: &[AtomicU64], g: &Geometry, pos: u64) -> bool {
     // SYNC: Acquire fence, pairs with the Release stores of record words (RingWriter::
     // finish_record, the payload stores of region::copy_in and WordWriter::write, the padding
     // marker in RingWriter::reserve), each sequenced after the lease store in
-    // RingWriter::extend_lease that allowed it.
+    // RingWriter::extend_lease that allowed it, and with the Release fence after that lease
+    // store, which orders a Loan's Relaxed payload stores (region::store_bytes).
     fence(Ordering::Acquire);
     // Relaxed: ordered by the fence above.
     let lease = w[W_LEASE].load(Ordering::Relaxed);
@@ -388,13 +411,21 @@ struct Geometry {
     cap: u64,
     mask: u64,
     max_msg: u32,
+    /// Whether records carry payload checksums.
+    crc: bool,
 }
 
 impl Geometry {
     fn new(region: &Region, p: &RingParams) -> Geometry {
         p.check().expect("ring params are validated before use");
         assert!(p.file_size() <= region.len_bytes(), "region smaller than the ring");
-        Geometry { data_word: (p.data_offset / 8) as usize, cap: p.capacity, mask: p.capacity - 1, max_msg: p.max_msg }
+        Geometry {
+            data_word: (p.data_offset / 8) as usize,
+            cap: p.capacity,
+            mask: p.capacity - 1,
+            max_msg: p.max_msg,
+            crc: p.checksums,
+        }
     }
 
     /// Word index of position `pos` in the region.

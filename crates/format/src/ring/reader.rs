@@ -1,8 +1,8 @@
 //! The reader side of the ring: a cursor that never stores to the region.
 
 use super::*;
-use crate::checksum::Checksummer;
-use crate::region::copy_out;
+use crate::checksum::{Checksummer, Crc};
+use crate::region::{copy_out, copy_out_bytes};
 use crate::sync::load_acquire;
 use std::sync::Arc;
 
@@ -191,6 +191,12 @@ impl RingReader {
         (!self.lapped(self.pos) && seq <= MAX_SEQ).then_some(seq)
     }
 
+    /// Whether records of this ring carry payload checksums to verify.
+    #[inline]
+    fn checks_crc(&self) -> bool {
+        self.g.crc
+    }
+
     #[inline]
     fn lapped(&self, pos: u64) -> bool {
         lapped(self.region.words(), &self.g, pos)
@@ -207,7 +213,27 @@ impl RingReader {
         match self.read_fast(buf) {
             Fast::Msg(m) => Ok(Some(m)),
             Fast::Empty => Ok(None),
-            Fast::Unsure => self.read_general(buf),
+            Fast::Unsure => self.read_general(&mut Buf(buf)),
+        }
+    }
+
+    /// Zero-copy read: call `f` on the next message while it is still in the ring, then
+    /// validate (not lapped, sequence and checksum). `Ok(None)` when there is no message yet.
+    ///
+    /// `f` looks at bytes the writer may be overwriting at that moment (a reader lapped while
+    /// `f` runs): it may see torn bytes, so it must not trust them (no indexing by a length
+    /// read from them without a bounds check, no `unsafe` based on them). When validation fails
+    /// the result of `f` is dropped, the reader jumps as it does after any lap, and `f` is
+    /// called again on the next message; only the result of a call on validated bytes is
+    /// returned, with the message's metadata.
+    pub fn read_with<R>(&mut self, f: impl FnMut(&MsgBytes<'_>) -> R) -> Result<Option<(Msg, R)>, ReadError> {
+        let mut sink = InPlace { f, out: None, crc: 0, crc_on: self.checks_crc() };
+        match self.read_general(&mut sink)? {
+            Some(m) => {
+                let out = sink.out.take().expect("a message read in place ran the closure");
+                Ok(Some((m, out)))
+            }
+            None => Ok(None),
         }
     }
 
@@ -265,7 +291,7 @@ impl RingReader {
         if lapped(w, g, pos) || seq != expected || seq > MAX_SEQ {
             return Fast::Unsure;
         }
-        if self.crc.checksum(seq, out) != (w0 >> 32) as u32 {
+        if g.crc && self.crc.checksum(seq, out) != (w0 >> 32) as u32 {
             return Fast::Unsure;
         }
         self.expect = Expect::Seq(seq + 1);
@@ -273,9 +299,10 @@ impl RingReader {
         Fast::Msg(Msg { len, seq, lost: 0 })
     }
 
-    /// [`read`](Self::read) for every case: starts, laps, padding, errors.
+    /// [`read`](Self::read) (and [`read_with`](Self::read_with)) for every case: starts, laps,
+    /// padding, errors.
     #[inline(never)]
-    fn read_general(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
+    fn read_general<S: Sink>(&mut self, sink: &mut S) -> Result<Option<Msg>, ReadError> {
         let mut resyncs = 0;
         loop {
             if resyncs > MAX_RESYNCS {
@@ -331,7 +358,7 @@ impl RingReader {
                 return Err(ReadError::Corrupt { pos, reason: "record length out of range" });
             }
             let len = len as usize;
-            if buf.len() < len {
+            if !sink.fits(len) {
                 if self.lapped(pos) {
                     resyncs += 1;
                     self.on_lap();
@@ -340,7 +367,8 @@ impl RingReader {
                 return Err(ReadError::BufferTooSmall { needed: len });
             }
             let seq = w[first + 1].load(Ordering::Relaxed);
-            copy_out(w, first + 2, &mut buf[..len]);
+            // `first + 2 .. first + rec / 8` is in the data region: `off + rec <= cap`.
+            sink.load(w, first + 2, len, seq);
             if self.lapped(pos) {
                 resyncs += 1;
                 self.on_lap();
@@ -354,7 +382,7 @@ impl RingReader {
             if seq > MAX_SEQ || !in_order {
                 return Err(ReadError::Corrupt { pos, reason: "sequence number out of order" });
             }
-            if self.crc.checksum(seq, &buf[..len]) != (w0 >> 32) as u32 {
+            if self.checks_crc() && sink.checksum(&self.crc, seq, len) != (w0 >> 32) as u32 {
                 return Err(ReadError::Corrupt { pos, reason: "checksum mismatch" });
             }
             let lost = match self.expect {
@@ -366,5 +394,136 @@ impl RingReader {
             self.pos += rec;
             return Ok(Some(Msg { len, seq, lost }));
         }
+    }
+}
+
+/// Where [`RingReader::read_general`] puts a message.
+trait Sink {
+    /// Whether a message of `len` bytes fits.
+    fn fits(&self, len: usize) -> bool;
+    /// Take the `len` payload bytes at word `first` of `w` (a message with sequence `seq`) with
+    /// Relaxed loads; the caller validates (lap check) afterwards.
+    fn load(&mut self, w: &[AtomicU64], first: usize, len: usize, seq: u64);
+    /// The checksum of what `load` took, under `seq` (called once the load was validated).
+    fn checksum(&self, crc: &Checksummer, seq: u64, len: usize) -> u32;
+}
+
+/// Copy into the caller's buffer.
+struct Buf<'b>(&'b mut [u8]);
+
+impl Sink for Buf<'_> {
+    #[inline]
+    fn fits(&self, len: usize) -> bool {
+        self.0.len() >= len
+    }
+
+    #[inline]
+    fn load(&mut self, w: &[AtomicU64], first: usize, len: usize, _seq: u64) {
+        copy_out(w, first, &mut self.0[..len]);
+    }
+
+    #[inline]
+    fn checksum(&self, crc: &Checksummer, seq: u64, len: usize) -> u32 {
+        crc.checksum(seq, &self.0[..len])
+    }
+}
+
+/// Leave the message in the ring: run the caller's closure on it there.
+struct InPlace<F, R> {
+    f: F,
+    out: Option<R>,
+    /// Checksum of the bytes as loaded for it, before the lap check.
+    crc: u32,
+    crc_on: bool,
+}
+
+impl<F: FnMut(&MsgBytes<'_>) -> R, R> Sink for InPlace<F, R> {
+    #[inline]
+    fn fits(&self, _len: usize) -> bool {
+        true
+    }
+
+    fn load(&mut self, w: &[AtomicU64], first: usize, len: usize, seq: u64) {
+        let bytes = MsgBytes { words: w, first, len };
+        // A previous call's result was on bytes that failed validation: dropped here.
+        self.out = Some((self.f)(&bytes));
+        // The checksum must come from loads made before the lap check, as the closure's did:
+        // a copy after it could see a later writer's bytes. (The closure and the checksum load
+        // the bytes separately; validated, both loaded what the writer committed.)
+        if self.crc_on {
+            let mut h = Crc::new(seq);
+            let mut chunk = [0u8; 512];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(chunk.len());
+                bytes.copy_to(at, &mut chunk[..n]);
+                h.update(&chunk[..n]);
+                at += n;
+            }
+            self.crc = h.finalize();
+        }
+    }
+
+    #[inline]
+    fn checksum(&self, _crc: &Checksummer, _seq: u64, _len: usize) -> u32 {
+        self.crc
+    }
+}
+
+/// A message's bytes still in the ring, handed to the closure of a zero-copy read.
+///
+/// The writer may be overwriting them while the closure runs (only if this reader is being
+/// lapped), so they are read with word loads, never through a `&[u8]`, and the read validates
+/// afterwards: the closure may see torn bytes, and its result is returned only if it was not.
+pub struct MsgBytes<'a> {
+    words: &'a [AtomicU64],
+    /// Word index of the first payload byte (payloads start 8-aligned).
+    first: usize,
+    len: usize,
+}
+
+impl MsgBytes<'_> {
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the message is empty (never: messages are 1 byte or more).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy `out.len()` bytes starting at byte `start` of the message into `out`. Panics if
+    /// `start + out.len()` exceeds [`len`](Self::len).
+    #[inline]
+    pub fn copy_to(&self, start: usize, out: &mut [u8]) {
+        let end = start.checked_add(out.len()).expect("range overflows");
+        assert!(end <= self.len, "range {start}..{end} out of a message of {} bytes", self.len);
+        copy_out_bytes(self.words, self.first * 8 + start, out);
+    }
+
+    /// The 8 bytes at byte `start` as a little-endian `u64` (panics past the end).
+    #[inline]
+    pub fn u64_le_at(&self, start: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.copy_to(start, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// The byte at `i` (panics past the end).
+    #[inline]
+    pub fn byte(&self, i: usize) -> u8 {
+        let mut b = [0u8; 1];
+        self.copy_to(i, &mut b);
+        b[0]
+    }
+
+    /// Copy the whole message into a new `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len];
+        self.copy_to(0, &mut v);
+        v
     }
 }

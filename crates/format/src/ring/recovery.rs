@@ -104,9 +104,11 @@ impl RingWriter {
                 return None;
             }
             let seq = w[g.word(pos) + 1].load(Ordering::Relaxed);
-            buf.resize(len as usize, 0);
-            copy_out(w, g.word(pos) + 2, &mut buf);
-            if seq > MAX_SEQ || record_crc(seq, &buf) != (w0 >> 32) as u32 || last.is_some_and(|l| l + 1 != seq) {
+            if g.crc {
+                buf.resize(len as usize, 0);
+                copy_out(w, g.word(pos) + 2, &mut buf);
+            }
+            if seq > MAX_SEQ || record_crc(g, seq, &buf) != (w0 >> 32) as u32 || last.is_some_and(|l| l + 1 != seq) {
                 return None;
             }
             last = Some(seq);

@@ -3,7 +3,7 @@
 use super::*;
 use crate::checksum::Crc;
 use crate::clock::WakeClock;
-use crate::region::{copy_in, WordWriter};
+use crate::region::{copy_in, copy_out, fill_bytes, store_bytes, WordWriter};
 use std::sync::Arc;
 
 /// A writer's [`WakePolicy`], with the adaptive policy's clock.
@@ -178,6 +178,14 @@ impl RingWriter {
         // lapped by this lease then sees the head stored before it). For the data it covers,
         // the data's own Release stores order it.
         w[W_LEASE].store(new, Ordering::Release);
+        // SYNC: Release fence, pairs with the Acquire fence in `ring::lapped`. It orders every
+        // later store of this writer after the lease store, the Relaxed payload stores of a
+        // `Loan` included (region::store_bytes / fill_bytes): a lapped reader that loaded one of
+        // them sees this lease after its fence and discards its copy. The writer's other record
+        // stores are Release stores and need no fence; the loan's are Relaxed so that a loan
+        // costs one plain store per word on every CPU. One fence per lease step (capacity/16
+        // bytes), not per message; on x86 it is only a compiler barrier.
+        fence(Ordering::Release);
         self.lease = new;
     }
 
@@ -190,7 +198,7 @@ impl RingWriter {
         let w = self.region.words();
         let first = self.g.word(start);
         copy_in(w, first + 2, msg);
-        self.finish_record(start, seq, msg.len() as u32, record_crc(seq, msg));
+        self.finish_record(start, seq, msg.len() as u32, record_crc(&self.g, seq, msg));
         Ok(seq)
     }
 
@@ -239,7 +247,7 @@ impl RingWriter {
         let out = WordWriter::new(self.g.word(start) + 2);
         // No other record can be written while the claim borrows the writer: `next_seq` is
         // the claim's sequence number.
-        let crc = Crc::new(self.next_seq);
+        let crc = self.g.crc.then(|| Crc::new(self.next_seq));
         Ok(Claim { writer: self, start, cap: max_len, out, crc })
     }
 }
@@ -250,7 +258,8 @@ pub struct Claim<'w> {
     start: u64,
     cap: usize,
     out: WordWriter,
-    crc: Crc,
+    /// `None` in a ring without checksums.
+    crc: Option<Crc>,
 }
 
 impl Claim<'_> {
@@ -273,7 +282,9 @@ impl Claim<'_> {
     /// `bytes.len()` only when the claim is full).
     pub fn write(&mut self, bytes: &[u8]) -> usize {
         let take = bytes.len().min(self.remaining());
-        self.crc.update(&bytes[..take]);
+        if let Some(crc) = &mut self.crc {
+            crc.update(&bytes[..take]);
+        }
         self.out.write(self.writer.region.words(), &bytes[..take]);
         take
     }
@@ -285,7 +296,7 @@ impl Claim<'_> {
             return Err(PublishError::Empty);
         }
         let seq = self.writer.next_seq;
-        self.writer.finish_record(self.start, seq, len as u32, self.crc.finalize());
+        self.writer.finish_record(self.start, seq, len as u32, self.crc.map_or(0, Crc::finalize));
         let end = self.writer.tail_after;
         self.writer.commit(end);
         Ok(seq)
@@ -302,5 +313,275 @@ impl std::io::Write for Claim<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A message written in place: `len` bytes of the ring itself, lent by a ring writer's
+/// [`loan`](RingWriter::loan) (`Publisher::loan` in the writer library). The bytes are filled
+/// through the loan's methods ([`write_at`](Loan::write_at), [`fill`](Loan::fill),
+/// [`put_u64_le`](Loan::put_u64_le), or [`std::io::Write`] from a cursor, so a serialiser can
+/// encode straight into the ring); [`commit`](Loan::commit) publishes them, and dropping the
+/// loan publishes nothing.
+///
+/// No reference to the ring is ever handed out: every write is a run of atomic word stores
+/// into the mapping (a partial word at either edge merged with the word's other bytes), as a
+/// publish's copy is. The loan starts with whatever the ring held there, so write all of it.
+///
+/// # Offsets
+///
+/// Offsets are byte offsets into the message, `0..len()`. A write that would reach past
+/// `len()` is a bug in the caller and panics with a message naming the offset, the length
+/// and the loan's size, as indexing a slice would; nothing of it is stored. The
+/// [`std::io::Write`] form never panics: it writes what fits and then returns `WriteZero`.
+///
+/// # Ordering
+///
+/// The stores are Relaxed. A reader that takes the message does so only after loading the
+/// `tail` that [`commit`](Loan::commit) stores with Release after the record header, so it
+/// sees every store the loan made. A reader still copying an older record at the same place
+/// is one the lease laps: the lease store covering these bytes is followed by a Release fence
+/// (`extend_lease`) that every later store of the writer comes after, so a reader that loaded
+/// one of the loan's bytes sees that lease after its Acquire fence and discards its copy.
+pub struct Loan<'w> {
+    writer: &'w mut RingWriter,
+    start: u64,
+    /// Byte index (in the region) of the payload's first byte; word-aligned.
+    byte: usize,
+    len: usize,
+    /// The cursor of the `io::Write` form.
+    pos: usize,
+    /// The checksum of bytes `0..crc_upto` as written, while the message is written front to
+    /// back (`None` once a write left that order, or in a ring without checksums): `commit`
+    /// then needs no second pass over the payload. Otherwise `commit` reads it back.
+    crc: Option<Crc>,
+    crc_upto: usize,
+}
+
+impl RingWriter {
+    /// Lend `len` bytes of the ring to write a message in place (see [`Loan`]). Space is made
+    /// as for a publish of `len` bytes: a slow reader may be lapped by it even if the loan is
+    /// dropped.
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
+        self.check_len(len)?;
+        // `reserve` moves the lease past the record if needed; the Release fence after every
+        // lease store (`extend_lease`) orders the loan's Relaxed stores after it.
+        let start = self.reserve(self.tail, len as u64);
+        let byte = (self.g.word(start) + 2) * 8;
+        Ok(Loan { writer: self, start, byte, len, pos: 0, crc: None, crc_upto: 0 })
+    }
+}
+
+impl Loan<'_> {
+    /// The message's length in bytes (what [`loan`](RingWriter::loan) was asked for).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always `false`: a loan holds at least one byte.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Panic unless `at..at + n` lies inside the message.
+    #[inline]
+    #[track_caller]
+    fn check(&self, what: &str, at: usize, n: usize) {
+        if at.checked_add(n).is_none_or(|end| end > self.len) {
+            out_of_range(what, at, n, self.len);
+        }
+    }
+
+    /// Keep the running checksum for `n` bytes stored at `at` (`hash` feeds them): a write at
+    /// offset 0 starts it again, one at its end extends it, any other write drops it.
+    #[inline]
+    fn track(&mut self, at: usize, n: usize, hash: impl FnOnce(&mut Crc)) {
+        if n == 0 || !self.writer.g.crc {
+            return;
+        }
+        if at == 0 {
+            self.crc = Some(Crc::new(self.writer.next_seq));
+            self.crc_upto = 0;
+        }
+        match &mut self.crc {
+            Some(c) if at == self.crc_upto => {
+                hash(c);
+                self.crc_upto += n;
+            }
+            _ => self.crc = None,
+        }
+    }
+
+    /// Store `bytes` at offset `at` of the message.
+    ///
+    /// # Panics
+    ///
+    /// If `at + bytes.len() > self.len()` (see [Offsets](Loan#offsets)).
+    #[inline]
+    #[track_caller]
+    pub fn write_at(&mut self, at: usize, bytes: &[u8]) {
+        self.check("write_at", at, bytes.len());
+        store_bytes(self.writer.region.words(), self.byte + at, bytes);
+        self.track(at, bytes.len(), |c| c.update(bytes));
+    }
+
+    /// Store `src` as the whole message.
+    ///
+    /// # Panics
+    ///
+    /// If `src.len() != self.len()`, as [`slice::copy_from_slice`] does.
+    #[inline]
+    #[track_caller]
+    pub fn copy_from_slice(&mut self, src: &[u8]) {
+        if src.len() != self.len {
+            panic!("Loan::copy_from_slice: {} bytes given for a loan of {} bytes", src.len(), self.len);
+        }
+        store_bytes(self.writer.region.words(), self.byte, src);
+        self.track(0, src.len(), |c| c.update(src));
+    }
+
+    /// Set every byte of the message to `byte`.
+    #[inline]
+    pub fn fill(&mut self, byte: u8) {
+        self.fill_at(0, self.len, byte);
+    }
+
+    /// Set `n` bytes from offset `at` to `byte`.
+    ///
+    /// # Panics
+    ///
+    /// If `at + n > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn fill_at(&mut self, at: usize, n: usize, byte: u8) {
+        self.check("fill_at", at, n);
+        fill_bytes(self.writer.region.words(), self.byte + at, n, byte);
+        self.track(at, n, |c| {
+            let block = [byte; 256];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(block.len());
+                c.update(&block[..k]);
+                left -= k;
+            }
+        });
+    }
+
+    /// Store `v` little-endian at offset `at` (any alignment).
+    ///
+    /// # Panics
+    ///
+    /// If `at + 8 > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn put_u64_le(&mut self, at: usize, v: u64) {
+        self.check("put_u64_le", at, 8);
+        let byte = self.byte + at;
+        let words = self.writer.region.words();
+        if byte.is_multiple_of(8) {
+            // Relaxed: see the type's docs (Ordering).
+            words[byte / 8].store(v, Ordering::Relaxed);
+        } else {
+            store_bytes(words, byte, &v.to_le_bytes());
+        }
+        self.track(at, 8, |c| c.update(&v.to_le_bytes()));
+    }
+
+    /// Store `v` little-endian at offset `at` (any alignment).
+    ///
+    /// # Panics
+    ///
+    /// If `at + 4 > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn put_u32_le(&mut self, at: usize, v: u32) {
+        self.check("put_u32_le", at, 4);
+        store_bytes(self.writer.region.words(), self.byte + at, &v.to_le_bytes());
+        self.track(at, 4, |c| c.update(&v.to_le_bytes()));
+    }
+
+    /// Where the next [`std::io::Write::write`] stores (0 when the loan is made).
+    #[inline]
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Move the [`std::io::Write`] cursor.
+    ///
+    /// # Panics
+    ///
+    /// If `pos > self.len()`.
+    #[inline]
+    #[track_caller]
+    pub fn set_position(&mut self, pos: usize) {
+        self.check("set_position", pos, 0);
+        self.pos = pos;
+    }
+
+    /// Bytes the [`std::io::Write`] form can still take.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.len - self.pos
+    }
+
+    /// Publish the message: the checksum of its bytes, the record header, then the tail.
+    /// Returns its sequence number. The checksum was kept as the bytes were stored if the
+    /// message was written front to back (each write starting at offset 0 or where the last
+    /// one ended); otherwise it is computed here, reading the payload back with word loads.
+    pub fn commit(self) -> u64 {
+        let Loan { writer, start, byte, len, crc, crc_upto, .. } = self;
+        let seq = writer.next_seq;
+        let crc = if let (Some(c), true) = (crc, crc_upto == len) {
+            c.finalize()
+        } else if writer.g.crc {
+            let mut h = Crc::new(seq);
+            let mut chunk = [0u8; 512];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(chunk.len());
+                // The writer's own stores: Relaxed loads return them.
+                copy_out(writer.region.words(), (byte + at) / 8, &mut chunk[..n]);
+                h.update(&chunk[..n]);
+                at += n;
+            }
+            h.finalize()
+        } else {
+            0
+        };
+        writer.finish_record(start, seq, len as u32, crc);
+        let end = writer.tail_after;
+        writer.commit(end);
+        seq
+    }
+}
+
+#[cold]
+#[track_caller]
+fn out_of_range(what: &str, at: usize, n: usize, len: usize) -> ! {
+    panic!("Loan::{what}: {n} bytes at offset {at} do not fit in a loan of {len} bytes")
+}
+
+impl std::io::Write for Loan<'_> {
+    /// Store as much of `buf` as fits from the cursor on; `WriteZero` when nothing fits.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.remaining());
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        store_bytes(self.writer.region.words(), self.byte + self.pos, &buf[..n]);
+        self.track(self.pos, n, |c| c.update(&buf[..n]));
+        self.pos += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loan").field("len", &self.len).field("position", &self.pos).finish_non_exhaustive()
     }
 }
