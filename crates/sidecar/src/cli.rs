@@ -213,9 +213,14 @@ pub struct ServeArgs {
     /// Also serve the API on a Unix socket of this name inside --dir.
     #[arg(long, env = "PODCACHE_SOCKET")]
     pub socket: Option<String>,
-    /// Address of /healthz, /readyz and /metrics [default: [::]:7071, dual-stack: IPv4 and
-    /// IPv6, or IPv4 only where the host has no IPv6] ("none": off).
-    #[arg(long, env = "PODCACHE_OPS_LISTEN")]
+    /// Address of /healthz, /readyz and /metrics (default `[::]:7071`, dual-stack: IPv4 and
+    /// IPv6, or IPv4 only where the host has no IPv6; "none": off).
+    #[arg(
+        long,
+        env = "PODCACHE_OPS_LISTEN",
+        help = "Address of /healthz, /readyz and /metrics [default: [::]:7071, dual-stack: IPv4 and \
+                IPv6, or IPv4 only where the host has no IPv6] (\"none\": off)"
+    )]
     pub ops_listen: Option<String>,
     /// File holding a bearer token the API requires (ops endpoints are open).
     #[arg(long, env = "PODCACHE_TOKEN_FILE")]
