@@ -298,7 +298,7 @@ fn fill_on_miss_negative_entries_and_invalidation() {
     assert_eq!(header(&get(&s, "nope"), "x-podcache-source"), Some("table"));
     // The key listing shows the cached key, not the negative entry.
     let keys = http(s.api, "GET", "/v1/tables/t/keys", b"");
-    assert_eq!(String::from_utf8_lossy(&keys.body), r#"{"keys":["a"],"truncated":false}"#);
+    assert_eq!(String::from_utf8_lossy(&keys.body), r#"{"keys":["a"],"next_cursor":null,"truncated":false}"#);
 
     // Another client changes both keys: the invalidations evict them; the next get refills.
     c.run(&["SET", "k:a", "two"]);
