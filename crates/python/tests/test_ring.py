@@ -137,8 +137,8 @@ def test_blocking_recv_releases_the_gil(shm_dir, start_writer):
 
 
 @pytest.mark.skip(
-    reason="quarantined: hung in 2 of 2 full .ci/python runs on the 2-core VM (no KeyboardInterrupt "
-    "from recv even with repeated SIGINTs), never in 60+ standalone runs; cause not found"
+    reason="quarantined: in full .ci/python runs recv raised no KeyboardInterrupt even for repeated "
+    "SIGINTs (it does standalone); cause not found"
 )
 def test_blocking_recv_is_interrupted_by_ctrl_c(shm_dir, start_writer):
     path = shm_dir / "r.ring"

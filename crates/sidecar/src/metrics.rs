@@ -272,6 +272,8 @@ impl Collector for Snapshot {
 /// Render every metric in the Prometheus text format.
 pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
     let mut snap = Snapshot {
+        // SYNC: Acquire, pairs with the Release stores of `ready` in Server::serve (set once
+        // start-up is done, cleared on shutdown): ready means the files it names are open.
         ready: shared.ready.load(std::sync::atomic::Ordering::Acquire)
             && !shared.is_shutting_down()
             && shared.lost_files().is_empty(),
