@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CAPACITY: u64 = 1 << 14;
-const MAX_MSG: usize = 1000;
+// Above 1 KiB, so that copies take the bulk path (`region::bulk_copy`) as well as the word loops.
+const MAX_MSG: usize = 3000;
 
 fn publisher(path: &Path) -> Publisher {
     Publisher::builder(path).capacity(CAPACITY).max_message(MAX_MSG as u32).create().expect("create ring")

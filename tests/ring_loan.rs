@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CAPACITY: u64 = 1 << 14;
-const MAX_MSG: usize = 1000;
+// Above 1 KiB, so that copies take the bulk path (`region::bulk_copy`) as well as the word loops.
+const MAX_MSG: usize = 3000;
 
 fn publisher(path: &Path) -> Publisher {
     Publisher::builder(path).capacity(CAPACITY).max_message(MAX_MSG as u32).create().expect("create ring")
@@ -164,6 +165,52 @@ fn every_write_method_stores_exactly_its_bytes() {
                 let m = sub.try_recv(&mut buf).expect("read").expect("the message");
                 assert_eq!(buf[at..at + 4], 0xa1b2_c3d4u32.to_le_bytes(), "put_u32_le({at}) into {len}");
                 assert!(buf[..at].iter().chain(&buf[at + 4..m.len]).all(|&b| b == 0xff), "around put_u32_le({at})");
+            }
+        }
+    }
+}
+
+#[test]
+fn bulk_sized_writes_and_reads_keep_every_byte_around_them() {
+    // From 1 KiB up, writes into the ring and copies out of it are one bulk copy: check its
+    // edges at every alignment, through each way in and each way out.
+    let dir = shm_tempdir();
+    let path = dir.path().join("bulk.ring");
+    let mut p = Publisher::builder(&path).capacity(1 << 16).max_message(8192).create().expect("create ring");
+    let mut sub = Subscriber::open(&path).expect("open");
+    let mut buf = vec![0u8; 8192];
+    for len in [1024usize, 1025, 1031, 1039, 2047, 4101, 8192] {
+        for at in 0..9 {
+            for n in [1024, 1025, len - at] {
+                if at + n > len {
+                    continue;
+                }
+                let piece: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(7).wrapping_add(at as u8) | 1).collect();
+                let mut want = vec![0x5Au8; len];
+                want[at..at + n].copy_from_slice(&piece);
+                let what = format!("{n} bytes at {at} of {len}");
+
+                // In through a loan, out through a copy.
+                let mut loan = p.loan(len).expect("loan");
+                loan.fill(0x5A);
+                loan.write_at(at, &piece);
+                let seq = loan.commit();
+                let m = sub.try_recv(&mut buf).expect("read").expect("the message");
+                assert_eq!((m.seq, m.len), (seq, len), "{what}");
+                assert_eq!(&buf[..len], &want[..], "loan then copy: {what}");
+
+                // In through publish, out in place from an unaligned start.
+                p.publish(&want).expect("publish");
+                let (m, got) = sub
+                    .try_recv_in_place(|b| {
+                        let mut out = vec![0u8; n];
+                        b.copy_to(at, &mut out);
+                        out
+                    })
+                    .expect("read")
+                    .expect("the message");
+                assert_eq!(m.len, len, "{what}");
+                assert_eq!(got, piece, "publish then copy_to: {what}");
             }
         }
     }

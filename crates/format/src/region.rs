@@ -137,6 +137,43 @@ pub(crate) fn prefetch(words: &[AtomicU64], first: usize, lines: usize) {
     let _ = (words, first, lines);
 }
 
+/// Copies of at least this many bytes between the mapping and process memory are one
+/// `rep movsb` ([`bulk_copy`]) on x86_64 instead of a loop of word accesses.
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+const BULK: usize = 1024;
+
+/// Copy `n` bytes from `src` to `dst` with one `rep movsb`, where one side is shared memory
+/// that another process may write (a lapped reader's copy) or read (a ring loan) meanwhile.
+///
+/// Not a data race: an `asm!` block is opaque to the compiler, and its effect is that of a
+/// sequence of `Relaxed` one-byte atomic accesses in an unspecified order (the "byte-wise atomic
+/// memcpy" of C++ P1478), which race with nothing; a byte cannot be torn. Ordering is the
+/// caller's, as for the word loops: `rep movsb`'s stores may complete out of order among
+/// themselves but not with the stores before or after the instruction, and its loads are not
+/// reordered with later loads (x86-TSO; Intel SDM vol. 3, "Fast-String Operation and
+/// Out-of-Order Stores"). The fast-string microcode moves whole cache lines, which word loops
+/// of atomic accesses (at most 8 bytes each) cannot: several times the bandwidth for large
+/// messages.
+///
+/// # Safety
+///
+/// `src..src + n` must be readable, `dst..dst + n` writable, and the two must not overlap.
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+#[inline]
+unsafe fn bulk_copy(dst: *mut u8, src: *const u8, n: usize) {
+    // SAFETY: the caller's contract; the direction flag is clear on entry to an asm! block
+    // (Rust's inline-assembly rules), so the copy runs forwards.
+    unsafe {
+        std::arch::asm!(
+            "rep movsb",
+            inout("rcx") n => _,
+            inout("rdi") dst => _,
+            inout("rsi") src => _,
+            options(nostack, preserves_flags)
+        );
+    }
+}
+
 /// Copy `out.len()` bytes starting at word `first` out of `words` with Relaxed word loads.
 ///
 /// The caller has bounds-checked `first..first + out.len().div_ceil(8)`. Relaxed is enough: the
@@ -148,6 +185,13 @@ pub(crate) fn prefetch(words: &[AtomicU64], first: usize, lines: usize) {
 #[inline]
 pub(crate) fn copy_out(words: &[AtomicU64], first: usize, out: &mut [u8]) {
     let src = &words[first..first + out.len().div_ceil(8)];
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if out.len() >= BULK {
+        // SAFETY: `src` covers `out.len()` bytes (bounds-checked by the slice above); see
+        // `bulk_copy` for why copying shared bytes this way is not a data race.
+        unsafe { bulk_copy(out.as_mut_ptr(), src.as_ptr().cast(), out.len()) };
+        return;
+    }
     let (blocks, rest) = out.as_chunks_mut::<16>();
     let (pairs, src_rest) = src.split_at(blocks.len() * 2);
     for (b, w) in blocks.iter_mut().zip(pairs.as_chunks::<2>().0) {
@@ -199,6 +243,20 @@ fn store16(dst: &mut [u8; 16], lo: u64, hi: u64) {
 pub(crate) fn copy_in(words: &[AtomicU64], first: usize, src: &[u8]) {
     let (chunks, rest) = src.as_chunks::<8>();
     let dst = &words[first..first + chunks.len() + usize::from(!rest.is_empty())];
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if src.len() >= BULK {
+        // SYNC: Release fence, then the copy's Relaxed byte stores: the same partner as the
+        // Release stores below (a reader's Acquire fence after loading any of these bytes).
+        std::sync::atomic::fence(Ordering::Release);
+        // SAFETY: `dst` covers the whole words of `src` (bounds-checked by the slice above);
+        // see `bulk_copy` for why storing into shared bytes this way is not a data race.
+        unsafe { bulk_copy(dst.as_ptr().cast::<u8>().cast_mut(), src.as_ptr(), chunks.len() * 8) };
+        if let (false, Some(w)) = (rest.is_empty(), dst.last()) {
+            // SYNC: Release, as below.
+            w.store(le_word(rest), Ordering::Release);
+        }
+        return;
+    }
     for (chunk, w) in chunks.iter().zip(dst) {
         // SYNC: Release, pairs with the Acquire fence of the ring reader's lapping check
         // (`lapped` in the ring module), which it runs after copying these words out.
@@ -308,6 +366,14 @@ pub(crate) fn eq_bytes(words: &[AtomicU64], byte: usize, bytes: &[u8]) -> bool {
 #[inline]
 pub(crate) fn store_bytes(words: &[AtomicU64], byte: usize, mut src: &[u8]) {
     if src.is_empty() {
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    if src.len() >= BULK {
+        let dst = &words[byte / 8..(byte + src.len()).div_ceil(8)];
+        // SAFETY: `dst` covers bytes `byte..byte + src.len()` (bounds-checked by the slice
+        // above); see `bulk_copy` for why storing into shared bytes this way is not a data race.
+        unsafe { bulk_copy(dst.as_ptr().cast::<u8>().cast_mut().add(byte % 8), src.as_ptr(), src.len()) };
         return;
     }
     let (mut first, lead) = (byte / 8, byte % 8);

@@ -452,14 +452,7 @@ impl<F: FnMut(&MsgBytes<'_>) -> R, R> Sink for InPlace<F, R> {
         // the bytes separately; validated, both loaded what the writer committed.)
         if self.crc_on {
             let mut h = Crc::new(seq);
-            let mut chunk = [0u8; 512];
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(chunk.len());
-                bytes.copy_to(at, &mut chunk[..n]);
-                h.update(&chunk[..n]);
-                at += n;
-            }
+            h.update_from_words(w, first * 8, len);
             self.crc = h.finalize();
         }
     }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::checksum::Crc;
 use crate::clock::WakeClock;
-use crate::region::{copy_in, copy_out, fill_bytes, store_bytes, WordWriter};
+use crate::region::{copy_in, fill_bytes, store_bytes, WordWriter};
 use std::sync::Arc;
 
 /// A writer's [`WakePolicy`], with the adaptive policy's clock.
@@ -536,15 +536,8 @@ impl Loan<'_> {
             c.finalize()
         } else if writer.g.crc {
             let mut h = Crc::new(seq);
-            let mut chunk = [0u8; 512];
-            let mut at = 0;
-            while at < len {
-                let n = (len - at).min(chunk.len());
-                // The writer's own stores: Relaxed loads return them.
-                copy_out(writer.region.words(), (byte + at) / 8, &mut chunk[..n]);
-                h.update(&chunk[..n]);
-                at += n;
-            }
+            // The writer's own stores: Relaxed loads return them.
+            h.update_from_words(writer.region.words(), byte, len);
             h.finalize()
         } else {
             0

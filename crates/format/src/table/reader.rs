@@ -86,14 +86,7 @@ impl SharedBytes<'_> {
     }
 
     fn crc_into(&self, h: &mut Crc) {
-        let mut chunk = [0u8; 512];
-        let mut at = 0;
-        while at < self.len {
-            let n = (self.len - at).min(chunk.len());
-            self.copy_to(at, &mut chunk[..n]);
-            h.update(&chunk[..n]);
-            at += n;
-        }
+        h.update_from_words(self.words, self.byte_off, self.len);
     }
 }
 
