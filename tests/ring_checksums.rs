@@ -6,8 +6,8 @@
 
 use podcache_format::header::{CHECKSUM_CRC32, CHECKSUM_NONE, PARAM_CHECKSUM};
 use podcache_format::layout::PARAMS_OFFSET;
-use podcache_reader::{RecvError, Start, Subscriber};
-use podcache_tests::{bounded, payload, payload_into, payload_matches, shm_tempdir};
+use podcache_reader::{RecvError, Subscriber};
+use podcache_tests::{bounded, lapped_reader, payload_into, publish_loans, shm_tempdir};
 use podcache_writer::{CreateError, Publisher};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -133,44 +133,19 @@ fn without_checksums_a_lapped_reader_still_never_returns_a_torn_message() {
         let path = dir.path().join("r.ring");
         let mut p = publisher(&path, false);
         let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (path, done) = (path.clone(), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let mut sub = Subscriber::builder(&path).start(Start::Oldest).open().expect("open");
-                let mut buf = vec![0u8; MAX_MSG];
-                let (mut received, mut last) = (0u64, 0u64);
-                loop {
-                    let finished = done.load(Ordering::Acquire);
-                    // Alternate copies and in-place reads.
-                    let got = if received % 2 == 0 {
-                        sub.recv_spin(&mut buf, Duration::from_millis(10))
-                            .expect("read")
-                            .map(|m| (m, buf[..m.len].to_vec()))
-                    } else {
-                        sub.recv_spin_in_place(Duration::from_millis(10), |b| b.to_vec()).expect("read")
-                    };
-                    match got {
-                        Some((m, bytes)) => {
-                            assert!(payload_matches(m.seq, MAX_MSG, &bytes), "message {} torn", m.seq);
-                            assert!(received == 0 || m.seq == last + 1 + m.lost, "order after {last}: {m:?}");
-                            received += 1;
-                            last = m.seq;
-                        }
-                        None if finished => return (received, sub.lost(), last),
-                        None => {}
-                    }
-                }
-            })
-        };
+        let (mut buf, mut reads) = (vec![0u8; MAX_MSG], 0u64);
+        let reader = lapped_reader(&path, MAX_MSG, &done, move |sub| {
+            // Alternate copies and in-place reads.
+            reads += 1;
+            if reads % 2 == 0 {
+                let m = sub.recv_spin(&mut buf, Duration::from_millis(10)).expect("read")?;
+                Some((m, buf[..m.len].to_vec()))
+            } else {
+                sub.recv_spin_in_place(Duration::from_millis(10), |b| b.to_vec()).expect("read")
+            }
+        });
         let total = 300_000u64;
-        for _ in 0..total {
-            let seq = p.next_seq();
-            let msg = payload(seq, MAX_MSG);
-            let mut loan = p.loan(msg.len()).expect("loan");
-            loan.fill(0x3C);
-            loan.copy_from_slice(&msg);
-            loan.commit();
-        }
+        publish_loans(&mut p, total, MAX_MSG, 0x3C);
         done.store(true, Ordering::Release);
         let (received, lost, last) = reader.join().expect("reader thread");
         assert_eq!(last, total);

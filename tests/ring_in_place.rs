@@ -3,12 +3,12 @@
 //! reader lapped while its closure runs never returns what it saw, and a corrupted record is
 //! an error, not a result.
 
-use podcache_reader::{RecvError, Start, Subscriber};
-use podcache_tests::{bounded, payload, payload_matches, shm_tempdir};
+use podcache_reader::{RecvError, Subscriber};
+use podcache_tests::{bounded, lapped_reader, payload, publish_loans, shm_tempdir};
 use podcache_writer::Publisher;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,50 +69,26 @@ fn a_reader_lapped_while_its_closure_runs_never_returns_what_it_saw() {
         let path = dir.path().join("r.ring");
         let mut p = publisher(&path);
         let done = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicU64::new(0));
         let reader = {
-            let (path, done) = (path.clone(), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let mut sub = Subscriber::builder(&path).start(Start::Oldest).open().expect("open");
-                let (mut received, mut calls, mut last, mut slow) = (0u64, 0u64, 0u64, 0u64);
-                loop {
-                    let finished = done.load(Ordering::Acquire);
-                    let got = sub
-                        .recv_spin_in_place(Duration::from_millis(10), |b| {
-                            calls += 1;
-                            // A slow closure every so often, so the writer laps it mid-read.
-                            slow += 1;
-                            if slow.is_multiple_of(64) {
-                                std::thread::yield_now();
-                            }
-                            b.to_vec()
-                        })
-                        .expect("read");
-                    match got {
-                        Some((m, bytes)) => {
-                            assert!(payload_matches(m.seq, MAX_MSG, &bytes), "message {} torn", m.seq);
-                            assert!(received == 0 || m.seq == last + 1 + m.lost, "order after {last}: {m:?}");
-                            received += 1;
-                            last = m.seq;
-                        }
-                        None if finished => return (received, calls, sub.lost(), last),
-                        None => {}
+            let calls = Arc::clone(&calls);
+            lapped_reader(&path, MAX_MSG, &done, move |sub| {
+                sub.recv_spin_in_place(Duration::from_millis(10), |b| {
+                    // A slow closure every so often, so the writer laps it mid-read.
+                    if calls.fetch_add(1, Ordering::Relaxed) % 64 == 63 {
+                        std::thread::yield_now();
                     }
-                }
+                    b.to_vec()
+                })
+                .expect("read")
             })
         };
         let total = 300_000u64;
-        for _ in 0..total {
-            let seq = p.next_seq();
-            let msg = payload(seq, MAX_MSG);
-            let mut loan = p.loan(msg.len()).expect("loan");
-            loan.fill(0xC3);
-            loan.copy_from_slice(&msg);
-            loan.commit();
-        }
+        publish_loans(&mut p, total, MAX_MSG, 0xC3);
         done.store(true, Ordering::Release);
-        let (received, calls, lost, last) = reader.join().expect("reader thread");
+        let (received, lost, last) = reader.join().expect("reader thread");
         assert_eq!(last, total, "the reader reaches the last message");
-        assert!(calls >= received);
+        assert!(calls.load(Ordering::Relaxed) >= received);
         assert!(received + lost <= total, "received {received} + lost {lost} > published {total}");
     });
 }

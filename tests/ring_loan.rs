@@ -5,8 +5,8 @@
 //! returns bytes a loan was writing (the crash test, `ring_crash`, SIGKILLs publishers with loans
 //! outstanding).
 
-use podcache_reader::{Start, Subscriber};
-use podcache_tests::{bounded, payload, payload_into, payload_matches, shm_tempdir, Rng};
+use podcache_reader::Subscriber;
+use podcache_tests::{bounded, lapped_reader, payload, payload_into, publish_loans, shm_tempdir, Rng};
 use podcache_writer::{Loan, PublishError, Publisher};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -306,37 +306,14 @@ fn a_reader_lapped_by_loans_never_returns_what_a_loan_was_writing() {
         let path = dir.path().join("loan.ring");
         let mut p = publisher(&path);
         let done = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (path, done) = (path.clone(), Arc::clone(&done));
-            std::thread::spawn(move || {
-                let mut sub = Subscriber::builder(&path).start(Start::Oldest).open().expect("open");
-                let mut buf = vec![0u8; MAX_MSG];
-                let (mut received, mut last) = (0u64, 0u64);
-                loop {
-                    let finished = done.load(Ordering::Acquire);
-                    match sub.recv_spin(&mut buf, Duration::from_millis(10)).expect("read") {
-                        Some(m) => {
-                            assert!(payload_matches(m.seq, MAX_MSG, &buf[..m.len]), "message {} torn", m.seq);
-                            assert!(received == 0 || m.seq == last + 1 + m.lost, "order after {last}: {m:?}");
-                            received += 1;
-                            last = m.seq;
-                        }
-                        None if finished => return (received, sub.lost(), last),
-                        None => {}
-                    }
-                }
-            })
-        };
+        let mut buf = vec![0u8; MAX_MSG];
+        let reader = lapped_reader(&path, MAX_MSG, &done, move |sub| {
+            let m = sub.recv_spin(&mut buf, Duration::from_millis(10)).expect("read")?;
+            Some((m, buf[..m.len].to_vec()))
+        });
         // The loans start with garbage, so a torn copy would show it.
         let total = 300_000u64;
-        for _ in 0..total {
-            let seq = p.next_seq();
-            let msg = payload(seq, MAX_MSG);
-            let mut loan = p.loan(msg.len()).expect("loan");
-            loan.fill(0x5A);
-            loan.copy_from_slice(&msg);
-            loan.commit();
-        }
+        publish_loans(&mut p, total, MAX_MSG, 0x5A);
         done.store(true, Ordering::Release);
         let (received, lost, last) = reader.join().expect("reader thread");
         assert_eq!(last, total, "the reader reaches the last message");

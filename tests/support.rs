@@ -4,6 +4,8 @@
 //!   run can be replayed with `PODCACHE_TEST_SEED=<seed>`.
 //! - [`payload`] / [`payload_matches`]: message bytes derived from the sequence number alone,
 //!   so a reader checks every message independently of the ring's crc.
+//! - [`lapped_reader`] / [`publish_loans`]: a reader thread that a publisher laps, checking
+//!   each message it gets, and the publisher's side (loans that start as garbage).
 //! - [`self_command`] / [`child_role`] / [`ChildProc`]: a test re-executes its own binary as
 //!   a child process (`PODCACHE_TEST_ROLE=<role>`, libtest filtered to the one test with
 //!   `--exact`). Children report to the parent with [`report`] lines on stdout; the handle
@@ -20,13 +22,17 @@
 //! - [`TableImage`]: a table file as bytes, with the byte map of docs/design.md §4.2, to read
 //!   and corrupt it at known offsets and to recompute what the writer keeps (overflow counts).
 
+use podcache_reader::{Msg, Start, Subscriber};
+use podcache_writer::Publisher;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -135,6 +141,50 @@ pub fn payload_matches(seq: u64, max: usize, bytes: &[u8]) -> bool {
         s = splitmix(s);
         chunk == &s.to_le_bytes()[..chunk.len()]
     })
+}
+
+/// A reader thread on the ring at `path` (from its oldest message) that a fast publisher laps.
+/// `read` returns the next message and its bytes, or `None` after a short wait; every message
+/// must be [`payload_matches`]-intact and follow the previous one after the messages counted
+/// lost. Once `done` is set and a read finds nothing, the thread returns
+/// `(received, lost, last sequence seen)`.
+pub fn lapped_reader(
+    path: &Path,
+    max: usize,
+    done: &Arc<AtomicBool>,
+    mut read: impl FnMut(&mut Subscriber) -> Option<(Msg, Vec<u8>)> + Send + 'static,
+) -> JoinHandle<(u64, u64, u64)> {
+    let (path, done) = (path.to_path_buf(), Arc::clone(done));
+    std::thread::spawn(move || {
+        let mut sub = Subscriber::builder(&path).start(Start::Oldest).open().expect("open");
+        let (mut received, mut last) = (0u64, 0u64);
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            match read(&mut sub) {
+                Some((m, bytes)) => {
+                    assert!(payload_matches(m.seq, max, &bytes), "message {} torn", m.seq);
+                    assert!(received == 0 || m.seq == last + 1 + m.lost, "order after {last}: {m:?}");
+                    received += 1;
+                    last = m.seq;
+                }
+                None if finished => return (received, sub.lost(), last),
+                None => {}
+            }
+        }
+    })
+}
+
+/// Publish `total` messages ([`payload`] of up to `max` bytes) through loans that are first
+/// filled with `garbage`, so that a reader's torn copy of one would show it.
+pub fn publish_loans(p: &mut Publisher, total: u64, max: usize, garbage: u8) {
+    for _ in 0..total {
+        let seq = p.next_seq();
+        let msg = payload(seq, max);
+        let mut loan = p.loan(msg.len()).expect("loan");
+        loan.fill(garbage);
+        loan.copy_from_slice(&msg);
+        loan.commit();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
