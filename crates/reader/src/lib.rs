@@ -62,9 +62,20 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! ## A near cache over Redis (feature `fill`)
+//!
+//! A table the sidecar mirrors from Redis (`podcache serve --upstream … --mirror TABLE=PREFIX`)
+//! is read like any other; with the `fill` feature, `NearTable` also fills it on a miss: it
+//! asks the sidecar over its Unix socket, which fetches the key from Redis once however many
+//! containers miss at once, then reads the value from shared memory. See the `fill` module's
+//! documentation for the contract, timeouts and errors.
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(feature = "fill")]
+pub mod fill;
 mod subscriber;
 mod table;
 
@@ -78,6 +89,9 @@ pub use podcache_format::{Kind, OpenError};
 pub use subscriber::ASYNC_WAIT_SLICE;
 pub use subscriber::{Subscriber, SubscriberBuilder, TypedRecvError};
 pub use table::{TableReader, TypedGetError};
+
+#[cfg(feature = "fill")]
+pub use fill::{Cached, FillError, Got, NearOpenError, NearTable, NearTableBuilder, Source};
 
 #[cfg(feature = "bincode")]
 pub use podcache_format::codec::Bincode1;
