@@ -1122,6 +1122,12 @@ impl Report<'_> {
         );
         let _ = writeln!(
             out,
+            "- **Build:** {}.",
+            std::env::var("PODCACHE_BENCH_BUILD")
+                .unwrap_or_else(|_| "this workspace's release profile (codegen-units = 1, thin LTO)".into())
+        );
+        let _ = writeln!(
+            out,
             "- **Run:** {} repetitions, batches of about {} ms, whole command {:.0} s.",
             self.reps.len(),
             self.o.batch.as_millis(),
