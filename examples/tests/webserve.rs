@@ -19,7 +19,8 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Send `request` and return (status code, body).
+/// Send `request` and return (status code, body), reading until the server closes (the
+/// requests below ask for `Connection: close`, or are ones the server closes after).
 fn http(port: u16, request: &str) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(request.as_bytes()).unwrap();
@@ -32,7 +33,7 @@ fn http(port: u16, request: &str) -> (u16, Vec<u8>) {
 }
 
 fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
-    http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+    http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
 }
 
 #[test]
@@ -60,9 +61,12 @@ fn serves_keys_written_by_another_process() {
     assert_eq!(get(port, "/index.html?x=1"), (200, b"<h1>hello</h1>".to_vec()));
     assert_eq!(get(port, "/a%20b.txt"), (200, b"spaced".to_vec()));
     assert_eq!(get(port, "/missing").0, 404);
-    assert_eq!(get(port, "/bad%zz").0, 400);
+    // A malformed escape is taken literally (no such key).
+    assert_eq!(get(port, "/bad%zz").0, 404);
     assert_eq!(http(port, "POST / HTTP/1.1\r\n\r\n").0, 405);
-    assert_eq!(http(port, "HEAD / HTTP/1.1\r\n\r\n"), (200, Vec::new()));
+    assert_eq!(http(port, "HEAD / HTTP/1.1\r\nConnection: close\r\n\r\n"), (200, Vec::new()));
+    // A body on a GET is refused before it is sent, and the connection closed.
+    assert_eq!(http(port, "GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").0, 413);
 
     // A new value is served at once, from shared memory.
     writer.put(b"index.html", b"<h1>v2</h1>").unwrap();

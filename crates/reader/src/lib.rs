@@ -82,7 +82,7 @@ mod table;
 pub use podcache_format::codec::{Codec, CodecError, Postcard};
 pub use podcache_format::ring::{record_size as ring_record_size, Msg, MsgBytes, ReadError as RecvError, Start};
 pub use podcache_format::table::{
-    GetError, KeyIter, ReaderCounters, SharedBytes, TableStats, BATCH as GET_MANY_BATCH, MAX_RETRIES,
+    Expiry, GetError, KeyIter, ReaderCounters, SharedBytes, TableStats, BATCH as GET_MANY_BATCH, MAX_RETRIES,
 };
 pub use podcache_format::{Kind, OpenError};
 #[cfg(feature = "tokio")]

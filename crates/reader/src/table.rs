@@ -4,7 +4,7 @@ use podcache_format::codec::{Codec, CodecError, Postcard};
 use podcache_format::file;
 use podcache_format::header::{self, RETIRED};
 use podcache_format::region::Region;
-use podcache_format::table::{self, GetError, KeyIter, ReaderCounters, SharedBytes, TableParams, TableStats};
+use podcache_format::table::{self, Expiry, GetError, KeyIter, ReaderCounters, SharedBytes, TableParams, TableStats};
 use podcache_format::{Kind, OpenError};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,35 @@ impl TableReader {
     /// `Ok(false)`, with `out` emptied, if `key` is absent or expired.
     pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, GetError> {
         self.inner.get_into(key, out)
+    }
+
+    /// [`get_into`](Self::get_into), and when the value found expires: [`Expiry::Never`] for a
+    /// value put without a TTL, else [`Expiry::AtMs`] with its Unix time in milliseconds
+    /// ([`Expiry::remaining`] is the TTL left). `Ok(None)`, with `out` emptied, if `key` is
+    /// absent or expired.
+    ///
+    /// The value and the expiry are read from the same record and validated together (the
+    /// record's checksum covers both), so a get racing with a put of the same key returns the
+    /// old value with the old expiry or the new value with the new one, never a mix.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("t.table");
+    /// # let mut w = podcache_writer::TableWriter::builder(&path).max_items(16).create().unwrap();
+    /// # w.put(b"plain", b"1").unwrap();
+    /// # w.put_with_ttl(b"session", b"2", std::time::Duration::from_secs(60)).unwrap();
+    /// use podcache_reader::{Expiry, TableReader};
+    /// let reader = TableReader::open(&path)?;
+    /// let mut value = Vec::new();
+    /// assert_eq!(reader.get_into_with_expiry(b"plain", &mut value)?, Some(Expiry::Never));
+    /// let expiry = reader.get_into_with_expiry(b"session", &mut value)?.expect("present");
+    /// let left = expiry.remaining().expect("put with a TTL");
+    /// assert!(left <= std::time::Duration::from_secs(60));
+    /// assert_eq!(reader.get_into_with_expiry(b"absent", &mut value)?, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_into_with_expiry(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Expiry>, GetError> {
+        self.inner.get_into_with_expiry(key, out)
     }
 
     /// The largest value this table can hold: a buffer of this many bytes never gets

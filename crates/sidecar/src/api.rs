@@ -4,8 +4,9 @@
 //! |--------|------|---------|
 //! | GET    | `/v1/tables` | 200 JSON list with stats |
 //! | GET    | `/v1/tables/{table}` | 200 JSON stats of one table |
-//! | GET    | `/v1/tables/{table}/keys?limit=N&cursor=C` | 200 JSON list of live keys (see [`MAX_KEYS_LIMIT`]) |
-//! | GET    | `/v1/tables/{table}/keys/{key}` | 200 raw value, 404 if absent |
+//! | GET    | `/v1/tables/{table}/keys?limit=N&cursor=C&prefix=P` | 200 JSON list of live keys (see [`MAX_KEYS_LIMIT`]) |
+//! | GET    | `/v1/tables/{table}/keys/{key}` | 200 raw value ([`TTL_HEADER`] if it expires), 404 if absent |
+//! | POST   | `/v1/tables/{table}/mget` | 200 `{"items": [...]}` (body: `{"keys": [...]}`, see [`MAX_MGET_KEYS`]) |
 //! | PUT    | `/v1/tables/{table}/keys/{key}?ttl_ms=N` | 204 (body: raw value) |
 //! | DELETE | `/v1/tables/{table}/keys/{key}` | 204, 404 if absent |
 //! | POST   | `/v1/tables/{table}/load` | 200 `{"loaded": n}` (body: NDJSON) |
@@ -31,7 +32,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use podcache_format::table::MAX_KEY;
-use podcache_reader::{GetError, RecvError};
+use podcache_reader::{Expiry, GetError, RecvError};
 use podcache_writer::{PublishError, PutError};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tables/{table}/keys", get(list_keys))
         .route("/v1/tables/{table}/keys/{*key}", get(get_key).put(put_key).delete(delete_key))
         .route("/v1/tables/{table}/load", post(load))
+        .route("/v1/tables/{table}/mget", post(mget))
         .route("/v1/rings", get(list_rings))
         .route("/v1/rings/{ring}/messages", post(publish))
         .route("/v1/rings/{ring}/subscribe", get(subscribe))
@@ -82,7 +84,7 @@ async fn auth(State(s): St, req: Request, next: Next) -> Response {
 fn params_of(method: &axum::http::Method, route: &str) -> &'static [&'static str] {
     use axum::http::Method;
     match (method, route) {
-        (&Method::GET, "/v1/tables/{table}/keys") => &["limit", "cursor"],
+        (&Method::GET, "/v1/tables/{table}/keys") => &["limit", "cursor", "prefix"],
         (&Method::PUT, "/v1/tables/{table}/keys/{*key}") => &["ttl_ms"],
         (&Method::GET, "/v1/rings/{ring}/subscribe") => &["from"],
         _ => &[],
@@ -252,25 +254,33 @@ fn lost(reason: String) -> ApiError {
     ApiError::new(Code::FileLost, reason)
 }
 
-fn table_json(t: &TableEntry) -> Result<serde_json::Value, ApiError> {
+/// A table's listing: its file, its writer's statistics, and the hits and misses of the gets
+/// this sidecar answered over HTTP (since it started).
+fn table_json(s: &Shared, t: &TableEntry) -> Result<serde_json::Value, ApiError> {
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let count = |result| {
+        let labels = GetLabels { table: t.name.clone(), result };
+        s.metrics.gets.get(&labels).map_or(0, |c| c.get())
+    };
+    let (hits, misses) = (count("hit"), count("miss"));
     Ok(serde_json::json!({
         "name": t.name,
         "path": t.path,
         "file_bytes": t.file_size,
         "epoch": r.writer_epoch(),
         "stats": TableStatsJson::new(r.stats(), t.max_items),
+        "gets": { "hits": hits, "misses": misses },
     }))
 }
 
 async fn list_tables(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
-    let list = s.tables.values().map(|t| table_json(t)).collect::<Result<Vec<_>, _>>()?;
+    let list = s.tables.values().map(|t| table_json(&s, t)).collect::<Result<Vec<_>, _>>()?;
     Ok(Json(serde_json::json!({ "tables": list })))
 }
 
 async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(name) = p.map_err(path_err)?;
-    table_json(table(&s, &name)?).map(Json)
+    table_json(&s, table(&s, &name)?).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -278,6 +288,7 @@ async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Res
 struct KeysQuery {
     limit: Option<usize>,
     cursor: Option<u64>,
+    prefix: Option<String>,
 }
 
 /// Keys a listing returns when `limit` is not given.
@@ -291,7 +302,9 @@ pub const MAX_KEYS_LIMIT: usize = 10_000;
 /// when there are more (pass it as `cursor` for the next page). The cursor is a position in the
 /// table's index, not a key: a listing made while the table changes may miss keys written or
 /// moved meanwhile, or list one twice, as any scan of a live hash table. Expired keys not yet
-/// removed are skipped (the key iteration validates each key as a get does).
+/// removed are skipped (the key iteration validates each key as a get does). With `prefix`,
+/// only keys that start with it are listed (and count toward `limit`); the scan still walks
+/// the whole index, so the cursor works the same.
 async fn list_keys(
     State(s): St,
     p: Result<Path<String>, PathRejection>,
@@ -324,6 +337,9 @@ async fn list_keys(
         if mirrored && !crate::near::cacheable(&k) {
             continue; // a negative entry (a key absent upstream), not a key of the table
         }
+        if q.prefix.as_ref().is_some_and(|p| !k.starts_with(p.as_bytes())) {
+            continue;
+        }
         if keys.len() == limit {
             next_cursor = Some(pos - 1);
             break;
@@ -341,13 +357,87 @@ async fn get_key(State(s): St, p: Result<Path<(String, String)>, PathRejection>)
         return crate::near::http::get(near, m, key.as_bytes()).await;
     }
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
-    let got = r.get_vec(key.as_bytes()).map_err(get_err)?;
+    let mut v = Vec::new();
+    let got = r.get_into_with_expiry(key.as_bytes(), &mut v).map_err(get_err)?;
     let result = if got.is_some() { "hit" } else { "miss" };
     s.metrics.gets.get_or_create(&GetLabels { table: name, result }).inc();
-    match got {
-        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
-        None => Err(ApiError::new(Code::NotFound, "no such key (absent or expired)")),
+    let Some(expiry) = got else {
+        return Err(ApiError::new(Code::NotFound, "no such key (absent or expired)"));
+    };
+    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response();
+    if let Some(ms) = ttl_left_ms(expiry) {
+        resp.headers_mut().insert(TTL_HEADER, ms.into());
     }
+    Ok(resp)
+}
+
+/// The response header of a key's GET or HEAD that gives the time the value has left, in
+/// milliseconds, for a value put with a TTL (absent for one without).
+pub const TTL_HEADER: &str = "x-podcache-ttl-ms";
+
+/// Milliseconds `expiry` has left, at least 1 (a value read is not yet expired, and a TTL of 0
+/// is refused by a put); `None` for no expiry.
+fn ttl_left_ms(expiry: Expiry) -> Option<u64> {
+    expiry.remaining().map(|d| (d.as_millis() as u64).max(1))
+}
+
+/// Most keys one multi-get asks for.
+pub const MAX_MGET_KEYS: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MgetBody {
+    keys: Vec<String>,
+}
+
+/// `POST /v1/tables/{table}/mget` with `{"keys": ["a", "b"]}`: `{"items": [...]}`, one entry
+/// per key in order: `null` if absent or expired, else the item as a dump line has it
+/// (`key`, `value` or `value_base64`, and `ttl_ms` if it expires). Each key is a separate get:
+/// the answer is not a snapshot of the table.
+async fn mget(
+    State(s): St,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = p.map_err(path_err)?;
+    let t = table(&s, &name)?;
+    if crate::near::http::mirror(&s, &name).is_some() {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("table {name:?} mirrors Redis: get its keys one by one (a miss is filled from Redis)"),
+        ));
+    }
+    let body = body.map_err(body_err)?;
+    let req: MgetBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(Code::BadRequest, format!("expected {{\"keys\": [\"...\"]}}: {e}")))?;
+    if req.keys.len() > MAX_MGET_KEYS {
+        return Err(ApiError::new(
+            Code::BadRequest,
+            format!("{} keys asked for, at most {MAX_MGET_KEYS} in one multi-get", req.keys.len()),
+        ));
+    }
+    for k in &req.keys {
+        check_key(k)?;
+    }
+    let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let mut items = Vec::with_capacity(req.keys.len());
+    let (mut hits, mut misses) = (0u64, 0u64);
+    let mut v = Vec::new();
+    for k in &req.keys {
+        match r.get_into_with_expiry(k.as_bytes(), &mut v).map_err(get_err)? {
+            Some(expiry) => {
+                hits += 1;
+                items.push(dump_item(k.as_bytes(), &v, ttl_left_ms(expiry)));
+            }
+            None => {
+                misses += 1;
+                items.push(serde_json::Value::Null);
+            }
+        }
+    }
+    s.metrics.gets.get_or_create(&GetLabels { table: name.clone(), result: "hit" }).inc_by(hits);
+    s.metrics.gets.get_or_create(&GetLabels { table: name, result: "miss" }).inc_by(misses);
+    Ok(Json(serde_json::json!({ "items": items })))
 }
 
 #[derive(Deserialize)]
@@ -411,14 +501,39 @@ async fn delete_key(State(s): St, p: Result<Path<(String, String)>, PathRejectio
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoadLine {
-    key: String,
+    key: Option<String>,
+    key_base64: Option<String>,
     value: Option<String>,
     value_base64: Option<String>,
     ttl_ms: Option<u64>,
 }
 
 /// A parsed, checked line: key, value, TTL.
-type Item = (String, Vec<u8>, Option<Duration>);
+type Item = (Vec<u8>, Vec<u8>, Option<Duration>);
+
+/// One NDJSON line of a dump, in the format [`parse_ndjson`] reads: `key` and `value` as JSON
+/// strings when they are UTF-8, else `key_base64` / `value_base64` (standard alphabet, padded);
+/// `ttl_ms` when the item expires. No newline at the end.
+pub(crate) fn dump_line(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> String {
+    dump_item(key, value, ttl_ms).to_string()
+}
+
+/// The JSON object of [`dump_line`].
+fn dump_item(key: &[u8], value: &[u8], ttl_ms: Option<u64>) -> serde_json::Value {
+    let mut line = serde_json::Map::new();
+    for (name, bytes) in [("key", key), ("value", value)] {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => line.insert(name.into(), text.into()),
+            Err(_) => {
+                line.insert(format!("{name}_base64"), base64::engine::general_purpose::STANDARD.encode(bytes).into())
+            }
+        };
+    }
+    if let Some(ms) = ttl_ms {
+        line.insert("ttl_ms".into(), ms.into());
+    }
+    serde_json::Value::Object(line)
+}
 
 /// Parse a whole NDJSON body; any bad line fails the whole load (nothing is stored).
 pub(crate) fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, ApiError> {
@@ -430,18 +545,20 @@ pub(crate) fn parse_ndjson(body: &[u8]) -> Result<Vec<Item>, ApiError> {
         }
         let bad = |m: String| ApiError::new(Code::InvalidNdjson, format!("line {n}: {m} (nothing was loaded)"));
         let l: LoadLine = serde_json::from_slice(line).map_err(|e| bad(e.to_string()))?;
-        let value = match (l.value, l.value_base64) {
-            (Some(v), None) => v.into_bytes(),
+        let either = |name: &str, text: Option<String>, b64: Option<String>| match (text, b64) {
+            (Some(v), None) => Ok(v.into_bytes()),
             (None, Some(b)) => base64::engine::general_purpose::STANDARD
                 .decode(b.as_bytes())
-                .map_err(|e| bad(format!("value_base64: {e}")))?,
-            _ => return Err(bad("exactly one of \"value\" and \"value_base64\" is required".into())),
+                .map_err(|e| bad(format!("{name}_base64: {e}"))),
+            _ => Err(bad(format!("exactly one of \"{name}\" and \"{name}_base64\" is required"))),
         };
-        if l.key.is_empty() || l.key.len() > MAX_KEY {
-            return Err(bad(format!("key of {} bytes (1 to {MAX_KEY} allowed)", l.key.len())));
+        let key = either("key", l.key, l.key_base64)?;
+        let value = either("value", l.value, l.value_base64)?;
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(bad(format!("key of {} bytes (1 to {MAX_KEY} allowed)", key.len())));
         }
         let ttl = ttl(l.ttl_ms).map_err(|e| bad(e.message))?;
-        items.push((l.key, value, ttl));
+        items.push((key, value, ttl));
     }
     Ok(items)
 }
@@ -481,8 +598,8 @@ async fn load(
     let mut loaded = 0u64;
     for (k, v, ttl) in &items {
         let r = match ttl {
-            Some(d) => w.put_with_ttl(k.as_bytes(), &v[..], *d),
-            None => w.put(k.as_bytes(), &v[..]),
+            Some(d) => w.put_with_ttl(k, &v[..], *d),
+            None => w.put(k, &v[..]),
         };
         if let Err(e) = r {
             let mut err = put_err(e);
@@ -499,7 +616,25 @@ async fn list_rings(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
     let mut buf = Vec::new();
     for r in s.rings.values() {
         let stats = ring_stats(&r.path, r.capacity, &mut buf).map_err(|e| ApiError::new(Code::Internal, e))?;
-        list.push(serde_json::json!({ "name": r.name, "path": r.path, "file_bytes": r.file_size, "stats": stats }));
+        let subs: Vec<_> = s
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|sub| sub.ring == r.name)
+            .map(|sub| {
+                // Relaxed: statistics.
+                let delivered = sub.delivered.load(std::sync::atomic::Ordering::Relaxed);
+                serde_json::json!({
+                    "delivered_seq": delivered,
+                    "lag": stats.newest_seq.saturating_sub(delivered),
+                    "lost": sub.lost.load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect();
+        list.push(serde_json::json!({
+            "name": r.name, "path": r.path, "file_bytes": r.file_size, "stats": stats, "subscriptions": subs,
+        }));
     }
     Ok(Json(serde_json::json!({ "rings": list })))
 }
@@ -527,12 +662,32 @@ async fn publish(
 pub const MAX_SUBSCRIBERS: usize = 256;
 
 /// A counted subscription; released when the subscription's thread ends.
-struct SubscriberSlot(Arc<Shared>);
+struct SubscriberSlot(Arc<Shared>, Option<Arc<Subscription>>);
+
+/// What one open subscription has delivered, for `GET /v1/rings` and `podcache stat`.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    /// The ring.
+    pub(crate) ring: String,
+    /// Sequence number of the last message handed to the client's connection (before the
+    /// first one: the one before where it started).
+    pub(crate) delivered: std::sync::atomic::AtomicU64,
+    /// Messages the ring lapped it by, in total.
+    pub(crate) lost: std::sync::atomic::AtomicU64,
+}
 
 impl SubscriberSlot {
+    /// Count this subscription and list it as having delivered up to `delivered`.
+    fn track(&mut self, ring: &str, delivered: u64) -> Arc<Subscription> {
+        let sub = Arc::new(Subscription { ring: ring.to_string(), delivered: delivered.into(), lost: 0.into() });
+        self.0.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&sub));
+        self.1 = Some(Arc::clone(&sub));
+        sub
+    }
+
     fn take(s: &Arc<Shared>) -> Result<SubscriberSlot, ApiError> {
         let n = s.subscribers.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let slot = SubscriberSlot(Arc::clone(s));
+        let slot = SubscriberSlot(Arc::clone(s), None);
         if n >= MAX_SUBSCRIBERS {
             return Err(ApiError::new(
                 Code::TooManySubscribers,
@@ -545,6 +700,9 @@ impl SubscriberSlot {
 
 impl Drop for SubscriberSlot {
     fn drop(&mut self) {
+        if let Some(sub) = self.1.take() {
+            self.0.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &sub));
+        }
         self.0.subscribers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
@@ -618,15 +776,23 @@ async fn subscribe(
     let Query(q) = q.map_err(query_err)?;
     let r = ring(&s, &name)?;
     let start = start_of(q.from.as_deref(), headers.get("last-event-id"))?;
-    let slot = SubscriberSlot::take(&s)?;
+    let mut slot = SubscriberSlot::take(&s)?;
     let mut sub = crate::server::open_subscriber(r, start == Start::Newest)
         .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    // Where it starts: lag counts from there.
+    let before_start = match start {
+        Start::Seq(n) => n.saturating_sub(1),
+        Start::Newest => sub.writer_next_seq().saturating_sub(1),
+        _ => ring_stats(&r.path, r.capacity, &mut Vec::new()).map_or(0, |st| st.oldest_seq.saturating_sub(1)),
+    };
+    let progress = slot.track(&r.name, before_start);
+    let thread_progress = Arc::clone(&progress);
     // Resuming: the next sequence number still to deliver (`None`: deliver everything).
     let mut resume_at = match start {
         Start::Seq(n) => Some(n),
         _ => None,
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(Event, usize, Option<u64>)>();
     let queue = Arc::new(EventQueue::default());
     let shared = Arc::clone(&s);
     let ring_name = r.name.clone();
@@ -640,7 +806,8 @@ async fn subscribe(
         let _slot = slot;
         let mut buf = vec![0u8; sub.max_message()];
         let give_up = || shared.is_shutting_down() || tx.is_closed();
-        let send = |(ev, n): (Event, usize)| q.reserve(n, &give_up) && tx.send((ev, n)).is_ok();
+        let send_seq = |(ev, n): (Event, usize), seq| q.reserve(n, &give_up) && tx.send((ev, n, seq)).is_ok();
+        let send = |ev| send_seq(ev, None);
         loop {
             if give_up() {
                 return;
@@ -662,13 +829,15 @@ async fn subscribe(
                         }
                     }
                     if m.lost > 0 {
+                        // Relaxed: a statistic, read by listings.
+                        thread_progress.lost.store(sub.lost(), std::sync::atomic::Ordering::Relaxed);
                         let lapped =
                             serde_json::json!({ "lost": m.lost, "lost_total": sub.lost(), "laps": sub.laps() });
                         if !send(sized_event("lapped", None, lapped.to_string())) {
                             return;
                         }
                     }
-                    if !send(message_event(m.seq, m.lost, &buf[..m.len])) {
+                    if !send_seq(message_event(m.seq, m.lost, &buf[..m.len]), Some(m.seq)) {
                         return;
                     }
                 }
@@ -687,8 +856,12 @@ async fn subscribe(
             }
         }
     });
-    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |(ev, n)| {
+    let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(move |(ev, n, seq)| {
         queue.release(n);
+        if let Some(seq) = seq {
+            // Relaxed: a statistic, read by listings.
+            progress.delivered.store(seq, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok::<_, std::convert::Infallible>(ev)
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
@@ -750,9 +923,30 @@ mod tests {
             b"{\"key\":\"\",\"value\":\"1\"}",
             b"{\"key\":\"a\",\"value\":\"1\",\"ttl_ms\":0}",
             b"{\"key\":\"a\",\"value\":\"1\",\"value_base64\":\"AA==\"}",
+            b"{\"key\":\"a\",\"key_base64\":\"AA==\",\"value\":\"1\"}",
+            b"{\"key_base64\":\"\",\"value\":\"1\"}",
+            b"{\"key_base64\":\"!!\",\"value\":\"1\"}",
         ] {
             let e = parse_ndjson(bad).unwrap_err();
             assert_eq!(e.code, Code::InvalidNdjson, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn dump_lines_parse_back_to_the_same_items() {
+        let items: [(&[u8], &[u8], Option<u64>); 4] = [
+            (b"plain", b"text \"quoted\"\n", None),
+            (b"\xff\x00key", b"v", Some(1)),
+            (b"k", b"\x80\x81", Some(86_400_000)),
+            ("\u{e9}t\u{e9}".as_bytes(), b"", None),
+        ];
+        let body: String = items.iter().map(|(k, v, t)| dump_line(k, v, *t) + "\n").collect();
+        let parsed = parse_ndjson(body.as_bytes()).unwrap();
+        assert_eq!(parsed.len(), items.len());
+        for ((k, v, t), (pk, pv, pt)) in items.iter().zip(&parsed) {
+            assert_eq!((&pk[..], &pv[..]), (*k, *v));
+            assert_eq!(*pt, t.map(Duration::from_millis));
+        }
+        assert!(dump_line(b"\xff", b"x", None).contains("\"key_base64\":\"/w==\""));
     }
 }

@@ -115,8 +115,21 @@ pub enum Command {
         /// The message (`-` or absent: read stdin).
         message: Option<String>,
     },
+    /// Print every live item of a table as NDJSON lines `{"key": "...", "value": "...",
+    /// "ttl_ms": N}`, the format `load` reads (read-only, from the file): keys and values that
+    /// are not UTF-8 as `key_base64` / `value_base64`, `ttl_ms` the time left for items put with
+    /// a TTL (rounded up to the next millisecond). Not a snapshot: items put or deleted during
+    /// the dump may or may not appear; expired items do not.
+    Dump {
+        /// The directory.
+        #[command(flatten)]
+        dir: DirArg,
+        /// The table.
+        table: String,
+    },
     /// Load NDJSON lines `{"key": "...", "value": "...", "ttl_ms": N}` into a table (through the
-    /// sidecar if it holds the table, else directly). A bad line loads nothing.
+    /// sidecar if it holds the table, else directly). Keys and values that are not UTF-8 go as
+    /// `key_base64` / `value_base64` (what `dump` prints). A bad line loads nothing.
     Load {
         /// Where the files and the sidecar are.
         #[command(flatten)]
@@ -127,11 +140,13 @@ pub enum Command {
         file: Option<PathBuf>,
     },
     /// Show every table and ring of the directory, refreshed: items, bytes, puts, evictions,
-    /// expirations, messages, sequence numbers and rates per second (read-only, from the files).
+    /// expirations, messages, sequence numbers and rates per second (read-only, from the
+    /// files); when the sidecar answers (--url, --socket), also the hit ratio of its HTTP gets
+    /// per table and the lag of each of its event-stream subscribers per ring.
     Stat {
-        /// The directory.
+        /// Where the files and the sidecar are.
         #[command(flatten)]
-        dir: DirArg,
+        w: WriteArgs,
         /// Milliseconds between two refreshes.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,

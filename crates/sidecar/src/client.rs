@@ -38,17 +38,13 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Percent-encode a path segment (unreserved characters stay).
+/// Every byte but RFC 3986's unreserved characters (letters, digits, `-._~`) is escaped.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encode a path segment (unreserved characters stay; `/` is escaped too).
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// Send one request and read the whole response.
@@ -167,6 +163,7 @@ mod tests {
         assert_eq!(r.body, b"abcde");
         assert!(parse(b"garbage").is_none());
         assert_eq!(encode_segment("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(encode_segment("Az09-._~%?#"), "Az09-._~%25%3F%23");
         assert!(Target::from_url("https://x").is_err());
         assert!(matches!(Target::from_url("http://127.0.0.1:7070/"), Ok(Target::Tcp(h)) if h == "127.0.0.1:7070"));
     }

@@ -46,6 +46,7 @@ mod metrics;
 pub mod names;
 pub mod near;
 pub mod ops;
+mod process;
 mod server;
 pub mod stats;
 pub mod token;

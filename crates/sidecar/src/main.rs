@@ -55,12 +55,13 @@ fn main() -> ExitCode {
         Command::Verify { path, json } => tools::verify(path, *json),
         Command::Get { dir, table, key } => tools::get(&dir.dir, table, key),
         Command::Keys { dir, table } => tools::keys(&dir.dir, table),
+        Command::Dump { dir, table } => tools::dump(&dir.dir, table),
         Command::Tail { dir, ring, from, count, idle_ms } => tools::tail(&dir.dir, ring, *from, *count, *idle_ms),
         Command::Put { w, table, key, value, ttl_ms } => tools::put(w, table, key, value.as_deref(), *ttl_ms),
         Command::Del { w, table, key } => tools::del(w, table, key),
         Command::Publish { w, ring, message } => tools::publish(w, ring, message.as_deref()),
         Command::Load { w, table, file } => tools::load(w, table, file.as_ref()),
-        Command::Stat { dir, interval_ms, count } => tools::stat(&dir.dir, *interval_ms, *count),
+        Command::Stat { w, interval_ms, count } => tools::stat(w, *interval_ms, *count),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -292,7 +292,10 @@ pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
             snap.rings.push((r.name.clone(), s, r.file_size));
         }
     }
-    let mut reg = Registry::with_prefix("podcache");
+    // The process metrics carry the standard unprefixed names; everything else is podcache_*.
+    let mut top = Registry::default();
+    top.register_collector(Box::new(crate::process::Process::read()));
+    let reg = top.sub_registry_with_prefix("podcache");
     reg.register("http_requests", "HTTP API requests by method, route and status", shared.metrics.requests.clone());
     reg.register("http_request_duration_seconds", "HTTP API request latency", shared.metrics.latency.clone());
     reg.register(
@@ -306,6 +309,6 @@ pub(crate) fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
         reg.register_collector(Box::new(crate::near::metrics::NearCollector(Arc::clone(&near.stats))));
     }
     let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    prometheus_client::encoding::text::encode(&mut out, &top)?;
     Ok(out)
 }

@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) shutting_down: AtomicBool,
     /// Open ring subscriptions (each holds a blocking thread).
     pub(crate) subscribers: std::sync::atomic::AtomicUsize,
+    /// What each open subscription delivered (`GET /v1/rings`, `podcache stat`).
+    pub(crate) subscriptions: std::sync::Mutex<Vec<Arc<crate::api::Subscription>>>,
     pub(crate) metrics: Metrics,
     /// The near cache over Redis (`--upstream`), if configured.
     pub(crate) near: Option<Arc<crate::near::Near>>,
@@ -431,6 +433,7 @@ impl Server {
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             subscribers: std::sync::atomic::AtomicUsize::new(0),
+            subscriptions: Default::default(),
             shutdown_rx,
             _dir_lock: dir_lock,
         });

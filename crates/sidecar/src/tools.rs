@@ -11,7 +11,7 @@ use podcache_format::header::{self, HeaderError, HeaderView, HEADER_BYTES, LAYOU
 use podcache_format::ring::RingParams;
 use podcache_format::table::TableParams;
 use podcache_format::{file, Kind};
-use podcache_reader::{Start, Subscriber, TableReader};
+use podcache_reader::{Expiry, Start, Subscriber, TableReader};
 use podcache_writer::{CreateError, Publisher, TableWriter};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
@@ -237,6 +237,39 @@ pub fn keys(dir: &Path, table: &str) -> ToolResult {
     for k in r.keys() {
         let k = k.map_err(|e| e.to_string())?;
         if let Err(e) = out.write_all(&k).and_then(|_| out.write_all(b"\n")) {
+            return stdout_error(e);
+        }
+    }
+    out.flush().or_else(stdout_error)
+}
+
+/// `podcache dump --dir DIR TABLE`: every live item as one NDJSON line, in the format `podcache
+/// load` reads (see `api::dump_line`), with the TTL each item has left. Read-only: works on a
+/// `readOnly: true` mount, the sidecar running or not.
+///
+/// The dump is not a snapshot: it walks the table while the writer may change it, so an item
+/// put or deleted during the walk may or may not be in it; every line is one whole item as some
+/// put stored it (value and TTL validated together). An item that expires during the walk is
+/// left out. A TTL is rounded up to the next millisecond, so a load puts no item back with
+/// less time than it had when it was read.
+pub fn dump(dir: &Path, table: &str) -> ToolResult {
+    check_name("table", table)?;
+    let r = TableReader::open(table_path(dir, table)).map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut value = Vec::new();
+    for k in r.keys() {
+        let k = k.map_err(|e| e.to_string())?;
+        let ttl_ms = match r.get_into_with_expiry(&k, &mut value).map_err(|e| e.to_string())? {
+            // Deleted or expired since the walk saw its key.
+            None => continue,
+            Some(Expiry::Never) => None,
+            Some(Expiry::AtMs(at)) => match at.checked_sub(podcache_format::table::now_ms()) {
+                Some(left) if left > 0 => Some(left),
+                _ => continue, // expired since the get
+            },
+        };
+        let line = crate::api::dump_line(&k, &value, ttl_ms);
+        if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.write_all(b"\n")) {
             return stdout_error(e);
         }
     }
@@ -481,8 +514,8 @@ pub fn load(w: &WriteArgs, table: &str, file: Option<&PathBuf>) -> ToolResult {
             }
             for (n, (k, v, ttl)) in items.iter().enumerate() {
                 match ttl {
-                    Some(d) => tw.put_with_ttl(k.as_bytes(), &v[..], *d),
-                    None => tw.put(k.as_bytes(), &v[..]),
+                    Some(d) => tw.put_with_ttl(k, &v[..], *d),
+                    None => tw.put(k, &v[..]),
                 }
                 .map_err(|e| format!("{e} (after {n} items were loaded)"))?;
             }
@@ -545,13 +578,50 @@ fn stat_rows(dir: &Path) -> Result<Vec<Result<StatRow, String>>, String> {
         .collect())
 }
 
+/// What the sidecar said about one of its files.
+enum SidecarSaw {
+    /// A table: hits and misses of the gets it answered over HTTP.
+    Table { hits: u64, misses: u64 },
+    /// A ring: each open event-stream subscription's last delivered sequence number, lag
+    /// (messages published it has not delivered yet) and messages lost to laps.
+    Ring { subscriptions: Vec<(u64, u64, u64)> },
+}
+
+/// What the sidecar (`--url`, `--socket`) says about its files, by file name; `None` if it
+/// cannot be reached or does not answer. Matched by file name: the sidecar may have the volume
+/// mounted at another path than this container.
+fn sidecar_view(w: &WriteArgs) -> Option<std::collections::HashMap<String, SidecarSaw>> {
+    let (t, tok) = (target(w).ok()?, token(w).ok()?);
+    let get = |path: &str| -> Option<serde_json::Value> {
+        let r = client::request(&t, "GET", path, tok.as_deref(), b"").ok()?;
+        (r.status == 200).then(|| serde_json::from_slice(&r.body).ok())?
+    };
+    let name = |v: &serde_json::Value| -> Option<String> {
+        Path::new(v["path"].as_str()?).file_name().map(|n| n.to_string_lossy().into_owned())
+    };
+    let mut saw = std::collections::HashMap::new();
+    for t in get("/v1/tables")?["tables"].as_array()? {
+        let (hits, misses) = (t["gets"]["hits"].as_u64().unwrap_or(0), t["gets"]["misses"].as_u64().unwrap_or(0));
+        saw.extend(name(t).map(|n| (n, SidecarSaw::Table { hits, misses })));
+    }
+    for r in get("/v1/rings")?["rings"].as_array()? {
+        let subs = r["subscriptions"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let field = |s: &serde_json::Value, f: &str| s[f].as_u64().unwrap_or(0);
+        let subscriptions =
+            subs.iter().map(|s| (field(s, "delivered_seq"), field(s, "lag"), field(s, "lost"))).collect();
+        saw.extend(name(r).map(|n| (n, SidecarSaw::Ring { subscriptions })));
+    }
+    Some(saw)
+}
+
 /// The counters whose rate per second `podcache stat` shows.
 const RATED: [&str; 4] = ["puts", "evictions", "messages", "bytes"];
 
 /// `podcache stat --dir DIR`: every `interval_ms`, a block of lines, one per file, with each
 /// counter and, from the second block on, the rate per second of puts, evictions, messages and
 /// bytes (ring bytes published, table bytes' change).
-pub fn stat(dir: &Path, interval_ms: u64, count: Option<u64>) -> ToolResult {
+pub fn stat(w: &WriteArgs, interval_ms: u64, count: Option<u64>) -> ToolResult {
+    let dir = &w.dir.dir;
     let interval = Duration::from_millis(interval_ms.max(1));
     // The previous sample of each file, by name.
     let mut last: std::collections::HashMap<String, (Instant, StatRow)> = Default::default();
@@ -563,7 +633,9 @@ pub fn stat(dir: &Path, interval_ms: u64, count: Option<u64>) -> ToolResult {
         n += 1;
         let now = Instant::now();
         let rows = stat_rows(dir)?;
-        outln!("{}  ({} files)", dir.display(), rows.len());
+        let view = sidecar_view(w);
+        let from = if view.is_some() { ", sidecar answering" } else { "" };
+        outln!("{}  ({} files{from})", dir.display(), rows.len());
         for row in rows {
             let row = match row {
                 Ok(r) => r,
@@ -584,7 +656,20 @@ pub fn stat(dir: &Path, interval_ms: u64, count: Option<u64>) -> ToolResult {
                     }
                 }
             }
+            let seen = view.as_ref().and_then(|v| v.get(&row.name));
+            if let Some(SidecarSaw::Table { hits, misses }) = seen {
+                let ratio = match hits + misses {
+                    0 => "-".to_string(),
+                    gets => format!("{:.3}", *hits as f64 / gets as f64),
+                };
+                line.push_str(&format!(" http_gets={} hit_ratio={ratio}", hits + misses));
+            }
             outln!("{line}");
+            if let Some(SidecarSaw::Ring { subscriptions }) = seen {
+                for (i, (delivered, lag, lost)) in subscriptions.iter().enumerate() {
+                    outln!("    subscriber {:<3} delivered_seq={delivered} lag={lag} lost={lost}", i + 1);
+                }
+            }
             last.insert(row.name.clone(), (now, row));
         }
     }

@@ -13,7 +13,7 @@ fn help_texts_describe_every_command() {
     let (code, out, _) = podcache(&["--help"]);
     assert_eq!(code, 0);
     let out = String::from_utf8(out).unwrap();
-    for cmd in ["serve", "inspect", "verify", "get", "keys", "tail", "put", "del", "publish", "load"] {
+    for cmd in ["serve", "inspect", "verify", "get", "keys", "dump", "tail", "put", "del", "publish", "load"] {
         assert!(out.contains(&format!("  {cmd} ")), "{cmd} missing from --help:\n{out}");
         let (code, sub, _) = podcache(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd} --help");
@@ -221,12 +221,13 @@ fn tools_end_quietly_on_a_closed_stdout() {
     let (d, t, r, n) =
         (dir.path().to_str().unwrap(), table.to_str().unwrap(), ring.to_str().unwrap(), nd.to_str().unwrap());
     let nowhere = "http://127.0.0.1:1";
-    let runs: [&[&str]; 8] = [
+    let runs: [&[&str]; 9] = [
         &["inspect", t],
         &["inspect", "--json", r],
         &["verify", t],
         &["verify", "--json", r],
         &["keys", "--dir", d, "web"],
+        &["dump", "--dir", d, "web"],
         &["get", "--dir", d, "web", "key1"],
         &["publish", "--dir", d, "--url", nowhere, "events", "m2"],
         &["load", "--dir", d, "--url", nowhere, "web", n],

@@ -57,7 +57,9 @@ fn stat_shows_every_table_and_ring_with_rates() {
     p.publish(b"one").unwrap();
     p.publish(b"two").unwrap();
     let d = dir.path().to_str().unwrap();
-    let (code, out, err) = common::podcache(&["stat", "--dir", d, "-n", "2", "--interval-ms", "100"]);
+    // No sidecar: --url names a port nothing listens on (a sidecar of another test could).
+    let (code, out, err) =
+        common::podcache(&["stat", "--dir", d, "--url", "http://127.0.0.1:1", "-n", "2", "--interval-ms", "100"]);
     assert_eq!(code, 0, "{err}");
     let out = String::from_utf8(out).unwrap();
     let blocks: Vec<&str> = out.split(&format!("{d}  (2 files)")).filter(|b| !b.trim().is_empty()).collect();

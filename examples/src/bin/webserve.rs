@@ -13,19 +13,44 @@
 //! curl http://127.0.0.1:8080/about.html  # the value of key "about.html"
 //! ```
 //!
-//! Plain std HTTP/1.1 (one request per connection, `Connection: close`), `GET` and `HEAD` only,
-//! a fixed pool of threads that each own a reader (a [`TableReader`] is cheap and not `Sync`).
-//! When the sidecar replaces the table file (a new layout is a new file renamed into place),
-//! the workers notice within a second and serve the new file.
+//! HTTP/1.1 on hyper's server (tokio, `--threads` worker threads), `GET` and `HEAD` only, with
+//! keep-alive. One [`TableReader`] (it is `Sync`) serves every connection. When the sidecar
+//! replaces the table file (a new layout is a new file renamed into place), a background task
+//! notices within a second and the next requests read the new file.
+//!
+//! # Slow, idle and hostile clients
+//!
+//! A connection holds at most a few KiB and a task, and is closed when it stops making progress:
+//!
+//! - **Header timeout** (`--header-timeout`, 10 s): a complete request head must arrive within
+//!   this time of the connection's start, and within this time of the previous response on a
+//!   kept-alive connection. One timer (hyper's `header_read_timeout`) closes both slowloris
+//!   clients (a header byte every few seconds) and idle keep-alive connections.
+//! - **Head size**: a request head longer than 8 KiB is refused (`431`) and the
+//!   connection closed.
+//! - **No request bodies**: `GET` and `HEAD` take none, so a request that declares one (any
+//!   `Content-Length` above 0, or `Transfer-Encoding`) is answered `413` at once, before any of
+//!   it is read, and the connection is closed; other methods get `405` and are closed too.
+//! - **Connections** (`--max-connections`, 1024): at the limit the listener stops accepting until
+//!   a connection ends (new clients wait in the kernel's backlog).
+//!
+//! Not bounded by a timer: a client that stops *reading* a response it asked for keeps its
+//! connection (and the copy of the value being sent) until it reads or disconnects; the
+//! connection limit bounds how many such clients are held.
 
 use clap::Parser;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use podcache_reader::TableReader;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::convert::Infallible;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Parser, Clone)]
 #[command(
@@ -35,7 +60,9 @@ use std::time::{Duration, Instant};
                   read-only, so the volume may be mounted readOnly: true. GET / serves the key given \
                   by --index. Start-up waits up to --wait-secs for the sidecar to create the table; \
                   the listener opens only once the table is readable, so a readiness probe on it \
-                  tells when pages can be served."
+                  tells when pages can be served. A connection must send a complete request head \
+                  within --header-timeout of opening (or of its previous response, when kept \
+                  alive), else it is closed; a request declaring a body is refused (413)."
 )]
 struct Args {
     /// Directory of the podcache files (the shared volume's mountPath).
@@ -50,30 +77,72 @@ struct Args {
     /// Key served for `GET /`.
     #[arg(long, default_value = "index.html")]
     index: String,
-    /// Worker threads (each owns a reader).
+    /// Worker threads of the runtime.
     #[arg(long, default_value_t = 4)]
     threads: usize,
     /// Seconds to wait at start-up for the table file to be created and ready.
     #[arg(long, default_value_t = 60)]
     wait_secs: u64,
+    /// Seconds a connection has to send a complete request head, from its start or from its
+    /// previous response (the idle keep-alive timeout too). Fractions allowed.
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    header_timeout: Duration,
+    /// Most connections open at once; further clients wait in the kernel's backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
 }
 
-/// Longest request head (request line and headers) accepted.
-const MAX_HEAD: usize = 16 * 1024;
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{s:?}: give a positive number of seconds")),
+    }
+}
+
+/// Longest request head (request line and headers) accepted; hyper's smallest buffer limit.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// How often the table file is checked for a replacement.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     podcache_examples::exit_on_termination("webserve");
     let args = Args::parse();
     let path = args.dir.join(format!("{}.table", args.table));
-    // Open once before listening: the port opens only when the table can be read.
-    let mut first = match TableReader::open_wait(&path, Duration::from_secs(args.wait_secs)) {
-        Ok(reader) => Some(Table::new(&path, reader, inode(&path))),
+    // Open before listening: the port opens only when the table can be read.
+    let reader = match TableReader::open_wait(&path, Duration::from_secs(args.wait_secs)) {
+        Ok(reader) => reader,
         Err(e) => {
             eprintln!("webserve: error: cannot open table {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(&args.listen) {
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("webserve: error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    runtime.block_on(run(args, reader))
+}
+
+/// The table being served, swapped for a new reader when the file is replaced.
+struct Site {
+    reader: RwLock<Arc<TableReader>>,
+    index: Vec<u8>,
+}
+
+impl Site {
+    fn reader(&self) -> Arc<TableReader> {
+        Arc::clone(&self.reader.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+async fn run(args: Args, reader: TableReader) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("webserve: error: cannot listen on {}: {e}", args.listen);
@@ -81,187 +150,111 @@ fn main() -> ExitCode {
         }
     };
     eprintln!(
-        "webserve: serving table {} (writer epoch {}, {} items) on http://{}",
-        path.display(),
-        first.as_ref().map_or(0, |t| t.reader.writer_epoch()),
-        first.as_ref().map_or(0, |t| t.reader.stats().items),
-        args.listen
+        "webserve: serving table {} (writer epoch {}, {} items) on http://{} (header timeout {:?}, at most {} connections)",
+        reader.path().display(),
+        reader.writer_epoch(),
+        reader.stats().items,
+        args.listen,
+        args.header_timeout,
+        args.max_connections,
     );
-    let mut workers = Vec::new();
-    for _ in 0..args.threads.max(1) {
-        let listener = match listener.try_clone() {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("webserve: error: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // The first worker reuses the reader opened above; the others open their own.
-        let table = match first.take().map_or_else(|| Table::open(&path), Ok) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("webserve: error: cannot open table {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        };
-        let index = args.index.clone();
-        workers.push(std::thread::spawn(move || worker(&listener, table, &index)));
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-    ExitCode::FAILURE
-}
-
-/// How often a worker checks whether the table file was replaced.
-const FOLLOW_EVERY: Duration = Duration::from_secs(1);
-
-/// A worker's reader, following the file when it is replaced.
-///
-/// podcache never re-lays out a live file: a table with a new layout is a new file renamed
-/// over the old one (the old one is marked retired). The reader keeps the old mapping until it
-/// re-opens, so at most once per [`FOLLOW_EVERY`] the worker compares the inode at the path
-/// with the one it opened, and re-opens when they differ.
-struct Table {
-    path: PathBuf,
-    reader: TableReader,
-    inode: Option<u64>,
-    checked: Instant,
-}
-
-impl Table {
-    fn new(path: &Path, reader: TableReader, inode: Option<u64>) -> Table {
-        Table { path: path.to_path_buf(), reader, inode, checked: Instant::now() }
-    }
-
-    fn open(path: &Path) -> Result<Table, podcache_reader::OpenError> {
-        // The inode before opening: if the file is replaced in between, the next check sees
-        // a different inode and re-opens (never the other way round).
-        let inode = inode(path);
-        TableReader::open(path).map(|r| Table::new(path, r, inode))
-    }
-
-    /// The reader, re-opened first if the file at the path is not the one it reads.
-    fn current(&mut self) -> &TableReader {
-        if self.checked.elapsed() >= FOLLOW_EVERY {
-            self.checked = Instant::now();
-            let now = inode(&self.path);
-            if now.is_some() && now != self.inode {
-                match Table::open(&self.path) {
-                    Ok(t) => {
-                        eprintln!("webserve: {} was replaced; serving the new file", self.path.display());
-                        *self = t;
-                    }
-                    Err(e) => eprintln!("webserve: {} was replaced, re-opening failed: {e}", self.path.display()),
-                }
-            }
-        }
-        &self.reader
-    }
-}
-
-fn inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
-fn worker(listener: &TcpListener, mut table: Table, index: &str) {
+    let site = Arc::new(Site { reader: RwLock::new(Arc::new(reader)), index: args.index.into_bytes() });
+    tokio::spawn(follow(Arc::clone(&site)));
+    let permits = Arc::new(Semaphore::new(args.max_connections.max(1)));
     loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                match serve(stream, table.current(), index) {
-                    Ok(()) => {}
-                    // The client went away: nothing to tell it.
-                    Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
-                    Err(e) => eprintln!("webserve: connection: {e}"),
-                }
-            }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return ExitCode::FAILURE; // never closed
+        };
+        let io = match listener.accept().await {
+            Ok((io, _)) => io,
             Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
                 eprintln!("webserve: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
+        };
+        let site = Arc::clone(&site);
+        let header_timeout = args.header_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req| {
+                let answer = answer(&site, &req);
+                async move { Ok::<_, Infallible>(answer) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(MAX_HEAD);
+            // Errors are the client's doing (timeouts, resets, bad requests): nothing to report.
+            let _ = b.serve_connection(TokioIo::new(io), svc).await;
+        });
+    }
+}
+
+/// Re-open the table when the file at its path is replaced (a new layout is a new file renamed
+/// over the old one, which is marked retired) or removed and created again.
+async fn follow(site: Arc<Site>) {
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let current = site.reader();
+        if !current.file_replaced() {
+            continue;
+        }
+        match TableReader::open(current.path()) {
+            Ok(new) => {
+                eprintln!("webserve: {} was replaced; serving the new file", current.path().display());
+                *site.reader.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+            }
+            // Removed and not (yet) created again: keep serving the old mapping.
+            Err(e) => eprintln!("webserve: {} was replaced, re-opening failed: {e}", current.path().display()),
         }
     }
 }
 
-/// Answer one request on `stream`, then close it.
-fn serve(stream: TcpStream, reader: &TableReader, index: &str) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut input = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
-    let mut line = String::new();
-    let mut head = input.read_line(&mut line)?;
-    if head == 0 {
-        return Ok(()); // connected and closed without a request (a TCP probe)
+/// The response to one request.
+fn answer(site: &Site, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    // hyper sends no body in answer to HEAD, only the Content-Length a GET would have.
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET and HEAD only\n");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return closing(r);
     }
-    let request = line.trim_end().to_string();
-    // Drain the headers (bounded); the body of a GET is not read.
-    loop {
-        line.clear();
-        let n = input.read_line(&mut line)?;
-        head += n;
-        if n == 0 || line == "\r\n" || line == "\n" {
-            break;
-        }
-        if head > MAX_HEAD {
-            return respond(&mut out, 431, "text/plain", b"request head too large\n", false);
-        }
+    // GET and HEAD take no body: refuse one before reading any of it, however large it claims
+    // to be, and close the connection rather than drain it.
+    let declared = req.headers().get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    if declared || req.headers().contains_key(TRANSFER_ENCODING) {
+        return closing(text(StatusCode::PAYLOAD_TOO_LARGE, "GET and HEAD take no request body\n"));
     }
-    let mut parts = request.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return respond(&mut out, 400, "text/plain", b"bad request line\n", false);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return respond(&mut out, 505, "text/plain", b"HTTP/1.x only\n", false);
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return respond(&mut out, 405, "text/plain", b"GET and HEAD only\n", false),
-    };
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let Some(raw) = path.strip_prefix('/') else {
-        return respond(&mut out, 400, "text/plain", b"target must start with /\n", head_only);
-    };
-    let Some(key) = percent_decode(raw) else {
-        return respond(&mut out, 400, "text/plain", b"bad percent-encoding\n", head_only);
-    };
-    let key: &[u8] = if key.is_empty() { index.as_bytes() } else { &key };
+    let raw = req.uri().path().strip_prefix('/').unwrap_or_default();
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    let key = if key.is_empty() { site.index.clone() } else { key };
     if key.len() > 255 {
         // podcache keys are 1..=255 bytes: a longer one cannot be in the table.
-        return respond(&mut out, 404, "text/plain", b"not found\n", head_only);
+        return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    match reader.get_vec(key) {
-        Ok(Some(value)) => respond(&mut out, 200, content_type(key), &value, head_only),
-        Ok(None) => respond(&mut out, 404, "text/plain", b"not found\n", head_only),
-        Err(e) => {
-            let msg = format!("podcache get failed: {e}\n");
-            respond(&mut out, 503, "text/plain", msg.as_bytes(), head_only)
+    match site.reader().get_vec(&key) {
+        Ok(Some(value)) => {
+            let mut r = Response::new(Full::new(Bytes::from(value)));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type(&key)));
+            r
         }
+        Ok(None) => text(StatusCode::NOT_FOUND, "not found\n"),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("podcache get failed: {e}\n")),
     }
 }
 
-fn respond(out: &mut TcpStream, status: u16, ctype: &str, body: &[u8], head_only: bool) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Error",
-    };
-    let allow = if status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    );
-    out.write_all(head.as_bytes())?;
-    if !head_only {
-        out.write_all(body)?;
-    }
-    out.flush()
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// `r`, and close the connection after it.
+fn closing(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Content type from the key's extension.
@@ -279,40 +272,22 @@ fn content_type(key: &[u8]) -> &'static str {
     }
 }
 
-/// Decode `%XX` escapes; `None` on a malformed escape.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decodes_percent_escapes() {
-        assert_eq!(percent_decode("a%20b%2Fc").as_deref(), Some(&b"a b/c"[..]));
-        assert_eq!(percent_decode("plain.html").as_deref(), Some(&b"plain.html"[..]));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("bad%zz"), None);
-    }
 
     #[test]
     fn content_types_follow_the_extension() {
         assert_eq!(content_type(b"index.html"), "text/html; charset=utf-8");
         assert_eq!(content_type(b"data.json"), "application/json");
         assert_eq!(content_type(b"blob"), "application/octet-stream");
+    }
+
+    #[test]
+    fn header_timeouts_are_positive_seconds() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("10s").is_err());
     }
 }

@@ -42,7 +42,7 @@ mod verify;
 #[cfg(feature = "write")]
 mod writer;
 
-pub use reader::{GetError, KeyIter, RawTableReader, ReaderCounters, SharedBytes, BATCH, MAX_RETRIES};
+pub use reader::{Expiry, GetError, KeyIter, RawTableReader, ReaderCounters, SharedBytes, BATCH, MAX_RETRIES};
 pub use verify::{verify, TableCheck};
 #[cfg(feature = "write")]
 pub use writer::{EvictionPolicy, PutError, RawTableWriter, TableRecovery};

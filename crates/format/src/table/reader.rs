@@ -19,6 +19,31 @@ pub const MAX_RETRIES: u32 = 64;
 /// Keys a batched get (`get_many`) looks up together.
 pub const BATCH: usize = 16;
 
+/// When a record stops being visible to gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Expiry {
+    /// Put without a TTL: visible until it is deleted, replaced or evicted.
+    Never,
+    /// Invisible from this Unix time in milliseconds on (`CLOCK_REALTIME`, see [`now_ms`]).
+    AtMs(u64),
+}
+
+impl Expiry {
+    /// The time left at Unix time `now_ms` (milliseconds): `None` for [`Expiry::Never`], zero
+    /// once the expiry is reached.
+    pub fn remaining_at(self, now_ms: u64) -> Option<std::time::Duration> {
+        match self {
+            Expiry::Never => None,
+            Expiry::AtMs(at) => Some(std::time::Duration::from_millis(at.saturating_sub(now_ms))),
+        }
+    }
+
+    /// The time left now ([`remaining_at`](Self::remaining_at) the current [`now_ms`]).
+    pub fn remaining(self) -> Option<std::time::Duration> {
+        self.remaining_at(now_ms())
+    }
+}
+
 /// A get failed. `Copy`, no allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -109,6 +134,8 @@ struct Hit {
     /// What the record's checksum is taken under ([`crc_header`]).
     crc_header: u64,
     crc: u32,
+    /// The record's expiry (Unix ms), validated with the record: it is in `crc_header`.
+    expiry: Option<u64>,
 }
 
 /// What [`RawTableReader::get_fast`] concluded.
@@ -391,6 +418,19 @@ impl RawTableReader {
         Ok(found)
     }
 
+    /// [`get_into`](Self::get_into), and when the value found expires. The expiry and the value
+    /// come from the one record the get validated (the record's checksum covers both), so a
+    /// get racing with a put of the same key returns the old value with the old expiry or the
+    /// new value with the new one, never a mix. `Ok(None)`, with `out` emptied, if `key` is
+    /// absent or expired.
+    pub fn get_into_with_expiry(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Expiry>, GetError> {
+        let found = self.lookup(key, &mut Sink::Vec(out))?;
+        if found.is_none() {
+            out.clear();
+        }
+        Ok(found.map(|hit| hit.expiry.map_or(Expiry::Never, Expiry::AtMs)))
+    }
+
     /// The largest value this table can hold: a buffer this long never gets
     /// [`GetError::BufferTooSmall`].
     pub fn max_value_len(&self) -> usize {
@@ -609,7 +649,7 @@ impl RawTableReader {
         if value.is_some_and(|value| crate::checksum::checksum(crc_header, &[value]) != hdr.crc) {
             return Ok(Step::Corrupt("record checksum mismatch"));
         }
-        Ok(Step::Found(Hit { vlen, seg, state, value_off, crc_header, crc: hdr.crc }))
+        Ok(Step::Found(Hit { vlen, seg, state, value_off, crc_header, crc: hdr.crc, expiry }))
     }
 
     /// The slot loaded from `slot_word` names an older generation of its segment than the
