@@ -11,7 +11,7 @@ mod redis;
 
 use common::child::{connect, read_response, send_request, RawResponse, Sidecar, Watchdog};
 use podcache_sidecar::near::{lookup, resp::Frame, Cached};
-use redis::{eventually, table, Redis};
+use redis::{eventually, report, table, value, version, Redis, Rng};
 use std::collections::HashMap;
 use std::io::BufReader;
 use std::net::SocketAddr;
@@ -45,35 +45,10 @@ fn wait_connected(redis: &Redis, n: usize) -> Vec<String> {
     eventually("tracking connections up", BOUND, || Some(c.near_clients()).filter(|v| v.len() == n))
 }
 
-/// A deterministic generator (xorshift), seeded per process.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const KEYS: u64 = 40;
 
 fn key(i: u64) -> String {
     format!("{i}")
-}
-
-/// Value of version `v`: `v<version>:` then filler (lengths vary, so records of many sizes).
-fn value(v: u64, rng: &mut Rng) -> String {
-    format!("v{v}:{}", "x".repeat(rng.below(300) as usize))
-}
-
-fn version(v: &[u8]) -> u64 {
-    let s = std::str::from_utf8(v).expect("utf-8 value");
-    let end = s.find(':').expect("versioned value");
-    s[1..end].parse().expect("version number")
 }
 
 /// Child: random SET / SET PX / DEL / PEXPIRE on Redis, each write a new version.
@@ -133,18 +108,6 @@ fn reader_child(dirs: &[PathBuf], apis: &[SocketAddr], stop: &Path) {
         }
     }
     println!("@@READER reads={reads} values={values} http_gets={http_gets} violations={violations}");
-}
-
-fn report(out: &str, tag: &str, field: &str) -> u64 {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("@@{tag} ")))
-        .unwrap_or_else(|| panic!("no {tag} report in {out:?}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{field}=")))
-        .unwrap_or_else(|| panic!("no {field} in {line}"))
-        .parse()
-        .unwrap()
 }
 
 fn self_command(test: &str, role: &str) -> Command {

@@ -201,3 +201,41 @@ pub fn eventually<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<
 pub fn table(dir: &Path, name: &str) -> podcache_reader::TableReader {
     podcache_reader::TableReader::open(dir.join(format!("{name}.table"))).expect("open table")
 }
+
+/// A deterministic generator (xorshift), seeded per process.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Value of version `v`: `v<version>:` then filler (lengths vary, so records of many sizes).
+pub fn value(v: u64, rng: &mut Rng) -> String {
+    format!("v{v}:{}", "x".repeat(rng.below(300) as usize))
+}
+
+pub fn version(v: &[u8]) -> u64 {
+    let s = std::str::from_utf8(v).expect("utf-8 value");
+    let end = s.find(':').expect("versioned value");
+    s[1..end].parse().expect("version number")
+}
+
+/// The number `field=N` on the `@@TAG ...` line a child printed.
+pub fn report(out: &str, tag: &str, field: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("@@{tag} ")))
+        .unwrap_or_else(|| panic!("no {tag} report in {out:?}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{field}=")))
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+        .parse()
+        .unwrap()
+}
