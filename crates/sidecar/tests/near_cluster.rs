@@ -38,6 +38,21 @@ fn installed(cmd: &str) -> bool {
     Command::new(cmd).arg("--version").stdout(Stdio::null()).status().is_ok()
 }
 
+/// `n` ports below the ephemeral range whose cluster bus port (port + 10000) is free too.
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut rng = Rng(u64::from(seed) << 16 ^ u64::from(std::process::id()) | 1);
+    let mut ports: Vec<u16> = Vec::new();
+    while ports.len() < n {
+        let p = 20_000 + rng.below(12_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if !ports.contains(&p) && free(p) && free(p + 10_000) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
 impl Cluster {
     /// `masters` masters with `replicas` replicas each, or `None` after printing why the test is
     /// skipped.
@@ -54,14 +69,7 @@ impl Cluster {
         }
         let dir = tempfile::tempdir().unwrap();
         let n = masters * (1 + replicas);
-        let ports: Vec<u16> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        // A cluster node also listens on port + 10000 (the cluster bus).
-        assert!(ports.iter().all(|&p| p < 55535), "a port leaves no room for the cluster bus: {ports:?}");
+        let ports = cluster_ports(n);
         let children = ports
             .iter()
             .map(|p| {

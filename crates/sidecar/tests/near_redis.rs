@@ -463,6 +463,17 @@ fn bad_near_configuration_is_refused() {
         pw.to_str().unwrap(),
     ]);
     assert!(e.contains("password file"), "{e}");
+    let e = run(&[
+        "--table",
+        "t=10:1MiB",
+        "--upstream",
+        "redis+cluster://127.0.0.1:1",
+        "--mirror",
+        "t=k:",
+        "--upstream-max-stale",
+        "1s",
+    ]);
+    assert!(e.contains("not to a Redis Cluster"), "{e}");
 }
 
 /// Must-show 2, SIGSTOP: a Redis that stops answering (the process is stopped, the connection
@@ -618,4 +629,48 @@ fn a_restart_while_redis_is_down_clears_the_table() {
     let s = sidecar(tmp.path(), &redis, &[]);
     eventually("cleared without a connection", BOUND, || (r.stats().items == 0).then_some(()));
     assert_eq!(get(&s, "old").status, 503);
+}
+
+fn metric(s: &Sidecar, name: &str) -> f64 {
+    let m = http(s.ops, "GET", "/metrics", b"");
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
+/// Opt-in `--upstream-max-stale`: after Redis dies the table keeps its last values (linked
+/// readers and HTTP hits serve them, misses answer 503) until `max_stale` has passed, then it
+/// is cleared. Also the upstream latency histogram and the time of the last invalidation.
+#[test]
+fn max_stale_keeps_the_last_values_for_a_bounded_time() {
+    const TEST: &str = "max_stale_keeps_the_last_values_for_a_bounded_time";
+    let Some(mut redis) = Redis::start_or_skip(TEST) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = sidecar(tmp.path(), &redis, &["--upstream-max-stale", "3s"]);
+    wait_connected(&redis, 1);
+    let r = table(tmp.path(), "t");
+    let mut c = redis.client();
+    c.run(&["SET", "k:m", "first"]);
+    assert_eq!(get(&s, "m").body, b"first");
+    assert_eq!(metric(&s, "podcache_near_last_invalidation_timestamp_seconds"), 0.0);
+    c.run(&["SET", "k:m", "kept"]);
+    eventually("invalidated", BOUND, || (lookup(&r, b"m").unwrap() == Cached::NotCached).then_some(()));
+    assert!(metric(&s, "podcache_near_last_invalidation_timestamp_seconds") > 1.0e9, "a Unix time");
+    assert_eq!(get(&s, "m").body, b"kept");
+    assert!(metric(&s, "podcache_near_upstream_latency_seconds_count") >= 2.0, "fills timed");
+    redis.kill();
+    eventually("the loss noticed", BOUND, || (metric(&s, "podcache_near_connected") == 0.0).then_some(()));
+    // Within max_stale: the last value is still served, to linked readers and HTTP hits.
+    assert_eq!(lookup(&r, b"m").unwrap(), Cached::Value(b"kept".to_vec()), "kept while max_stale runs");
+    let hit = get(&s, "m");
+    assert_eq!((hit.status, header(&hit, "x-podcache-source")), (200, Some("table")));
+    assert_eq!(get(&s, "other").status, 503, "a miss cannot be filled");
+    eventually("cleared once max_stale ran out", BOUND, || (r.stats().items == 0).then_some(()));
+    assert_eq!(get(&s, "m").status, 503);
+    redis.restart();
+    wait_connected(&redis, 1);
+    assert_eq!(get(&s, "m").status, 404, "the restarted Redis is empty");
 }

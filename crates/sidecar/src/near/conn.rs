@@ -4,6 +4,7 @@
 use super::resp::{self, Frame, Limits};
 use super::{negative_key, Addr, Guard, Mirror, NearStats, UpstreamConfig};
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,13 +160,26 @@ impl Task {
         // when Redis is down.
         self.flush_tables();
         let mut backoff = BACKOFF_MIN;
+        // With `max_stale`: when the tables must be cleared after a loss, unless a connection
+        // (which clears them) comes first.
+        let mut stale: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let connected = tokio::select! {
-                c = self.connect() => c,
-                _ = stopped(&mut shutdown) => return,
+            let connected = {
+                let connect = self.connect();
+                tokio::pin!(connect);
+                loop {
+                    tokio::select! {
+                        c = &mut connect => break c,
+                        _ = stopped(&mut shutdown) => {
+                            self.flush_tables();
+                            return;
+                        }
+                        _ = expired(&mut stale) => self.stale_expired(&mut stale),
+                    }
+                }
             };
             match connected {
                 Ok((stream, buf)) => {
@@ -173,22 +187,36 @@ impl Task {
                     // A table may hold entries filled by an earlier connection (or an earlier
                     // sidecar) whose tracking is gone: nothing in it can be vouched for.
                     self.flush_tables();
+                    stale = None;
                     self.stats.connected.fetch_add(1, Ordering::Relaxed);
                     NearStats::inc(&self.stats.connects);
                     tracing::info!(upstream = ?self.addr, "near cache: connected to Redis, tracking on");
                     let end = self.serve(stream, buf, &mut shutdown).await;
                     self.stats.connected.fetch_sub(1, Ordering::Relaxed);
-                    // Clear first, then fail the callers: no caller is answered while the table
-                    // still holds what the lost connection can no longer vouch for.
-                    self.flush_tables();
                     let why = match end {
                         End::Shutdown => {
+                            self.flush_tables();
                             self.fail_all(&UpstreamError::ShuttingDown);
                             return;
                         }
                         End::Lost(why) => why,
                     };
-                    tracing::warn!(upstream = ?self.addr, "near cache: connection lost ({why}); tables cleared");
+                    // Clear first, then fail the callers: no caller is answered while the table
+                    // still holds what the lost connection can no longer vouch for. Unless the
+                    // operator chose `max_stale`: then readers keep the last values that long.
+                    match self.cfg.max_stale {
+                        Some(d) => {
+                            stale = Some(Box::pin(tokio::time::sleep(d)));
+                            tracing::warn!(
+                                upstream = ?self.addr, max_stale = ?d,
+                                "near cache: connection lost ({why}); tables kept for at most max_stale"
+                            );
+                        }
+                        None => {
+                            self.flush_tables();
+                            tracing::warn!(upstream = ?self.addr, "near cache: connection lost ({why}); tables cleared");
+                        }
+                    }
                     self.fail_all(&UpstreamError::Unavailable(why));
                 }
                 Err(why) => {
@@ -201,7 +229,11 @@ impl Task {
             loop {
                 tokio::select! {
                     _ = &mut wake => break,
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(&mut shutdown) => {
+                        self.flush_tables();
+                        return;
+                    }
+                    _ = expired(&mut stale) => self.stale_expired(&mut stale),
                     r = self.rx.recv() => match r {
                         Some(r) => refuse(r, &UpstreamError::Unavailable("not connected to Redis".into())),
                         None => return,
@@ -210,6 +242,13 @@ impl Task {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// `max_stale` ran out while disconnected: clear now.
+    fn stale_expired(&self, stale: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+        *stale = None;
+        self.flush_tables();
+        tracing::warn!(upstream = ?self.addr, "near cache: still disconnected after max_stale; tables cleared");
     }
 
     /// One connection (a Redis Cluster master): connect, serve until lost or shutdown, clear
@@ -270,7 +309,7 @@ impl Task {
     }
 
     /// Open the socket and do the handshake (`HELLO 3`, `CLIENT TRACKING ON OPTIN`).
-    async fn connect(&mut self) -> Result<(Stream, Vec<u8>), String> {
+    async fn connect(&self) -> Result<(Stream, Vec<u8>), String> {
         let t = self.cfg.ping_timeout;
         let mut stream: Stream = match &self.addr {
             Addr::Tcp(hp) => {
@@ -486,6 +525,9 @@ impl Task {
         let Some((sent, exp)) = self.pending.pop_front() else {
             return Err("a reply that answers no request".into());
         };
+        if matches!(exp, Expect::Ping | Expect::Fill { .. } | Expect::Set { .. } | Expect::Del { .. }) {
+            self.stats.upstream_latency.observe(sent.elapsed().as_secs_f64());
+        }
         match exp {
             Expect::Ok(what) => {
                 if let Frame::Error(e) = f {
@@ -626,6 +668,9 @@ impl Task {
         if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
             return;
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // Relaxed: a statistic.
+        self.stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
         match it.next() {
             Some(Frame::Array(keys)) => {
                 for k in keys {
@@ -668,6 +713,14 @@ fn fill_answer(f: Frame) -> Result<FillAnswer, String> {
         }
         Frame::Error(e) => redis_err(&e),
         other => Err(shape(&other)),
+    }
+}
+
+/// Until the `max_stale` deadline passes (never while there is none).
+async fn expired(stale: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match stale {
+        Some(s) => s.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,20 @@ impl Collector for NearCollector {
             let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
         }
+        let m = enc.encode_descriptor(
+            "near_upstream_latency_seconds",
+            "Time from sending a request to Redis (fill, write, PING) to reading its answer",
+            None,
+            MetricType::Histogram,
+        )?;
+        s.upstream_latency.encode(m)?;
+        let m = enc.encode_descriptor(
+            "near_last_invalidation_timestamp_seconds",
+            "Unix time of the last invalidation message from Redis (0: none yet); time since = time() - this",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.last_invalidation_ms.load(Ordering::Relaxed) as f64 / 1000.0).encode(m)?;
         Ok(())
     }
 }

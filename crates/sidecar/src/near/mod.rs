@@ -58,6 +58,9 @@ pub struct UpstreamConfig {
     pub ping_interval: Duration,
     /// How long a request (or `PING`) may go unanswered before the connection counts as lost.
     pub ping_timeout: Duration,
+    /// How long the mirrored tables keep serving their last values after the connection to
+    /// one Redis is lost (`--upstream-max-stale`; `None`: cleared at once).
+    pub max_stale: Option<Duration>,
 }
 
 impl UpstreamConfig {
@@ -105,6 +108,7 @@ impl UpstreamConfig {
             ping_interval: Duration::from_secs(1),
             // See `--upstream-timeout`.
             ping_timeout: Duration::from_secs(3),
+            max_stale: None,
         })
     }
 }
@@ -161,6 +165,7 @@ pub fn config_from(
     mut mirrors: Vec<MirrorSpec>,
     max_ttl: Option<&str>,
     timeout: Option<&str>,
+    max_stale: Option<&str>,
 ) -> Result<Option<NearConfig>, String> {
     let Some(url) = upstream else {
         if !mirrors.is_empty() {
@@ -179,6 +184,15 @@ pub fn config_from(
         // A PING every third of the timeout: a silent connection is noticed within about
         // 1.33 timeouts.
         upstream.ping_interval = t / 3;
+    }
+    if let Some(d) = max_stale {
+        let d = parse_duration(d).map_err(|e| format!("upstream max stale: {e}"))?;
+        if matches!(upstream.addr, Addr::Cluster(_)) && !d.is_zero() {
+            return Err("--upstream-max-stale applies to one Redis, not to a Redis Cluster (whose topology \
+                        changes always clear the tables)"
+                .into());
+        }
+        upstream.max_stale = Some(d).filter(|d| !d.is_zero());
     }
     if mirrors.is_empty() {
         return Err("--upstream needs at least one --mirror TABLE=PREFIX".into());
@@ -234,7 +248,7 @@ pub fn lookup(reader: &TableReader, key: &[u8]) -> Result<Cached, GetError> {
 }
 
 /// Counters of the near cache (process memory; exported on `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NearStats {
     /// Tracking connections up (1 for one Redis; one per master of a Redis Cluster).
     pub connected: AtomicU64,
@@ -256,6 +270,32 @@ pub struct NearStats {
     pub flushes: AtomicU64,
     /// Writes through to Redis (SET and DEL).
     pub writes: AtomicU64,
+    /// Time from sending an upstream request (fill, write, `PING`) to reading its answer.
+    pub upstream_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Unix time in milliseconds of the last invalidation message (0: none yet).
+    pub last_invalidation_ms: AtomicU64,
+}
+
+impl Default for NearStats {
+    fn default() -> Self {
+        NearStats {
+            connected: AtomicU64::new(0),
+            topology_changes: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fills: AtomicU64::new(0),
+            negative_fills: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            // 50 µs to about 0.8 s.
+            upstream_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 15),
+            ),
+            last_invalidation_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl NearStats {
