@@ -9,17 +9,15 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
-use common::child::{connect, read_response, send_request, RawResponse, Sidecar, Watchdog};
+use common::child::{RawResponse, Sidecar, Watchdog};
 use podcache_sidecar::near::{lookup, resp::Frame, Cached};
-use redis::{eventually, report, table, value, version, Redis, Rng};
+use redis::{eventually, http, reader_child, report, self_command, table, value, Redis, Rng, ROLE};
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const ROLE: &str = "PODCACHE_NEAR_ROLE";
 const BOUND: Duration = Duration::from_secs(20);
 
 fn sidecar(dir: &Path, redis: &Redis, extra: &[&str]) -> Sidecar {
@@ -27,12 +25,6 @@ fn sidecar(dir: &Path, redis: &Redis, extra: &[&str]) -> Sidecar {
     let mut args = vec!["--table", "t=4096:8MiB", "--upstream", url.as_str(), "--mirror", "t=k:"];
     args.extend_from_slice(extra);
     Sidecar::start(dir, &args)
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> RawResponse {
-    let mut c = connect(addr);
-    send_request(&mut c, method, path, "Connection: close\r\n", body).unwrap();
-    read_response(&mut BufReader::new(c)).unwrap()
 }
 
 fn header<'r>(r: &'r RawResponse, name: &str) -> Option<&'r str> {
@@ -71,52 +63,6 @@ fn writer_child(port: u16, ops: u64) {
     println!("@@WRITER ops={ops}");
 }
 
-/// Child: read every table directly (shared memory) and through HTTP (fills on a miss), and
-/// check that no (table, key) ever shows a version older than one seen before.
-fn reader_child(dirs: &[PathBuf], apis: &[SocketAddr], stop: &Path) {
-    let readers: Vec<_> = dirs.iter().map(|d| table(d, "t")).collect();
-    let mut rng = Rng(0x5eed_0002 ^ u64::from(std::process::id()));
-    let mut seen: HashMap<(usize, u64), u64> = HashMap::new();
-    let (mut reads, mut values, mut http_gets, mut violations) = (0u64, 0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut check = |t: usize, k: u64, v: &[u8], how: &str| {
-        let ver = version(v);
-        let max = seen.entry((t, k)).or_insert(0);
-        if ver < *max {
-            eprintln!("VIOLATION: table {t} key {k}: version {ver} ({how}) after {}", *max);
-            violations += 1;
-        }
-        *max = (*max).max(ver);
-    };
-    while !stop.exists() && Instant::now() < deadline {
-        let k = rng.below(KEYS);
-        for (t, r) in readers.iter().enumerate() {
-            reads += 1;
-            if let Cached::Value(v) = lookup(r, key(k).as_bytes()).expect("lookup") {
-                values += 1;
-                check(t, k, &v, "table");
-            }
-            if rng.below(4) == 0 {
-                http_gets += 1;
-                let resp = http(apis[t], "GET", &format!("/v1/tables/t/keys/{}", key(k)), b"");
-                match resp.status {
-                    200 => check(t, k, &resp.body, "http"),
-                    404 => {}
-                    s => panic!("GET answered {s}: {}", String::from_utf8_lossy(&resp.body)),
-                }
-            }
-        }
-    }
-    println!("@@READER reads={reads} values={values} http_gets={http_gets} violations={violations}");
-}
-
-fn self_command(test: &str, role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", test, "--nocapture", "--test-threads=1", "--quiet"]).env(ROLE, role);
-    c.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    c
-}
-
 /// Must-show 1: three sidecars on three directories (three Pods) share one Redis; a writer
 /// process does random SET / SET PX / DEL / PEXPIRE with versioned values while three reader
 /// processes read all three tables (directly and through HTTP fills). No reader ever sees a
@@ -132,7 +78,8 @@ fn three_pods_follow_one_writer_and_agree_with_redis() {
         Ok("reader") => {
             let dirs: Vec<PathBuf> = std::env::var("DIRS").unwrap().split(',').map(PathBuf::from).collect();
             let apis: Vec<SocketAddr> = std::env::var("APIS").unwrap().split(',').map(|a| a.parse().unwrap()).collect();
-            return reader_child(&dirs, &apis, Path::new(&std::env::var("STOP").unwrap()));
+            let keys: Vec<String> = (0..KEYS).map(key).collect();
+            return reader_child(&dirs, &apis, &keys, Path::new(&std::env::var("STOP").unwrap()), false);
         }
         _ => {}
     }

@@ -126,51 +126,32 @@ impl Handle {
     pub(crate) async fn ask<T>(&self, slot: u16, make: impl Fn(bool, Reply<T>) -> Request) -> Result<T, UpstreamError> {
         let mut stale = None;
         let mut last = String::new();
-        let mut attempt = 0;
-        while attempt < MAX_ROUTES {
-            attempt += 1;
+        for _ in 0..MAX_ROUTES {
             let routes = self.routes(stale).await?;
-            let Some(tx) = routes.by_slot(slot) else {
-                last = format!("no master serves slot {slot}");
-                self.refresh(&routes, None);
-                stale = Some(routes.id);
-                continue;
-            };
             let mut asking: Option<String> = None;
-            loop {
+            // Why the routes are wrong, and the node to ask for the new ones first.
+            let (why, hint) = loop {
                 let to = match &asking {
                     Some(a) => routes.by_addr(a),
-                    None => Some(tx),
+                    None => routes.by_slot(slot),
                 };
                 let Some(to) = to else {
-                    // An ASK to a node that is no master we know: the map is out of date.
-                    self.refresh(&routes, asking.take());
-                    stale = Some(routes.id);
-                    break;
+                    // An ASK to a node that is no master we know, or a slot nobody serves.
+                    break (format!("no known master for slot {slot} ({asking:?})"), asking.take());
                 };
                 match send(to, |reply| make(asking.is_some(), reply)).await {
-                    Err(Closed) => {
-                        last = "the master's connection closed".into();
-                        self.refresh(&routes, None);
-                        stale = Some(routes.id);
-                        break;
-                    }
+                    Err(Closed) => break ("the master's connection closed".into(), None),
                     Ok(Err(UpstreamError::Redis(msg))) => match redirect(&msg) {
-                        Some(Redirect::Moved(addr)) => {
-                            self.refresh(&routes, Some(addr));
-                            stale = Some(routes.id);
-                            last = msg;
-                            break;
-                        }
-                        Some(Redirect::Ask(addr)) if asking.is_none() => {
-                            asking = Some(addr);
-                            last = msg;
-                        }
+                        Some(Redirect::Moved(addr)) => break (msg, Some(addr)),
+                        Some(Redirect::Ask(addr)) if asking.is_none() => asking = Some(addr),
                         _ => return Err(UpstreamError::Redis(msg)),
                     },
                     Ok(r) => return r,
                 }
-            }
+            };
+            self.refresh(&routes, hint);
+            stale = Some(routes.id);
+            last = why;
         }
         Err(UpstreamError::Unavailable(format!("Redis Cluster: still redirected after {MAX_ROUTES} routes ({last})")))
     }

@@ -4,12 +4,18 @@
 //! If `redis-server` is not installed the tests print a visible `SKIPPED` line and return,
 //! unless `PODCACHE_REQUIRE_REDIS=1` (set by `.ci/redis`, which installs it), where they fail.
 
+use crate::common::child::{connect, read_response, send_request, RawResponse};
 use podcache_sidecar::near::resp::{self, Frame, Limits};
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
+use podcache_sidecar::near::{lookup, Cached};
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The environment variable that names a test child's role.
+pub const ROLE: &str = "PODCACHE_NEAR_ROLE";
 
 /// A running `redis-server` on a loopback port.
 pub struct Redis {
@@ -238,4 +244,60 @@ pub fn report(out: &str, tag: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in {line}"))
         .parse()
         .unwrap()
+}
+
+/// One HTTP/1.1 request on a new connection.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> RawResponse {
+    let mut c = connect(addr);
+    send_request(&mut c, method, path, "Connection: close\r\n", body).unwrap();
+    read_response(&mut BufReader::new(c)).unwrap()
+}
+
+/// This test binary running only `test`, as child role `role`.
+pub fn self_command(test: &str, role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", test, "--nocapture", "--test-threads=1", "--quiet"]).env(ROLE, role);
+    c.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    c
+}
+
+/// Child: read every table directly (shared memory) and through HTTP (fills on a miss), and
+/// check that no (table, key) ever shows a version older than one seen before. With
+/// `unavailable_ok`, a `503` (a fill cut by a Redis Cluster topology change) is counted, not an
+/// error.
+pub fn reader_child(dirs: &[PathBuf], apis: &[SocketAddr], keys: &[String], stop: &Path, unavailable_ok: bool) {
+    let readers: Vec<_> = dirs.iter().map(|d| table(d, "t")).collect();
+    let mut rng = Rng(0x5eed_0002 ^ u64::from(std::process::id()));
+    let mut seen: HashMap<(usize, usize), u64> = HashMap::new();
+    let (mut values, mut http_gets, mut unavailable, mut violations) = (0u64, 0u64, 0u64, 0u64);
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut check = |t: usize, k: usize, v: &[u8], how: &str| {
+        let ver = version(v);
+        let max = seen.entry((t, k)).or_insert(0);
+        if ver < *max {
+            eprintln!("VIOLATION: table {t} key {}: version {ver} ({how}) after {}", keys[k], *max);
+            violations += 1;
+        }
+        *max = (*max).max(ver);
+    };
+    while !stop.exists() && Instant::now() < deadline {
+        let k = rng.below(keys.len() as u64) as usize;
+        for (t, r) in readers.iter().enumerate() {
+            if let Cached::Value(v) = lookup(r, keys[k].as_bytes()).expect("lookup") {
+                values += 1;
+                check(t, k, &v, "table");
+            }
+            if rng.below(4) == 0 {
+                http_gets += 1;
+                let resp = http(apis[t], "GET", &format!("/v1/tables/t/keys/{}", keys[k]), b"");
+                match resp.status {
+                    200 => check(t, k, &resp.body, "http"),
+                    404 => {}
+                    503 if unavailable_ok => unavailable += 1,
+                    s => panic!("GET answered {s}: {}", String::from_utf8_lossy(&resp.body)),
+                }
+            }
+        }
+    }
+    println!("@@READER values={values} http_gets={http_gets} unavailable={unavailable} violations={violations}");
 }
