@@ -146,12 +146,13 @@ impl Task {
 
     /// Connect, serve, and on any loss clear the tables and reconnect with backoff, until
     /// `shutdown` turns true. Without `reconnect` (a Redis Cluster master), the first loss (or
-    /// failed connect) ends the task, after the tables are cleared and every waiting and
-    /// queued request is failed.
+    /// failed connect) ends the task, after the tables are cleared and the requests in flight
+    /// are failed; requests still queued were never sent and are dropped, which tells their
+    /// callers to route them again. With `max_stale` (one Redis), a loss leaves the tables as
+    /// they are until `max_stale` runs out or the next connection clears them.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         if !self.reconnect {
-            // Requests still queued were never sent: dropping them tells their callers to
-            // route them again (see `cluster::Handle::ask`).
+            // Dropping `self` drops the queued requests (see `cluster::Handle::ask`).
             self.run_once(&mut shutdown).await;
             return;
         }
