@@ -16,7 +16,7 @@ mod redis;
 
 use common::child::{RawResponse, Sidecar, Watchdog};
 use podcache_sidecar::near::{lookup, resp::Frame, Cached};
-use redis::{eventually, http, reader_child, report, self_command, table, value, Client, Rng, ROLE};
+use redis::{eventually, http, metric, random_write, reader_child, report, self_command, table, Client, Rng, ROLE};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -277,16 +277,6 @@ fn header<'r>(r: &'r RawResponse, name: &str) -> Option<&'r str> {
     r.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
-fn metric(s: &Sidecar, name: &str) -> u64 {
-    let m = http(s.ops, "GET", "/metrics", b"");
-    let text = String::from_utf8_lossy(&m.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-        .parse()
-        .unwrap()
-}
-
 fn sidecar(dir: &Path, cluster: &Cluster, extra: &[&str]) -> Sidecar {
     let url = cluster.url();
     let mut args = vec!["--table", "t=4096:8MiB", "--upstream", url.as_str(), "--mirror", "t=k:"];
@@ -411,16 +401,7 @@ fn writer_child(ports: &[u16], keys: &[String], stop: &Path) {
     while !stop.exists() {
         version += 1;
         let k = format!("k:{}", keys[rng.below(keys.len() as u64) as usize]);
-        let r = match rng.below(10) {
-            0..=4 => c.run(&k, &["SET", &k, &value(version, &mut rng)]),
-            5 | 6 => c.run(&k, &["SET", &k, &value(version, &mut rng), "PX", &(20 + rng.below(400)).to_string()]),
-            7 | 8 => c.run(&k, &["DEL", &k]),
-            _ => c.run(&k, &["PEXPIRE", &k, &(10 + rng.below(300)).to_string()]),
-        };
-        assert!(!matches!(r, Frame::Error(_)), "{r:?}");
-        if rng.below(8) == 0 {
-            std::thread::sleep(Duration::from_micros(rng.below(2000)));
-        }
+        random_write(&mut rng, version, &k, &mut |args| c.run(&k, args));
     }
     println!("@@WRITER ops={version}");
 }
@@ -600,8 +581,8 @@ fn three_pods_agree_with_a_cluster_across_reshard_and_failover() {
     assert!(values > 0 && http_gets > 0, "values {values}, http gets {http_gets}");
     for s in &sidecars {
         // The reshard and the failover each changed the slot map.
-        assert!(metric(s, "podcache_near_topology_changes_total") >= 2, "both topology changes noticed");
-        assert_eq!(metric(s, "podcache_near_connected"), 3, "one tracking connection per master");
+        assert!(metric(s, "podcache_near_topology_changes_total") >= 2.0, "both topology changes noticed");
+        assert_eq!(metric(s, "podcache_near_connected"), 3.0, "one tracking connection per master");
     }
     wait_connected(&cluster, 3);
     eprintln!(

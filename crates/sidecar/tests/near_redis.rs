@@ -11,7 +11,7 @@ mod redis;
 
 use common::child::{RawResponse, Sidecar, Watchdog};
 use podcache_sidecar::near::{lookup, resp::Frame, Cached};
-use redis::{eventually, http, reader_child, report, self_command, table, value, Redis, Rng, ROLE};
+use redis::{eventually, http, metric, random_write, reader_child, report, self_command, table, Redis, Rng, ROLE};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,16 +49,7 @@ fn writer_child(port: u16, ops: u64) {
     let mut rng = Rng(0x5eed_0001 ^ u64::from(std::process::id()));
     for version in 1..=ops {
         let k = format!("k:{}", key(rng.below(KEYS)));
-        let r = match rng.below(10) {
-            0..=4 => c.run(&["SET", &k, &value(version, &mut rng)]),
-            5 | 6 => c.run(&["SET", &k, &value(version, &mut rng), "PX", &(20 + rng.below(400)).to_string()]),
-            7 | 8 => c.run(&["DEL", &k]),
-            _ => c.run(&["PEXPIRE", &k, &(10 + rng.below(300)).to_string()]),
-        };
-        assert!(!matches!(r, Frame::Error(_)), "{r:?}");
-        if rng.below(8) == 0 {
-            std::thread::sleep(Duration::from_micros(rng.below(2000)));
-        }
+        random_write(&mut rng, version, &k, &mut |args| c.run(args));
     }
     println!("@@WRITER ops={ops}");
 }
@@ -576,16 +567,6 @@ fn a_restart_while_redis_is_down_clears_the_table() {
     let s = sidecar(tmp.path(), &redis, &[]);
     eventually("cleared without a connection", BOUND, || (r.stats().items == 0).then_some(()));
     assert_eq!(get(&s, "old").status, 503);
-}
-
-fn metric(s: &Sidecar, name: &str) -> f64 {
-    let m = http(s.ops, "GET", "/metrics", b"");
-    let text = String::from_utf8_lossy(&m.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} in /metrics"))
-        .parse()
-        .unwrap()
 }
 
 /// Opt-in `--upstream-max-stale`: after Redis dies the table keeps its last values (linked

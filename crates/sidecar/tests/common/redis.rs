@@ -301,3 +301,29 @@ pub fn reader_child(dirs: &[PathBuf], apis: &[SocketAddr], keys: &[String], stop
     }
     println!("@@READER values={values} http_gets={http_gets} unavailable={unavailable} violations={violations}");
 }
+
+/// One random write of version `version` to Redis key `k`, sent with `run`: SET, SET PX, DEL or
+/// PEXPIRE (the TTLs short enough to expire during a test), then now and then a short pause.
+pub fn random_write(rng: &mut Rng, version: u64, k: &str, run: &mut dyn FnMut(&[&str]) -> Frame) {
+    let r = match rng.below(10) {
+        0..=4 => run(&["SET", k, &value(version, rng)]),
+        5 | 6 => run(&["SET", k, &value(version, rng), "PX", &(20 + rng.below(400)).to_string()]),
+        7 | 8 => run(&["DEL", k]),
+        _ => run(&["PEXPIRE", k, &(10 + rng.below(300)).to_string()]),
+    };
+    assert!(!matches!(r, Frame::Error(_)), "{r:?}");
+    if rng.below(8) == 0 {
+        std::thread::sleep(Duration::from_micros(rng.below(2000)));
+    }
+}
+
+/// The value of the unlabelled sample `name` on the sidecar's `/metrics`.
+pub fn metric(s: &crate::common::child::Sidecar, name: &str) -> f64 {
+    let m = http(s.ops, "GET", "/metrics", b"");
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} in /metrics"))
+        .parse()
+        .unwrap()
+}
