@@ -276,9 +276,11 @@ pub struct ServeArgs {
     /// terminationGracePeriodSeconds.
     #[arg(long, env = "PODCACHE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
-    /// Upstream Redis of the near cache, `redis://[USER@]HOST:PORT` or `unix:///PATH`.
+    /// Upstream Redis of the near cache, `redis://[USER@]HOST:PORT`, a Redis Cluster
+    /// `redis+cluster://[USER@]HOST:PORT[,HOST:PORT...]` (seed nodes) or `unix:///PATH`.
     #[arg(
-        help = "Upstream Redis of the near cache: redis://[USER@]HOST:PORT or unix:///PATH (see --mirror)",
+        help = "Upstream Redis of the near cache: redis://[USER@]HOST:PORT, redis+cluster://[USER@]HOST:PORT[,HOST:PORT...] \
+                (Redis Cluster seeds) or unix:///PATH (see --mirror)",
         long,
         env = "PODCACHE_UPSTREAM"
     )]
@@ -290,6 +292,11 @@ pub struct ServeArgs {
     /// lost: the mirrored tables are cleared and it reconnects [default: 3s].
     #[arg(long, env = "PODCACHE_UPSTREAM_TIMEOUT")]
     pub upstream_timeout: Option<String>,
+    /// After the connection to the upstream Redis is lost, keep serving the mirrored tables'
+    /// last values this long (reads may be that stale) before clearing them [default: 0s, clear
+    /// at once]. One Redis only; a Redis Cluster always clears.
+    #[arg(long, env = "PODCACHE_UPSTREAM_MAX_STALE")]
+    pub upstream_max_stale: Option<String>,
     /// A table that mirrors the Redis keys under a prefix, TABLE=PREFIX, e.g. users=user:
     /// (repeatable; env: comma separated): GET fills on a miss, PUT/DELETE write through, Redis
     /// invalidations evict.
@@ -380,6 +387,7 @@ impl ServeArgs {
             },
             self.mirror_max_ttl.as_deref().or(file.mirror_max_ttl.as_deref()),
             self.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),
+            self.upstream_max_stale.as_deref().or(file.upstream_max_stale.as_deref()),
         )?;
         let log = match (self.log_format, file.log_format.as_deref()) {
             (Some(l), _) => l,

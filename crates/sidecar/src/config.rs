@@ -254,6 +254,7 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// mirrors = ["web=page:"]
 /// mirror_max_ttl = "1h"
 /// upstream_timeout = "3s"
+/// upstream_max_stale = "0s"
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +302,8 @@ pub struct FileConfig {
     pub mirror_max_ttl: Option<String>,
     /// See `--upstream-timeout`.
     pub upstream_timeout: Option<String>,
+    /// See `--upstream-max-stale`.
+    pub upstream_max_stale: Option<String>,
     /// See `--access-log`.
     pub access_log: Option<bool>,
 }

@@ -9,17 +9,15 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
-use common::child::{connect, read_response, send_request, RawResponse, Sidecar, Watchdog};
+use common::child::{RawResponse, Sidecar, Watchdog};
 use podcache_sidecar::near::{lookup, resp::Frame, Cached};
-use redis::{eventually, table, Redis};
+use redis::{eventually, http, metric, random_write, reader_child, report, self_command, table, Redis, Rng, ROLE};
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const ROLE: &str = "PODCACHE_NEAR_ROLE";
 const BOUND: Duration = Duration::from_secs(20);
 
 fn sidecar(dir: &Path, redis: &Redis, extra: &[&str]) -> Sidecar {
@@ -27,12 +25,6 @@ fn sidecar(dir: &Path, redis: &Redis, extra: &[&str]) -> Sidecar {
     let mut args = vec!["--table", "t=4096:8MiB", "--upstream", url.as_str(), "--mirror", "t=k:"];
     args.extend_from_slice(extra);
     Sidecar::start(dir, &args)
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> RawResponse {
-    let mut c = connect(addr);
-    send_request(&mut c, method, path, "Connection: close\r\n", body).unwrap();
-    read_response(&mut BufReader::new(c)).unwrap()
 }
 
 fn header<'r>(r: &'r RawResponse, name: &str) -> Option<&'r str> {
@@ -45,35 +37,10 @@ fn wait_connected(redis: &Redis, n: usize) -> Vec<String> {
     eventually("tracking connections up", BOUND, || Some(c.near_clients()).filter(|v| v.len() == n))
 }
 
-/// A deterministic generator (xorshift), seeded per process.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const KEYS: u64 = 40;
 
 fn key(i: u64) -> String {
     format!("{i}")
-}
-
-/// Value of version `v`: `v<version>:` then filler (lengths vary, so records of many sizes).
-fn value(v: u64, rng: &mut Rng) -> String {
-    format!("v{v}:{}", "x".repeat(rng.below(300) as usize))
-}
-
-fn version(v: &[u8]) -> u64 {
-    let s = std::str::from_utf8(v).expect("utf-8 value");
-    let end = s.find(':').expect("versioned value");
-    s[1..end].parse().expect("version number")
 }
 
 /// Child: random SET / SET PX / DEL / PEXPIRE on Redis, each write a new version.
@@ -82,76 +49,9 @@ fn writer_child(port: u16, ops: u64) {
     let mut rng = Rng(0x5eed_0001 ^ u64::from(std::process::id()));
     for version in 1..=ops {
         let k = format!("k:{}", key(rng.below(KEYS)));
-        let r = match rng.below(10) {
-            0..=4 => c.run(&["SET", &k, &value(version, &mut rng)]),
-            5 | 6 => c.run(&["SET", &k, &value(version, &mut rng), "PX", &(20 + rng.below(400)).to_string()]),
-            7 | 8 => c.run(&["DEL", &k]),
-            _ => c.run(&["PEXPIRE", &k, &(10 + rng.below(300)).to_string()]),
-        };
-        assert!(!matches!(r, Frame::Error(_)), "{r:?}");
-        if rng.below(8) == 0 {
-            std::thread::sleep(Duration::from_micros(rng.below(2000)));
-        }
+        random_write(&mut rng, version, &k, &mut |args| c.run(args));
     }
     println!("@@WRITER ops={ops}");
-}
-
-/// Child: read every table directly (shared memory) and through HTTP (fills on a miss), and
-/// check that no (table, key) ever shows a version older than one seen before.
-fn reader_child(dirs: &[PathBuf], apis: &[SocketAddr], stop: &Path) {
-    let readers: Vec<_> = dirs.iter().map(|d| table(d, "t")).collect();
-    let mut rng = Rng(0x5eed_0002 ^ u64::from(std::process::id()));
-    let mut seen: HashMap<(usize, u64), u64> = HashMap::new();
-    let (mut reads, mut values, mut http_gets, mut violations) = (0u64, 0u64, 0u64, 0u64);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut check = |t: usize, k: u64, v: &[u8], how: &str| {
-        let ver = version(v);
-        let max = seen.entry((t, k)).or_insert(0);
-        if ver < *max {
-            eprintln!("VIOLATION: table {t} key {k}: version {ver} ({how}) after {}", *max);
-            violations += 1;
-        }
-        *max = (*max).max(ver);
-    };
-    while !stop.exists() && Instant::now() < deadline {
-        let k = rng.below(KEYS);
-        for (t, r) in readers.iter().enumerate() {
-            reads += 1;
-            if let Cached::Value(v) = lookup(r, key(k).as_bytes()).expect("lookup") {
-                values += 1;
-                check(t, k, &v, "table");
-            }
-            if rng.below(4) == 0 {
-                http_gets += 1;
-                let resp = http(apis[t], "GET", &format!("/v1/tables/t/keys/{}", key(k)), b"");
-                match resp.status {
-                    200 => check(t, k, &resp.body, "http"),
-                    404 => {}
-                    s => panic!("GET answered {s}: {}", String::from_utf8_lossy(&resp.body)),
-                }
-            }
-        }
-    }
-    println!("@@READER reads={reads} values={values} http_gets={http_gets} violations={violations}");
-}
-
-fn report(out: &str, tag: &str, field: &str) -> u64 {
-    let line = out
-        .lines()
-        .find(|l| l.starts_with(&format!("@@{tag} ")))
-        .unwrap_or_else(|| panic!("no {tag} report in {out:?}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{field}=")))
-        .unwrap_or_else(|| panic!("no {field} in {line}"))
-        .parse()
-        .unwrap()
-}
-
-fn self_command(test: &str, role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["--exact", test, "--nocapture", "--test-threads=1", "--quiet"]).env(ROLE, role);
-    c.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    c
 }
 
 /// Must-show 1: three sidecars on three directories (three Pods) share one Redis; a writer
@@ -169,7 +69,8 @@ fn three_pods_follow_one_writer_and_agree_with_redis() {
         Ok("reader") => {
             let dirs: Vec<PathBuf> = std::env::var("DIRS").unwrap().split(',').map(PathBuf::from).collect();
             let apis: Vec<SocketAddr> = std::env::var("APIS").unwrap().split(',').map(|a| a.parse().unwrap()).collect();
-            return reader_child(&dirs, &apis, Path::new(&std::env::var("STOP").unwrap()));
+            let keys: Vec<String> = (0..KEYS).map(key).collect();
+            return reader_child(&dirs, &apis, &keys, Path::new(&std::env::var("STOP").unwrap()), false);
         }
         _ => {}
     }
@@ -500,6 +401,17 @@ fn bad_near_configuration_is_refused() {
         pw.to_str().unwrap(),
     ]);
     assert!(e.contains("password file"), "{e}");
+    let e = run(&[
+        "--table",
+        "t=10:1MiB",
+        "--upstream",
+        "redis+cluster://127.0.0.1:1",
+        "--mirror",
+        "t=k:",
+        "--upstream-max-stale",
+        "1s",
+    ]);
+    assert!(e.contains("not to a Redis Cluster"), "{e}");
 }
 
 /// Must-show 2, SIGSTOP: a Redis that stops answering (the process is stopped, the connection
@@ -655,4 +567,38 @@ fn a_restart_while_redis_is_down_clears_the_table() {
     let s = sidecar(tmp.path(), &redis, &[]);
     eventually("cleared without a connection", BOUND, || (r.stats().items == 0).then_some(()));
     assert_eq!(get(&s, "old").status, 503);
+}
+
+/// Opt-in `--upstream-max-stale`: after Redis dies the table keeps its last values (linked
+/// readers and HTTP hits serve them, misses answer 503) until `max_stale` has passed, then it
+/// is cleared. Also the upstream latency histogram and the time of the last invalidation.
+#[test]
+fn max_stale_keeps_the_last_values_for_a_bounded_time() {
+    const TEST: &str = "max_stale_keeps_the_last_values_for_a_bounded_time";
+    let Some(mut redis) = Redis::start_or_skip(TEST) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let s = sidecar(tmp.path(), &redis, &["--upstream-max-stale", "3s"]);
+    wait_connected(&redis, 1);
+    let r = table(tmp.path(), "t");
+    let mut c = redis.client();
+    c.run(&["SET", "k:m", "first"]);
+    assert_eq!(get(&s, "m").body, b"first");
+    assert_eq!(metric(&s, "podcache_near_last_invalidation_timestamp_seconds"), 0.0);
+    c.run(&["SET", "k:m", "kept"]);
+    eventually("invalidated", BOUND, || (lookup(&r, b"m").unwrap() == Cached::NotCached).then_some(()));
+    assert!(metric(&s, "podcache_near_last_invalidation_timestamp_seconds") > 1.0e9, "a Unix time");
+    assert_eq!(get(&s, "m").body, b"kept");
+    assert!(metric(&s, "podcache_near_upstream_latency_seconds_count") >= 2.0, "fills timed");
+    redis.kill();
+    eventually("the loss noticed", BOUND, || (metric(&s, "podcache_near_connected") == 0.0).then_some(()));
+    // Within max_stale: the last value is still served, to linked readers and HTTP hits.
+    assert_eq!(lookup(&r, b"m").unwrap(), Cached::Value(b"kept".to_vec()), "kept while max_stale runs");
+    let hit = get(&s, "m");
+    assert_eq!((hit.status, header(&hit, "x-podcache-source")), (200, Some("table")));
+    assert_eq!(get(&s, "other").status, 503, "a miss cannot be filled");
+    eventually("cleared once max_stale ran out", BOUND, || (r.stats().items == 0).then_some(()));
+    assert_eq!(get(&s, "m").status, 503);
+    redis.restart();
+    wait_connected(&redis, 1);
+    assert_eq!(get(&s, "m").status, 404, "the restarted Redis is empty");
 }

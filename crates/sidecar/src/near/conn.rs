@@ -2,8 +2,9 @@
 //! every reply and invalidation to the tables in the order it reads them (`docs/design.md` §10).
 
 use super::resp::{self, Frame, Limits};
-use super::{negative_key, Addr, Mirror, NearStats, UpstreamConfig};
+use super::{negative_key, Addr, Guard, Mirror, NearStats, UpstreamConfig};
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,24 +35,32 @@ impl std::fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-type Reply<T> = oneshot::Sender<Result<T, UpstreamError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, UpstreamError>>;
 
-/// A request from a handler to the connection task.
+/// A request from a handler to the connection task. `asking` (Redis Cluster): the request
+/// follows an `ASK` redirection, so it is sent after `ASKING`, and a fill is answered but not
+/// stored (the slot is being migrated; nothing tracks the key on this node for us).
 pub(crate) enum Request {
-    Fill { mirror: usize, key: Vec<u8>, reply: Reply<Option<Vec<u8>>> },
-    Set { mirror: usize, key: Vec<u8>, value: Vec<u8>, ttl: Option<Duration>, reply: Reply<()> },
-    Del { mirror: usize, key: Vec<u8>, reply: Reply<bool> },
+    Fill { mirror: usize, key: Vec<u8>, asking: bool, reply: Reply<Option<Vec<u8>>> },
+    Set { mirror: usize, key: Vec<u8>, value: Vec<u8>, ttl: Option<Duration>, asking: bool, reply: Reply<()> },
+    Del { mirror: usize, key: Vec<u8>, asking: bool, reply: Reply<bool> },
 }
 
 /// What the next reply on the wire answers.
 enum Expect {
-    /// `CLIENT CACHING`, `MULTI`, `QUEUED`: anything but an error.
+    /// `CLIENT CACHING`, `MULTI`, `ASKING`: anything but an error.
     Ok(&'static str),
-    /// The `EXEC` of a fill: `[PTTL, GET]`.
+    /// `QUEUED` for a command of fill `id`'s transaction; an error (e.g. a Redis Cluster
+    /// `MOVED`) is kept for the fill's callers, and the `EXEC` then answers `EXECABORT`.
+    Queued(u64),
+    /// The `EXEC` of a fill: `[PTTL, GET]`. `epoch`: [`Guard`]'s epoch when it was sent;
+    /// `store`: whether the answer may be stored (false after `ASK`).
     Fill {
         id: u64,
         mirror: usize,
         key: Vec<u8>,
+        epoch: u64,
+        store: bool,
     },
     Set {
         mirror: usize,
@@ -83,6 +92,11 @@ pub(crate) const CLIENT_NAME: &str = "podcache-near";
 
 pub(crate) struct Task {
     cfg: UpstreamConfig,
+    /// The node this task connects to (a Redis Cluster master, or the one upstream).
+    addr: Addr,
+    /// Reconnect after a loss (one upstream); `false`: end, and let the cluster task decide.
+    reconnect: bool,
+    guard: Arc<Guard>,
     password: Option<String>,
     mirrors: Vec<Arc<Mirror>>,
     rx: mpsc::Receiver<Request>,
@@ -95,12 +109,18 @@ pub(crate) struct Task {
     /// The fill a new miss on (mirror, table key) may join. A write through this connection
     /// detaches the key: a fill sent before the write must not answer a get made after it.
     joinable: HashMap<(usize, Vec<u8>), u64>,
+    /// The first error a queued command of a fill got, by fill id.
+    queued_errors: HashMap<u64, Vec<u8>>,
     next_fill: u64,
 }
 
 impl Task {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: UpstreamConfig,
+        addr: Addr,
+        reconnect: bool,
+        guard: Arc<Guard>,
         password: Option<String>,
         mirrors: Vec<Arc<Mirror>>,
         rx: mpsc::Receiver<Request>,
@@ -108,6 +128,9 @@ impl Task {
     ) -> Task {
         Task {
             cfg,
+            addr,
+            reconnect,
+            guard,
             password,
             mirrors,
             rx,
@@ -116,25 +139,48 @@ impl Task {
             pending: VecDeque::new(),
             fills: HashMap::new(),
             joinable: HashMap::new(),
+            queued_errors: HashMap::new(),
             next_fill: 0,
         }
     }
 
     /// Connect, serve, and on any loss clear the tables and reconnect with backoff, until
-    /// `shutdown` turns true.
+    /// `shutdown` turns true. Without `reconnect` (a Redis Cluster master), the first loss (or
+    /// failed connect) ends the task, after the tables are cleared and the requests in flight
+    /// are failed; requests still queued were never sent and are dropped, which tells their
+    /// callers to route them again. With `max_stale` (one Redis), a loss leaves the tables as
+    /// they are until `max_stale` runs out or the next connection clears them.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        if !self.reconnect {
+            // Dropping `self` drops the queued requests (see `cluster::Handle::ask`).
+            self.run_once(&mut shutdown).await;
+            return;
+        }
         // The tables may hold what an earlier sidecar filled (emptyDir outlives a container):
         // clear them now, not at the first successful connect, which may be a long way off
         // when Redis is down.
         self.flush_tables();
         let mut backoff = BACKOFF_MIN;
+        // With `max_stale`: when the tables must be cleared after a loss, unless a connection
+        // (which clears them) comes first.
+        let mut stale: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let connected = tokio::select! {
-                c = self.connect() => c,
-                _ = stopped(&mut shutdown) => return,
+            let connected = {
+                let connect = self.connect();
+                tokio::pin!(connect);
+                loop {
+                    tokio::select! {
+                        c = &mut connect => break c,
+                        _ = stopped(&mut shutdown) => {
+                            self.flush_tables();
+                            return;
+                        }
+                        _ = expired(&mut stale) => self.stale_expired(&mut stale),
+                    }
+                }
             };
             match connected {
                 Ok((stream, buf)) => {
@@ -142,26 +188,40 @@ impl Task {
                     // A table may hold entries filled by an earlier connection (or an earlier
                     // sidecar) whose tracking is gone: nothing in it can be vouched for.
                     self.flush_tables();
-                    self.stats.connected.store(true, Ordering::Relaxed);
+                    stale = None;
+                    self.stats.connected.fetch_add(1, Ordering::Relaxed);
                     NearStats::inc(&self.stats.connects);
-                    tracing::info!(upstream = ?self.cfg.addr, "near cache: connected to Redis, tracking on");
+                    tracing::info!(upstream = ?self.addr, "near cache: connected to Redis, tracking on");
                     let end = self.serve(stream, buf, &mut shutdown).await;
-                    self.stats.connected.store(false, Ordering::Relaxed);
-                    // Clear first, then fail the callers: no caller is answered while the table
-                    // still holds what the lost connection can no longer vouch for.
-                    self.flush_tables();
+                    self.stats.connected.fetch_sub(1, Ordering::Relaxed);
                     let why = match end {
                         End::Shutdown => {
+                            self.flush_tables();
                             self.fail_all(&UpstreamError::ShuttingDown);
                             return;
                         }
                         End::Lost(why) => why,
                     };
-                    tracing::warn!(upstream = ?self.cfg.addr, "near cache: connection lost ({why}); tables cleared");
+                    // Clear first, then fail the callers: no caller is answered while the table
+                    // still holds what the lost connection can no longer vouch for. Unless the
+                    // operator chose `max_stale`: then readers keep the last values that long.
+                    match self.cfg.max_stale {
+                        Some(d) => {
+                            stale = Some(Box::pin(tokio::time::sleep(d)));
+                            tracing::warn!(
+                                upstream = ?self.addr, max_stale = ?d,
+                                "near cache: connection lost ({why}); tables kept for at most max_stale"
+                            );
+                        }
+                        None => {
+                            self.flush_tables();
+                            tracing::warn!(upstream = ?self.addr, "near cache: connection lost ({why}); tables cleared");
+                        }
+                    }
                     self.fail_all(&UpstreamError::Unavailable(why));
                 }
                 Err(why) => {
-                    tracing::warn!(upstream = ?self.cfg.addr, retry_in = ?backoff, "near cache: cannot connect: {why}");
+                    tracing::warn!(upstream = ?self.addr, retry_in = ?backoff, "near cache: cannot connect: {why}");
                 }
             }
             // Back off, answering requests at once meanwhile.
@@ -170,7 +230,11 @@ impl Task {
             loop {
                 tokio::select! {
                     _ = &mut wake => break,
-                    _ = stopped(&mut shutdown) => return,
+                    _ = stopped(&mut shutdown) => {
+                        self.flush_tables();
+                        return;
+                    }
+                    _ = expired(&mut stale) => self.stale_expired(&mut stale),
                     r = self.rx.recv() => match r {
                         Some(r) => refuse(r, &UpstreamError::Unavailable("not connected to Redis".into())),
                         None => return,
@@ -181,11 +245,47 @@ impl Task {
         }
     }
 
+    /// `max_stale` ran out while disconnected: clear now.
+    fn stale_expired(&self, stale: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+        *stale = None;
+        self.flush_tables();
+        tracing::warn!(upstream = ?self.addr, "near cache: still disconnected after max_stale; tables cleared");
+    }
+
+    /// One connection (a Redis Cluster master): connect, serve until lost or shutdown, clear
+    /// the tables, fail the callers.
+    async fn run_once(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let connected = tokio::select! {
+            c = self.connect() => c,
+            _ = stopped(shutdown) => return,
+        };
+        let (stream, buf) = match connected {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(upstream = ?self.addr, "near cache: cannot connect to a cluster node: {why}");
+                return;
+            }
+        };
+        // No clear here: the cluster task cleared the tables before it started this topology's
+        // connections, so what they hold was filled through one of them, which tracks it.
+        self.stats.connected.fetch_add(1, Ordering::Relaxed);
+        NearStats::inc(&self.stats.connects);
+        tracing::info!(upstream = ?self.addr, "near cache: connected to a Redis Cluster master, tracking on");
+        let end = self.serve(stream, buf, shutdown).await;
+        self.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        self.flush_tables();
+        let e = match end {
+            End::Shutdown => UpstreamError::Unavailable("the connection to this Redis Cluster node was closed".into()),
+            End::Lost(why) => {
+                tracing::warn!(upstream = ?self.addr, "near cache: connection to a cluster master lost ({why}); tables cleared");
+                UpstreamError::Unavailable(why)
+            }
+        };
+        self.fail_all(&e);
+    }
+
     fn flush_tables(&self) {
-        for m in &self.mirrors {
-            m.clear();
-        }
-        NearStats::inc(&self.stats.flushes);
+        super::flush(&self.guard, &self.mirrors, &self.stats);
     }
 
     fn fail_all(&mut self, e: &UpstreamError) {
@@ -197,10 +297,11 @@ impl Task {
                 Expect::Del { reply, .. } => {
                     let _ = reply.send(Err(e.clone()));
                 }
-                Expect::Ok(_) | Expect::Fill { .. } | Expect::Ping => {}
+                Expect::Ok(_) | Expect::Queued(_) | Expect::Fill { .. } | Expect::Ping => {}
             }
         }
         self.joinable.clear();
+        self.queued_errors.clear();
         for (_, waiters) in self.fills.drain() {
             for w in waiters {
                 let _ = w.send(Err(e.clone()));
@@ -209,9 +310,9 @@ impl Task {
     }
 
     /// Open the socket and do the handshake (`HELLO 3`, `CLIENT TRACKING ON OPTIN`).
-    async fn connect(&mut self) -> Result<(Stream, Vec<u8>), String> {
+    async fn connect(&self) -> Result<(Stream, Vec<u8>), String> {
         let t = self.cfg.ping_timeout;
-        let mut stream: Stream = match &self.cfg.addr {
+        let mut stream: Stream = match &self.addr {
             Addr::Tcp(hp) => {
                 let s = tokio::time::timeout(t, tokio::net::TcpStream::connect(hp.as_str()))
                     .await
@@ -226,6 +327,7 @@ impl Task {
                     .map_err(|_| "connect timed out".to_string())?
                     .map_err(|e| e.to_string())?,
             ),
+            Addr::Cluster(_) => return Err("a connection task needs one node's address".into()),
         };
         let mut out = Vec::new();
         let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
@@ -344,32 +446,52 @@ impl Task {
     fn request(&mut self, r: Request, out: &mut Vec<u8>) {
         let now = Instant::now();
         match r {
-            Request::Fill { mirror, key, reply } => {
-                match self.joinable.get(&(mirror, key.clone())).and_then(|id| self.fills.get_mut(id)) {
-                    Some(waiters) => waiters.push(reply),
-                    None => {
-                        let id = self.next_fill;
-                        self.next_fill += 1;
-                        let rk = self.mirrors[mirror].redis_key(&key);
-                        resp::encode(out, &[b"CLIENT", b"CACHING", b"YES"]);
-                        resp::encode(out, &[b"MULTI"]);
-                        resp::encode(out, &[b"PTTL", &rk]);
-                        resp::encode(out, &[b"GET", &rk]);
-                        resp::encode(out, &[b"EXEC"]);
-                        self.pending.push_back((now, Expect::Ok("CLIENT CACHING YES")));
-                        self.pending.push_back((now, Expect::Ok("MULTI")));
-                        self.pending.push_back((now, Expect::Ok("PTTL (queued)")));
-                        self.pending.push_back((now, Expect::Ok("GET (queued)")));
-                        self.pending.push_back((now, Expect::Fill { id, mirror, key: key.clone() }));
-                        self.fills.insert(id, vec![reply]);
-                        self.joinable.insert((mirror, key), id);
-                        NearStats::inc(&self.stats.fills);
+            Request::Fill { mirror, key, asking, reply } => {
+                let joined = match self.joinable.get(&(mirror, key.clone())).and_then(|id| self.fills.get_mut(id)) {
+                    Some(waiters) if !asking => {
+                        waiters.push(reply);
+                        None
                     }
+                    _ => Some(reply),
+                };
+                if let Some(reply) = joined {
+                    let id = self.next_fill;
+                    self.next_fill += 1;
+                    let rk = self.mirrors[mirror].redis_key(&key);
+                    if asking {
+                        // CLIENT CACHING and ASKING each apply to the next command only, so
+                        // an ASK-redirected fill is not tracked, and not stored.
+                        resp::encode(out, &[b"ASKING"]);
+                        self.pending.push_back((now, Expect::Ok("ASKING")));
+                    } else {
+                        resp::encode(out, &[b"CLIENT", b"CACHING", b"YES"]);
+                        self.pending.push_back((now, Expect::Ok("CLIENT CACHING YES")));
+                    }
+                    resp::encode(out, &[b"MULTI"]);
+                    resp::encode(out, &[b"PTTL", &rk]);
+                    resp::encode(out, &[b"GET", &rk]);
+                    resp::encode(out, &[b"EXEC"]);
+                    self.pending.push_back((now, Expect::Ok("MULTI")));
+                    self.pending.push_back((now, Expect::Queued(id)));
+                    self.pending.push_back((now, Expect::Queued(id)));
+                    // Relaxed: compared under the table's writer lock in `store_fill`, which
+                    // orders it against `flush` (see `Guard`).
+                    let epoch = self.guard.epoch.load(Ordering::Relaxed);
+                    self.pending.push_back((now, Expect::Fill { id, mirror, key: key.clone(), epoch, store: !asking }));
+                    self.fills.insert(id, vec![reply]);
+                    if !asking {
+                        self.joinable.insert((mirror, key), id);
+                    }
+                    NearStats::inc(&self.stats.fills);
                 }
                 NearStats::inc(&self.stats.misses);
             }
-            Request::Set { mirror, key, value, ttl, reply } => {
+            Request::Set { mirror, key, value, ttl, asking, reply } => {
                 let rk = self.mirrors[mirror].redis_key(&key);
+                if asking {
+                    resp::encode(out, &[b"ASKING"]);
+                    self.pending.push_back((now, Expect::Ok("ASKING")));
+                }
                 match ttl {
                     Some(t) => {
                         let ms = t.as_millis().max(1).to_string();
@@ -381,8 +503,12 @@ impl Task {
                 self.pending.push_back((now, Expect::Set { mirror, key, reply }));
                 NearStats::inc(&self.stats.writes);
             }
-            Request::Del { mirror, key, reply } => {
+            Request::Del { mirror, key, asking, reply } => {
                 let rk = self.mirrors[mirror].redis_key(&key);
+                if asking {
+                    resp::encode(out, &[b"ASKING"]);
+                    self.pending.push_back((now, Expect::Ok("ASKING")));
+                }
                 resp::encode(out, &[b"DEL", &rk]);
                 self.joinable.remove(&(mirror, key.clone()));
                 self.pending.push_back((now, Expect::Del { mirror, key, reply }));
@@ -400,6 +526,9 @@ impl Task {
         let Some((sent, exp)) = self.pending.pop_front() else {
             return Err("a reply that answers no request".into());
         };
+        if matches!(exp, Expect::Ping | Expect::Fill { .. } | Expect::Set { .. } | Expect::Del { .. }) {
+            self.stats.upstream_latency.observe(sent.elapsed().as_secs_f64());
+        }
         match exp {
             Expect::Ok(what) => {
                 if let Frame::Error(e) = f {
@@ -407,15 +536,32 @@ impl Task {
                 }
             }
             Expect::Ping => {}
-            Expect::Fill { id, mirror, key } => {
+            Expect::Queued(id) => {
+                if let Frame::Error(e) = f {
+                    self.queued_errors.entry(id).or_insert(e);
+                }
+            }
+            Expect::Fill { id, mirror, key, epoch, store } => {
                 let k = (mirror, key);
                 if self.joinable.get(&k) == Some(&id) {
                     self.joinable.remove(&k);
                 }
-                let (result, lost) = match fill_answer(f) {
-                    Ok(Ok((pttl, value))) => (self.store_fill(mirror, &k.1, pttl, value, sent), None),
-                    Ok(Err(e)) => (Err(e), None),
-                    Err(why) => (Err(UpstreamError::Unavailable(why.clone())), Some(why)),
+                let queued = self.queued_errors.remove(&id);
+                let (result, lost) = match (fill_answer(f), queued) {
+                    // A queued command was refused (e.g. MOVED): the EXEC answered EXECABORT.
+                    (Ok(Err(_)), Some(e)) => {
+                        (Err(UpstreamError::Redis(String::from_utf8_lossy(&e).into_owned())), None)
+                    }
+                    (Ok(Ok(_)), Some(_)) => {
+                        let why = "protocol error: a transaction with a refused command was executed".to_string();
+                        (Err(UpstreamError::Unavailable(why.clone())), Some(why))
+                    }
+                    (Ok(Ok((pttl, value))), None) if store => {
+                        (self.store_fill(mirror, &k.1, pttl, value, sent, epoch), None)
+                    }
+                    (Ok(Ok((_, value))), None) => (Ok(value), None),
+                    (Ok(Err(e)), None) => (Err(e), None),
+                    (Err(why), _) => (Err(UpstreamError::Unavailable(why.clone())), Some(why)),
                 };
                 for w in self.fills.remove(&id).unwrap_or_default() {
                     let _ = w.send(result.clone());
@@ -458,6 +604,7 @@ impl Task {
         pttl: i64,
         value: Option<Vec<u8>>,
         sent: Instant,
+        epoch: u64,
     ) -> Result<Option<Vec<u8>>, UpstreamError> {
         let m = &self.mirrors[mirror];
         if !super::cacheable(key) {
@@ -478,6 +625,13 @@ impl Task {
         }
         let mut guard = m.table.writer();
         let Some(w) = guard.as_mut() else { return Ok(value) };
+        // A flush since the fill was sent (a topology change, a lost connection elsewhere):
+        // the fill may come from a node that no longer tracks the key for us. Answered, not
+        // stored. Checked under the writer lock, which `flush` takes after bumping the epoch.
+        // Relaxed: the lock orders it (see `Guard`).
+        if self.guard.epoch.load(Ordering::Relaxed) != epoch {
+            return Ok(value);
+        }
         let nk = negative_key(key);
         match &value {
             Some(v) => {
@@ -515,6 +669,9 @@ impl Task {
         if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
             return;
         }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // Relaxed: a statistic.
+        self.stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
         match it.next() {
             Some(Frame::Array(keys)) => {
                 for k in keys {
@@ -557,6 +714,14 @@ fn fill_answer(f: Frame) -> Result<FillAnswer, String> {
         }
         Frame::Error(e) => redis_err(&e),
         other => Err(shape(&other)),
+    }
+}
+
+/// Until the `max_stale` deadline passes (never while there is none).
+async fn expired(stale: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match stale {
+        Some(s) => s.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

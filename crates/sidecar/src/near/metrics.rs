@@ -19,11 +19,11 @@ impl Collector for NearCollector {
         // Relaxed: statistics, read independently of each other.
         let m = enc.encode_descriptor(
             "near_connected",
-            "1 while the tracking connection to Redis is up",
+            "Tracking connections to Redis that are up (1 for one Redis, one per master of a Redis Cluster)",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(s.connected.load(Ordering::Relaxed))).encode(m)?;
+        ConstGauge::new(i64::try_from(s.connected.load(Ordering::Relaxed)).unwrap_or(i64::MAX)).encode(m)?;
         let counters = [
             ("near_connects", "Connections to Redis established (handshake and tracking done)", &s.connects),
             ("near_hits", "Gets on mirrored tables answered from the table (values and negative entries)", &s.hits),
@@ -33,11 +33,30 @@ impl Collector for NearCollector {
             ("near_invalidations", "Keys named by Redis invalidation messages", &s.invalidations),
             ("near_flushes", "Mirrored tables cleared (connect, connection lost, FLUSHALL)", &s.flushes),
             ("near_writes", "Writes through to Redis (SET, DEL)", &s.writes),
+            (
+                "near_topology_changes",
+                "Redis Cluster topology changes handled (MOVED, a changed slot map, a master lost): tables cleared",
+                &s.topology_changes,
+            ),
         ];
         for (name, help, c) in counters {
             let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(c.load(Ordering::Relaxed)).encode(m)?;
         }
+        let m = enc.encode_descriptor(
+            "near_upstream_latency_seconds",
+            "Time from sending a request to Redis (fill, write, PING) to reading its answer",
+            None,
+            MetricType::Histogram,
+        )?;
+        s.upstream_latency.encode(m)?;
+        let m = enc.encode_descriptor(
+            "near_last_invalidation_timestamp_seconds",
+            "Unix time of the last invalidation message from Redis (0: none yet); time since = time() - this",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.last_invalidation_ms.load(Ordering::Relaxed) as f64 / 1000.0).encode(m)?;
         Ok(())
     }
 }

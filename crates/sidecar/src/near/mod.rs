@@ -14,10 +14,12 @@
 //! key absent upstream is the key [`negative_key`]`(k)` = `0x00 + k` with an empty value. A key
 //! that starts with `0x00` is never stored. [`lookup`] tells the three cases apart.
 
+mod cluster;
 mod conn;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod resp;
+pub mod slot;
 
 use crate::config::parse_duration;
 use crate::server::TableEntry;
@@ -25,7 +27,7 @@ use podcache_format::table::MAX_KEY;
 use podcache_reader::{GetError, TableReader};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +41,8 @@ pub enum Addr {
     Tcp(String),
     /// A Unix socket path.
     Unix(PathBuf),
+    /// A Redis Cluster: the seed nodes (`host:port`) the topology is first asked of.
+    Cluster(Vec<String>),
 }
 
 /// The upstream Redis (`--upstream`).
@@ -54,22 +58,41 @@ pub struct UpstreamConfig {
     pub ping_interval: Duration,
     /// How long a request (or `PING`) may go unanswered before the connection counts as lost.
     pub ping_timeout: Duration,
+    /// How long the mirrored tables keep serving their last values after the connection to
+    /// one Redis is lost (`--upstream-max-stale`; `None`: cleared at once).
+    pub max_stale: Option<Duration>,
 }
 
 impl UpstreamConfig {
-    /// Parse `redis://[USER@]HOST:PORT`, `unix:///PATH` or `unix:PATH` with default timings.
+    /// Parse `redis://[USER@]HOST:PORT`, `redis+cluster://[USER@]HOST:PORT[,HOST:PORT...]`,
+    /// `unix:///PATH` or `unix:PATH` with default timings.
     pub fn parse(url: &str) -> Result<UpstreamConfig, String> {
-        let bad = || format!("{url:?}: expected redis://[USER@]HOST:PORT or unix:///PATH/TO/redis.sock");
-        let (addr, user) = if let Some(rest) = url.strip_prefix("redis://") {
-            let (user, hostport) = match rest.rsplit_once('@') {
+        let bad = || {
+            format!(
+                "{url:?}: expected redis://[USER@]HOST:PORT, redis+cluster://[USER@]HOST:PORT[,HOST:PORT...] or \
+                 unix:///PATH/TO/redis.sock"
+            )
+        };
+        let tcp = |rest: &str| -> Result<(Option<String>, Vec<String>), String> {
+            let (user, hosts) = match rest.rsplit_once('@') {
                 Some((u, h)) => (Some(u.to_string()), h),
                 None => (None, rest),
             };
-            let hostport = hostport.trim_end_matches('/');
-            if hostport.contains('/') || !hostport.contains(':') || user.as_deref() == Some("") {
+            let hosts: Vec<String> = hosts.trim_end_matches('/').split(',').map(str::to_string).collect();
+            if user.as_deref() == Some("") || hosts.iter().any(|h| h.contains('/') || !h.contains(':')) {
                 return Err(bad());
             }
-            (Addr::Tcp(hostport.to_string()), user)
+            Ok((user, hosts))
+        };
+        let (addr, user) = if let Some(rest) = url.strip_prefix("redis://") {
+            let (user, mut hosts) = tcp(rest)?;
+            if hosts.len() != 1 {
+                return Err(format!("{}: several addresses are a cluster's seeds (redis+cluster://)", bad()));
+            }
+            (Addr::Tcp(hosts.remove(0)), user)
+        } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let (user, hosts) = tcp(rest)?;
+            (Addr::Cluster(hosts), user)
         } else if let Some(path) = url.strip_prefix("unix://").or_else(|| url.strip_prefix("unix:")) {
             if !path.starts_with('/') {
                 return Err(bad());
@@ -85,6 +108,7 @@ impl UpstreamConfig {
             ping_interval: Duration::from_secs(1),
             // See `--upstream-timeout`.
             ping_timeout: Duration::from_secs(3),
+            max_stale: None,
         })
     }
 }
@@ -141,6 +165,7 @@ pub fn config_from(
     mut mirrors: Vec<MirrorSpec>,
     max_ttl: Option<&str>,
     timeout: Option<&str>,
+    max_stale: Option<&str>,
 ) -> Result<Option<NearConfig>, String> {
     let Some(url) = upstream else {
         if !mirrors.is_empty() {
@@ -159,6 +184,15 @@ pub fn config_from(
         // A PING every third of the timeout: a silent connection is noticed within about
         // 1.33 timeouts.
         upstream.ping_interval = t / 3;
+    }
+    if let Some(d) = max_stale {
+        let d = parse_duration(d).map_err(|e| format!("upstream max stale: {e}"))?;
+        if matches!(upstream.addr, Addr::Cluster(_)) && !d.is_zero() {
+            return Err("--upstream-max-stale applies to one Redis, not to a Redis Cluster (whose topology \
+                        changes always clear the tables)"
+                .into());
+        }
+        upstream.max_stale = Some(d).filter(|d| !d.is_zero());
     }
     if mirrors.is_empty() {
         return Err("--upstream needs at least one --mirror TABLE=PREFIX".into());
@@ -214,10 +248,12 @@ pub fn lookup(reader: &TableReader, key: &[u8]) -> Result<Cached, GetError> {
 }
 
 /// Counters of the near cache (process memory; exported on `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct NearStats {
-    /// 1 while the tracking connection is up.
-    pub connected: AtomicBool,
+    /// Tracking connections up (1 for one Redis; one per master of a Redis Cluster).
+    pub connected: AtomicU64,
+    /// Redis Cluster topology changes handled (MOVED, a changed slot map, a lost master).
+    pub topology_changes: AtomicU64,
     /// Connections established (handshake done).
     pub connects: AtomicU64,
     /// Gets answered from the table (values and negative entries).
@@ -234,6 +270,32 @@ pub struct NearStats {
     pub flushes: AtomicU64,
     /// Writes through to Redis (SET and DEL).
     pub writes: AtomicU64,
+    /// Time from sending an upstream request (fill, write, `PING`) to reading its answer.
+    pub upstream_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Unix time in milliseconds of the last invalidation message (0: none yet).
+    pub last_invalidation_ms: AtomicU64,
+}
+
+impl Default for NearStats {
+    fn default() -> Self {
+        NearStats {
+            connected: AtomicU64::new(0),
+            topology_changes: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            fills: AtomicU64::new(0),
+            negative_fills: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            // 50 µs to about 0.8 s.
+            upstream_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 15),
+            ),
+            last_invalidation_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl NearStats {
@@ -241,6 +303,42 @@ impl NearStats {
         // Relaxed: a statistic; nothing is ordered by it.
         c.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The generation of what the mirrored tables hold: [`flush`] bumps it before it clears the
+/// tables, and a fill is stored only if the epoch is still the one it was sent under. This is
+/// what keeps a fill answered by one connection from landing after a clear caused by another
+/// (a Redis Cluster topology change, a master lost).
+///
+/// The epoch is compared under the table's writer lock, and `flush` takes that lock after the
+/// bump, so a fill stored after a clear always sees the bumped epoch; Relaxed loads and stores
+/// suffice (the mutex orders them).
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    pub(crate) epoch: AtomicU64,
+}
+
+/// Bump the epoch, then clear every mirrored table.
+pub(crate) fn flush(guard: &Guard, mirrors: &[Arc<Mirror>], stats: &NearStats) {
+    // Relaxed: see `Guard` (the writer locks taken below order it against `store_fill`).
+    guard.epoch.fetch_add(1, Ordering::Relaxed);
+    for m in mirrors {
+        m.clear();
+    }
+    NearStats::inc(&stats.flushes);
+}
+
+/// A connection task ended before answering (its channel or the reply was dropped).
+pub(crate) struct Closed;
+
+/// Send the request `make` builds to a connection task and wait for its answer.
+pub(crate) async fn send<T>(
+    tx: &mpsc::Sender<conn::Request>,
+    make: impl FnOnce(conn::Reply<T>) -> conn::Request,
+) -> Result<Result<T, UpstreamError>, Closed> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| Closed)?;
+    rx.await.map_err(|_| Closed)
 }
 
 /// A mirrored table at run time.
@@ -279,8 +377,22 @@ impl Mirror {
 pub(crate) struct Near {
     pub(crate) mirrors: BTreeMap<String, Arc<Mirror>>,
     pub(crate) stats: Arc<NearStats>,
-    tx: mpsc::Sender<conn::Request>,
-    task: std::sync::Mutex<Option<conn::Task>>,
+    route: Route,
+    task: std::sync::Mutex<Option<Runner>>,
+}
+
+/// Where requests go.
+enum Route {
+    /// The one connection task.
+    Single(mpsc::Sender<conn::Request>),
+    /// The connection of the master that owns the key's slot.
+    Cluster(cluster::Handle),
+}
+
+/// The task [`Near::run`] drives.
+enum Runner {
+    Single(conn::Task),
+    Cluster(cluster::Task),
 }
 
 impl Near {
@@ -324,34 +436,66 @@ impl Near {
             None => None,
         };
         let stats = Arc::new(NearStats::default());
-        let (tx, rx) = mpsc::channel(4096);
-        let task = conn::Task::new(config.upstream.clone(), password, list, rx, Arc::clone(&stats));
-        Ok(Near { mirrors, stats, tx, task: std::sync::Mutex::new(Some(task)) })
+        let guard = Arc::new(Guard::default());
+        let (route, runner) = match &config.upstream.addr {
+            Addr::Cluster(seeds) => {
+                let (task, handle) = cluster::Task::new(
+                    config.upstream.clone(),
+                    seeds.clone(),
+                    password,
+                    list,
+                    Arc::clone(&stats),
+                    guard,
+                );
+                (Route::Cluster(handle), Runner::Cluster(task))
+            }
+            addr => {
+                let (tx, rx) = mpsc::channel(4096);
+                let task = conn::Task::new(
+                    config.upstream.clone(),
+                    addr.clone(),
+                    true,
+                    guard,
+                    password,
+                    list,
+                    rx,
+                    Arc::clone(&stats),
+                );
+                (Route::Single(tx), Runner::Single(task))
+            }
+        };
+        Ok(Near { mirrors, stats, route, task: std::sync::Mutex::new(Some(runner)) })
     }
 
-    /// Run the connection task until `shutdown` turns true.
+    /// Run the connection task(s) until `shutdown` turns true.
     pub(crate) async fn run(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(t) = task {
-            t.run(shutdown).await;
+        match task {
+            Some(Runner::Single(t)) => t.run(shutdown).await,
+            Some(Runner::Cluster(t)) => t.run(shutdown).await,
+            None => {}
         }
     }
 
+    /// Send the request `make` builds (given whether it follows an `ASK`) to the connection
+    /// that serves Redis key `rk`, following Redis Cluster redirections.
     async fn ask<T>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, UpstreamError>>) -> conn::Request,
+        rk: &[u8],
+        make: impl Fn(bool, oneshot::Sender<Result<T, UpstreamError>>) -> conn::Request,
     ) -> Result<T, UpstreamError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| UpstreamError::ShuttingDown)?;
-        rx.await.map_err(|_| UpstreamError::ShuttingDown)?
+        match &self.route {
+            Route::Single(tx) => send(tx, |reply| make(false, reply)).await.unwrap_or(Err(UpstreamError::ShuttingDown)),
+            Route::Cluster(h) => h.ask(slot::key_slot(rk), make).await,
+        }
     }
 
     /// Fetch `key` (a table key of `mirror`) from Redis, store it, and return it (`None`:
     /// absent upstream). Joins a fill of the same key already in flight.
     pub(crate) async fn fill(&self, mirror: &Mirror, key: &[u8]) -> Result<Option<Vec<u8>>, UpstreamError> {
-        let key = key.to_vec();
         let m = mirror.index;
-        self.ask(|reply| conn::Request::Fill { mirror: m, key, reply }).await
+        let rk = mirror.redis_key(key);
+        self.ask(&rk, |asking, reply| conn::Request::Fill { mirror: m, key: key.to_vec(), asking, reply }).await
     }
 
     /// `SET` (with `PX ttl`) in Redis, then evict the local entry.
@@ -362,16 +506,24 @@ impl Near {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> Result<(), UpstreamError> {
-        let key = key.to_vec();
         let m = mirror.index;
-        self.ask(|reply| conn::Request::Set { mirror: m, key, value, ttl, reply }).await
+        let rk = mirror.redis_key(key);
+        self.ask(&rk, |asking, reply| conn::Request::Set {
+            mirror: m,
+            key: key.to_vec(),
+            value: value.clone(),
+            ttl,
+            asking,
+            reply,
+        })
+        .await
     }
 
     /// `DEL` in Redis, then evict the local entry; `true` if Redis deleted a key.
     pub(crate) async fn del(&self, mirror: &Mirror, key: &[u8]) -> Result<bool, UpstreamError> {
-        let key = key.to_vec();
         let m = mirror.index;
-        self.ask(|reply| conn::Request::Del { mirror: m, key, reply }).await
+        let rk = mirror.redis_key(key);
+        self.ask(&rk, |asking, reply| conn::Request::Del { mirror: m, key: key.to_vec(), asking, reply }).await
     }
 }
 
@@ -387,9 +539,26 @@ mod tests {
         assert_eq!((u.addr, u.user), (Addr::Tcp("redis.ns.svc:6380".into()), Some("cache".into())));
         assert_eq!(UpstreamConfig::parse("unix:///run/redis.sock").unwrap().addr, Addr::Unix("/run/redis.sock".into()));
         assert_eq!(UpstreamConfig::parse("unix:/run/redis.sock").unwrap().addr, Addr::Unix("/run/redis.sock".into()));
-        for bad in
-            ["", "127.0.0.1:6379", "redis://host", "redis://@h:1", "redis://h:1/3", "unix:rel.sock", "http://h:1"]
-        {
+        let u = UpstreamConfig::parse("redis+cluster://cache@10.0.0.1:7000,10.0.0.2:7000/").unwrap();
+        assert_eq!(
+            (u.addr, u.user),
+            (Addr::Cluster(vec!["10.0.0.1:7000".into(), "10.0.0.2:7000".into()]), Some("cache".into()))
+        );
+        let u = UpstreamConfig::parse("redis+cluster://redis-cluster.ns.svc:6379").unwrap();
+        assert_eq!(u.addr, Addr::Cluster(vec!["redis-cluster.ns.svc:6379".into()]));
+        assert!(UpstreamConfig::parse("redis://a:1,b:2").unwrap_err().contains("redis+cluster://"));
+        for bad in [
+            "",
+            "127.0.0.1:6379",
+            "redis://host",
+            "redis://@h:1",
+            "redis://h:1/3",
+            "unix:rel.sock",
+            "http://h:1",
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1,b",
+        ] {
             assert!(UpstreamConfig::parse(bad).is_err(), "{bad:?} refused");
         }
     }
