@@ -1149,7 +1149,9 @@ impl Report<'_> {
             out,
             "Measured by other commands, in files of their own: the Python reader next to redis-py, \
              the sidecar's HTTP API and a `dict` in [python/RESULTS.md](python/RESULTS.md) \
-             (`benches/python/bench_get.py`, run by `.ci/python`).\n"
+             (`benches/python/bench_get.py`, run by `.ci/python`); the near cache over Redis (a hit \
+             through the linked reader next to a Redis `GET`, the invalidation latency) in \
+             [RESULTS-near.md](RESULTS-near.md) (`benches/near_cache.rs`).\n"
         );
         self.header(&mut out);
         let _ = writeln!(out, "\n## How to read this\n");
