@@ -142,6 +142,16 @@ fn prefetched_table_holds_the_prefix_and_follows_other_clients() {
     // A read-through GET on a prefetched table answers a key the table holds from the table.
     let r = http(s.api, "GET", "/v1/tables/t/keys/after3", b"");
     assert_eq!((r.status, r.body.as_slice()), (200, b"a3".as_slice()));
+    // PUT and DELETE write through: the caller's next GET sees the write, and the table gets
+    // the new value (fetched again after the write-through evicted it), not a hole.
+    assert_eq!(http(s.api, "PUT", "/v1/tables/t/keys/after4", b"put-through").status, 204);
+    let r = http(s.api, "GET", "/v1/tables/t/keys/after4", b"");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"put-through".as_slice()));
+    assert_eq!(http(s.api, "DELETE", "/v1/tables/t/keys/after5", b"").status, 204);
+    assert_eq!(http(s.api, "GET", "/v1/tables/t/keys/after5", b"").status, 404);
+    let now = wait_agree("the table holds the written value", &t, &mut c);
+    assert_eq!(now.get(b"after4".as_slice()).map(Vec::as_slice), Some(b"put-through".as_slice()));
+    assert!(!now.contains_key(b"after5".as_slice()));
 }
 
 /// A restarted Redis (AOF, so it comes back with its keys): the table is cleared while Redis is
@@ -214,6 +224,7 @@ fn readyz_is_503_until_a_large_prefix_is_loaded() {
     let log = s.later_log.lock().unwrap().join("\n");
     let done = log.lines().find(|l| l.contains("prefetch load complete")).expect("load logged");
     assert!(done.contains(&format!("\"keys\":{N}")), "{done}");
+    println!("prefetch: {done}");
 }
 
 /// Another client writes (SET, SET PX, DEL, PEXPIRE, with increasing versions) while the table

@@ -172,8 +172,9 @@ impl Task {
                 tokio::select! {
                     _ = &mut wake => break,
                     _ = stopped(&mut shutdown) => return self.clear(),
-                    // Nothing to refetch into: the next load reads every key.
-                    r = self.refetch.recv() => if r.is_none() { std::future::pending::<()>().await },
+                    // Nothing to fetch into: the next load reads every key. `None`: the
+                    // server (which holds the senders) is gone.
+                    r = self.refetch.recv() => if r.is_none() { return self.clear() },
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
