@@ -228,61 +228,67 @@ fn readyz_is_503_until_a_large_prefix_is_loaded() {
 }
 
 /// Another client writes (SET, SET PX, DEL, PEXPIRE, with increasing versions) while the table
-/// loads and after: a reader of the table never sees a key's version go back, and once the
-/// writes stop the table agrees with Redis.
+/// loads and for 5,000 writes after: a reader of the table never sees a key's version go back,
+/// and once the writes stop the table agrees with Redis.
 #[test]
 fn writes_during_the_load_never_go_back_and_end_in_agreement() {
     const TEST: &str = "writes_during_the_load_never_go_back_and_end_in_agreement";
-    const KEYS: u64 = 3000;
+    const KEYS: u64 = 20_000;
+    const SPAN: u64 = KEYS + KEYS / 10;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
     let Some(redis) = Redis::start_or_skip(TEST) else { return };
-    let _wd = Watchdog::arm(std::process::id(), Duration::from_secs(240), TEST);
+    let _wd = Watchdog::arm(std::process::id(), Duration::from_secs(300), TEST);
     let mut c = redis.client();
-    for i in 0..KEYS {
-        c.run(&["SET", &format!("p:{i}"), &format!("v0:{i}")]);
-    }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // p:0 .. p:19999 = value:0 ... (version 0); keys up to SPAN are created during the run.
+    assert_eq!(c.run(&["DEBUG", "POPULATE", &KEYS.to_string(), "p"]), Frame::Simple(b"OK".to_vec()));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writes = std::sync::Arc::new(AtomicU64::new(0));
     let port = redis.port;
     let writer = {
-        let stop = std::sync::Arc::clone(&stop);
+        let (stop, writes) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&writes));
         std::thread::spawn(move || {
             let mut w = Client::from(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
             let mut rng = redis::Rng(0x5eed_0002);
-            let mut version = 0;
-            // Keys beyond KEYS are created during the run.
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                version += 1;
-                let k = format!("p:{}", rng.below(KEYS + KEYS / 10));
+            while !stop.load(Relaxed) {
+                let version = writes.fetch_add(1, Relaxed) + 1;
+                // Half the writes on a few hot keys, so a key changes while it is fetched.
+                let k = match rng.below(2) {
+                    0 => format!("p:{}", rng.below(16)),
+                    _ => format!("p:{}", rng.below(SPAN)),
+                };
                 redis::random_write(&mut rng, version, &k, &mut |args| w.run(args));
             }
-            version
         })
     };
     let tmp = tempfile::tempdir().unwrap();
-    let s = sidecar(tmp.path(), &redis, "t=8192:16MiB");
+    let s = sidecar(tmp.path(), &redis, "t=32768:32MiB");
     let t = table(tmp.path(), "t");
-    let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut seen = vec![0u64; SPAN as usize];
     let mut reads = 0u64;
     let mut check = |t: &podcache_reader::TableReader| {
-        for i in 0..KEYS + KEYS / 10 {
+        for (i, last) in seen.iter_mut().enumerate() {
             if let Ok(Some(v)) = t.get_vec(i.to_string().as_bytes()) {
-                let ver = redis::version(&v);
-                let last = seen.entry(i).or_insert(0);
+                let ver = if v.starts_with(b"value:") { 0 } else { redis::version(&v) };
                 assert!(ver >= *last, "key p:{i}: version {ver} read after {last}");
                 *last = ver;
                 reads += 1;
             }
         }
     };
+    let mut during_load = 0;
     while ready(&s).0 != 200 {
         check(&t);
+        during_load = writes.load(Relaxed);
     }
-    for _ in 0..20 {
+    let after = writes.load(Relaxed) + 5000;
+    while writes.load(Relaxed) < after {
         check(&t);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    stop.store(true, Relaxed);
+    writer.join().unwrap();
     check(&t);
-    println!("prefetch: {writes} writes, {reads} table reads checked");
-    assert!(writes > 0 && reads > 0);
+    let writes = writes.load(Relaxed);
+    println!("prefetch: {writes} writes ({during_load} before ready), {reads} table reads checked");
+    assert!(reads > 0);
     wait_agree("the table agrees with Redis once the writes stop", &t, &mut c);
 }

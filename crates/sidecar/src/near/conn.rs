@@ -621,18 +621,10 @@ impl Task {
 
     /// An out-of-band push: `invalidate` with the keys (or null: everything) is applied now.
     fn push(&mut self, items: Vec<Frame>) {
-        let mut it = items.into_iter();
-        if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
-            return;
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // Relaxed: a statistic.
-        self.stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
-        match it.next() {
-            Some(Frame::Array(keys)) => {
+        match invalidation(items, &self.stats) {
+            None => {}
+            Some(Some(keys)) => {
                 for k in keys {
-                    let (Frame::Bulk(k) | Frame::Simple(k)) = k else { continue };
-                    NearStats::inc(&self.stats.invalidations);
                     // A prefetched table follows its own (BCAST) connection's invalidations.
                     for m in self.mirrors.iter().filter(|m| m.prefetch.is_none()) {
                         if let Some(rel) = k.strip_prefix(m.prefix.as_slice()) {
@@ -642,7 +634,7 @@ impl Task {
                 }
             }
             // FLUSHALL / FLUSHDB (or anything we cannot read as a key list): drop everything.
-            _ => {
+            Some(None) => {
                 tracing::info!("near cache: Redis invalidated every key (FLUSHALL/FLUSHDB); tables cleared");
                 self.flush_tables();
             }
@@ -712,6 +704,30 @@ pub(super) async fn open(
     };
     tokio::time::timeout(t, handshake).await.map_err(|_| "handshake timed out".to_string())??;
     Ok((stream, buf))
+}
+
+/// Read an out-of-band push: `None` if it is not an `invalidate`; else the keys it names, or
+/// `None` for a null list (`FLUSHALL`, `FLUSHDB`; also anything not readable as a key list).
+/// Records the time and counts the keys in `stats`.
+pub(super) fn invalidation(items: Vec<Frame>, stats: &NearStats) -> Option<Option<Vec<Vec<u8>>>> {
+    let mut it = items.into_iter();
+    if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
+        return None;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    // Relaxed: a statistic.
+    stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+    let Some(Frame::Array(keys)) = it.next() else { return Some(None) };
+    let keys: Vec<Vec<u8>> = keys
+        .into_iter()
+        .filter_map(|k| match k {
+            Frame::Bulk(k) | Frame::Simple(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    // Relaxed: a statistic.
+    stats.invalidations.fetch_add(keys.len() as u64, Ordering::Relaxed);
+    Some(Some(keys))
 }
 
 /// The answer of a fill's `EXEC`: `[PTTL, GET]`. The outer `Err` is a protocol violation (an

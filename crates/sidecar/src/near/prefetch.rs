@@ -30,7 +30,7 @@
 //! a reconnect or `FLUSHALL`) does not take the Pod out of service, and reads that miss meanwhile
 //! are answered from Redis.
 
-use super::conn::{open, stopped, Stream, BACKOFF_MAX, BACKOFF_MIN};
+use super::conn::{invalidation, open, stopped, Stream, BACKOFF_MAX, BACKOFF_MIN};
 use super::resp::{self, Frame, Limits};
 use super::{cacheable, Addr, Mirror, NearStats, UpstreamConfig};
 use std::collections::VecDeque;
@@ -407,18 +407,10 @@ impl Task {
     /// An `invalidate` push: fetch each named key again; a null list (`FLUSHALL`, `FLUSHDB`):
     /// clear and load again.
     fn push(&mut self, items: Vec<Frame>, out: &mut Vec<u8>) {
-        let mut it = items.into_iter();
-        if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
-            return;
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // Relaxed: a statistic.
-        self.stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
-        match it.next() {
-            Some(Frame::Array(keys)) => {
+        match invalidation(items, &self.stats) {
+            None => {}
+            Some(Some(keys)) => {
                 for k in keys {
-                    let (Frame::Bulk(k) | Frame::Simple(k)) = k else { continue };
-                    NearStats::inc(&self.stats.invalidations);
                     let Some(m) = self.mirrors.iter().position(|m| k.starts_with(&m.prefix)) else { continue };
                     let key = k[self.mirrors[m].prefix.len()..].to_vec();
                     if cacheable(&key) {
@@ -427,7 +419,7 @@ impl Task {
                     }
                 }
             }
-            _ => {
+            Some(None) => {
                 tracing::info!(
                     "near cache: Redis invalidated every key (FLUSHALL/FLUSHDB); prefetched tables reloading"
                 );
