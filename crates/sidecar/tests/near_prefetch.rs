@@ -292,3 +292,33 @@ fn writes_during_the_load_never_go_back_and_end_in_agreement() {
     assert!(reads > 0);
     wait_agree("the table agrees with Redis once the writes stop", &t, &mut c);
 }
+
+/// `--prefetch` mistakes are refused at start-up with a message: a Redis Cluster upstream,
+/// overlapping prefixes (Redis refuses them in one BCAST connection), a table that does not
+/// exist; the TOML key `prefetch` is read like the flag.
+#[test]
+fn prefetch_configuration_mistakes_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_podcache"))
+            .args(["serve", "--dir", tmp.path().to_str().unwrap(), "--listen", "127.0.0.1:0", "--ops-listen", "none"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let tables = ["--table", "a=10:1MiB", "--table", "b=10:1MiB"];
+    let e = run(&[&tables[..], &["--upstream", "redis+cluster://127.0.0.1:1", "--prefetch", "a=p:"]].concat());
+    assert!(e.contains("not a Redis Cluster"), "{e}");
+    let e =
+        run(&[&tables[..], &["--upstream", "redis://127.0.0.1:1", "--prefetch", "a=p:", "--prefetch", "b=p:x"]]
+            .concat());
+    assert!(e.contains("may not overlap"), "{e}");
+    let e = run(&[&tables[..], &["--upstream", "redis://127.0.0.1:1", "--prefetch", "c=p:"]].concat());
+    assert!(e.contains("no table"), "{e}");
+    let toml = tmp.path().join("podcache.toml");
+    std::fs::write(&toml, "upstream = \"redis://127.0.0.1:1\"\nprefetch = [\"a=p:\", \"b=\"]\n").unwrap();
+    let e = run(&[&tables[..], &["--config", toml.to_str().unwrap()]].concat());
+    assert!(e.contains("may not overlap"), "the TOML list is read: {e}");
+}
