@@ -302,6 +302,11 @@ pub struct ServeArgs {
     /// invalidations evict.
     #[arg(long = "mirror", env = "PODCACHE_MIRRORS", value_delimiter = ',', value_parser = crate::near::parse_mirror)]
     pub mirrors: Vec<crate::near::MirrorSpec>,
+    /// A table that holds every Redis key under a prefix, TABLE=PREFIX (repeatable; env: comma
+    /// separated): loaded with SCAN at start (/readyz answers 503 until done) and kept in sync
+    /// by a CLIENT TRACKING BCAST connection. One Redis only; prefixes may not overlap.
+    #[arg(long = "prefetch", env = "PODCACHE_PREFETCH", value_delimiter = ',', value_parser = crate::near::parse_prefetch)]
+    pub prefetch: Vec<crate::near::MirrorSpec>,
     /// Longest a mirrored entry is kept without an invalidation, or "none" [default: 1h].
     #[arg(long, env = "PODCACHE_MIRROR_MAX_TTL")]
     pub mirror_max_ttl: Option<String>,
@@ -380,10 +385,20 @@ impl ServeArgs {
         c.near = crate::near::config_from(
             self.upstream.as_deref().or(file.upstream.as_deref()),
             self.upstream_password_file.clone().or(file.upstream_password_file),
-            if self.mirrors.is_empty() {
-                file.mirrors.iter().map(|m| crate::near::parse_mirror(m)).collect::<Result<_, _>>()?
-            } else {
-                self.mirrors.clone()
+            {
+                let mut m: Vec<crate::near::MirrorSpec> = if self.mirrors.is_empty() {
+                    file.mirrors.iter().map(|m| crate::near::parse_mirror(m)).collect::<Result<_, _>>()?
+                } else {
+                    self.mirrors.clone()
+                };
+                if self.prefetch.is_empty() {
+                    for p in &file.prefetch {
+                        m.push(crate::near::parse_prefetch(p)?);
+                    }
+                } else {
+                    m.extend(self.prefetch.iter().cloned());
+                }
+                m
             },
             self.mirror_max_ttl.as_deref().or(file.mirror_max_ttl.as_deref()),
             self.upstream_timeout.as_deref().or(file.upstream_timeout.as_deref()),

@@ -247,11 +247,12 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
 /// max_connections = 1024
 /// shutdown_grace = "10s"
 /// access_log = false
-/// tables = ["web=10000:64MiB"]
+/// tables = ["web=10000:64MiB", "geo=100000:64MiB"]
 /// rings = ["events=16MiB:64KiB"]
 /// upstream = "redis://127.0.0.1:6379"
 /// upstream_password_file = "/etc/podcache/redis-password"
 /// mirrors = ["web=page:"]
+/// prefetch = ["geo=geo:"]
 /// mirror_max_ttl = "1h"
 /// upstream_timeout = "3s"
 /// upstream_max_stale = "0s"
@@ -298,6 +299,9 @@ pub struct FileConfig {
     /// See `--mirror` (same syntax).
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// See `--prefetch` (same syntax).
+    #[serde(default)]
+    pub prefetch: Vec<String>,
     /// See `--mirror-max-ttl`.
     pub mirror_max_ttl: Option<String>,
     /// See `--upstream-timeout`.

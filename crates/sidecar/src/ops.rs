@@ -19,11 +19,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// 200 once every file is created or attached and the API serves; 503 before and while shutting
-/// down, and once a file was deleted or replaced under the sidecar (naming it).
+/// 200 once every file is created or attached, the API serves and every prefetched table
+/// (`--prefetch`) finished its first load; 503 before and while shutting down, and once a file
+/// was deleted or replaced under the sidecar (naming it).
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Acquire) || s.is_shutting_down() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string());
+    }
+    if s.near.as_ref().is_some_and(|n| !n.prefetched()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: prefetch loading\n".to_string());
     }
     let lost = s.lost_files();
     if lost.is_empty() {

@@ -81,12 +81,12 @@ enum End {
     Shutdown,
 }
 
-type Stream = Box<dyn AsyncReadWrite>;
-trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) type Stream = Box<dyn AsyncReadWrite>;
+pub(super) trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Name the connection carries in `CLIENT LIST`.
 pub(crate) const CLIENT_NAME: &str = "podcache-near";
 
@@ -311,56 +311,8 @@ impl Task {
 
     /// Open the socket and do the handshake (`HELLO 3`, `CLIENT TRACKING ON OPTIN`).
     async fn connect(&self) -> Result<(Stream, Vec<u8>), String> {
-        let t = self.cfg.ping_timeout;
-        let mut stream: Stream = match &self.addr {
-            Addr::Tcp(hp) => {
-                let s = tokio::time::timeout(t, tokio::net::TcpStream::connect(hp.as_str()))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
-                let _ = s.set_nodelay(true);
-                Box::new(s)
-            }
-            Addr::Unix(p) => Box::new(
-                tokio::time::timeout(t, tokio::net::UnixStream::connect(p))
-                    .await
-                    .map_err(|_| "connect timed out".to_string())?
-                    .map_err(|e| e.to_string())?,
-            ),
-            Addr::Cluster(_) => return Err("a connection task needs one node's address".into()),
-        };
-        let mut out = Vec::new();
-        let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
-        if let Some(pw) = &self.password {
-            hello.extend([b"AUTH".as_slice(), self.cfg.user.as_deref().unwrap_or("default").as_bytes(), pw.as_bytes()]);
-        }
-        hello.extend([b"SETNAME".as_slice(), CLIENT_NAME.as_bytes()]);
-        resp::encode(&mut out, &hello);
-        resp::encode(&mut out, &[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]);
-        let mut buf = Vec::new();
-        let handshake = async {
-            stream.write_all(&out).await.map_err(|e| e.to_string())?;
-            for what in ["HELLO 3", "CLIENT TRACKING ON OPTIN"] {
-                let f = loop {
-                    if let Some((f, used)) = resp::parse(&buf, &self.limits).map_err(|e| e.to_string())? {
-                        buf.drain(..used);
-                        if matches!(f, Frame::Push(_)) {
-                            continue;
-                        }
-                        break f;
-                    }
-                    if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("connection closed during the handshake".to_string());
-                    }
-                };
-                if let Frame::Error(e) = f {
-                    return Err(format!("{what}: {}", String::from_utf8_lossy(&e)));
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(t, handshake).await.map_err(|_| "handshake timed out".to_string())??;
-        Ok((stream, buf))
+        let tracking: Vec<&[u8]> = vec![b"OPTIN"];
+        open(&self.cfg, &self.addr, self.password.as_deref(), CLIENT_NAME, &tracking, &self.limits).await
     }
 
     /// Serve one connection until it is lost or shutdown.
@@ -575,6 +527,7 @@ impl Task {
                     Frame::Error(e) => Err(UpstreamError::Redis(String::from_utf8_lossy(&e).into_owned())),
                     _ => {
                         self.mirrors[mirror].evict(&key);
+                        self.mirrors[mirror].refetch(&key);
                         Ok(())
                     }
                 };
@@ -585,6 +538,7 @@ impl Task {
                     Frame::Error(e) => Err(UpstreamError::Redis(String::from_utf8_lossy(&e).into_owned())),
                     Frame::Integer(n) => {
                         self.mirrors[mirror].evict(&key);
+                        self.mirrors[mirror].refetch(&key);
                         Ok(n > 0)
                     }
                     other => return Err(format!("DEL answered {other:?}")),
@@ -607,7 +561,9 @@ impl Task {
         epoch: u64,
     ) -> Result<Option<Vec<u8>>, UpstreamError> {
         let m = &self.mirrors[mirror];
-        if !super::cacheable(key) {
+        // A prefetched table is written only by its own connection (`prefetch.rs`), in that
+        // connection's wire order: a read-through answer is passed on, not stored.
+        if !super::cacheable(key) || m.prefetch.is_some() {
             return Ok(value);
         }
         // Local expiry: the Redis TTL less the time since the request left (Redis measured it
@@ -665,19 +621,12 @@ impl Task {
 
     /// An out-of-band push: `invalidate` with the keys (or null: everything) is applied now.
     fn push(&mut self, items: Vec<Frame>) {
-        let mut it = items.into_iter();
-        if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
-            return;
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        // Relaxed: a statistic.
-        self.stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
-        match it.next() {
-            Some(Frame::Array(keys)) => {
+        match invalidation(items, &self.stats) {
+            None => {}
+            Some(Some(keys)) => {
                 for k in keys {
-                    let (Frame::Bulk(k) | Frame::Simple(k)) = k else { continue };
-                    NearStats::inc(&self.stats.invalidations);
-                    for m in &self.mirrors {
+                    // A prefetched table follows its own (BCAST) connection's invalidations.
+                    for m in self.mirrors.iter().filter(|m| m.prefetch.is_none()) {
                         if let Some(rel) = k.strip_prefix(m.prefix.as_slice()) {
                             m.evict(rel);
                         }
@@ -685,12 +634,100 @@ impl Task {
                 }
             }
             // FLUSHALL / FLUSHDB (or anything we cannot read as a key list): drop everything.
-            _ => {
+            Some(None) => {
                 tracing::info!("near cache: Redis invalidated every key (FLUSHALL/FLUSHDB); tables cleared");
                 self.flush_tables();
             }
         }
     }
+}
+
+/// Open a socket to `addr` and do the handshake: `HELLO 3` (with `AUTH` and the client name
+/// `name`), then `CLIENT TRACKING ON` followed by `tracking` (e.g. `OPTIN`, or `BCAST PREFIX p`).
+pub(super) async fn open(
+    cfg: &UpstreamConfig,
+    addr: &Addr,
+    password: Option<&str>,
+    name: &str,
+    tracking: &[&[u8]],
+    limits: &Limits,
+) -> Result<(Stream, Vec<u8>), String> {
+    let t = cfg.ping_timeout;
+    let mut stream: Stream = match addr {
+        Addr::Tcp(hp) => {
+            let s = tokio::time::timeout(t, tokio::net::TcpStream::connect(hp.as_str()))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            Box::new(s)
+        }
+        Addr::Unix(p) => Box::new(
+            tokio::time::timeout(t, tokio::net::UnixStream::connect(p))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?,
+        ),
+        Addr::Cluster(_) => return Err("a connection task needs one node's address".into()),
+    };
+    let mut out = Vec::new();
+    let mut hello: Vec<&[u8]> = vec![b"HELLO", b"3"];
+    if let Some(pw) = &password {
+        hello.extend([b"AUTH".as_slice(), cfg.user.as_deref().unwrap_or("default").as_bytes(), pw.as_bytes()]);
+    }
+    hello.extend([b"SETNAME".as_slice(), name.as_bytes()]);
+    resp::encode(&mut out, &hello);
+    let mut track: Vec<&[u8]> = vec![b"CLIENT", b"TRACKING", b"ON"];
+    track.extend_from_slice(tracking);
+    resp::encode(&mut out, &track);
+    let mut buf = Vec::new();
+    let handshake = async {
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        for what in ["HELLO 3", "CLIENT TRACKING ON"] {
+            let f = loop {
+                if let Some((f, used)) = resp::parse(&buf, limits).map_err(|e| e.to_string())? {
+                    buf.drain(..used);
+                    if matches!(f, Frame::Push(_)) {
+                        continue;
+                    }
+                    break f;
+                }
+                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed during the handshake".to_string());
+                }
+            };
+            if let Frame::Error(e) = f {
+                return Err(format!("{what}: {}", String::from_utf8_lossy(&e)));
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(t, handshake).await.map_err(|_| "handshake timed out".to_string())??;
+    Ok((stream, buf))
+}
+
+/// Read an out-of-band push: `None` if it is not an `invalidate`; else the keys it names, or
+/// `None` for a null list (`FLUSHALL`, `FLUSHDB`; also anything not readable as a key list).
+/// Records the time and counts the keys in `stats`.
+pub(super) fn invalidation(items: Vec<Frame>, stats: &NearStats) -> Option<Option<Vec<Vec<u8>>>> {
+    let mut it = items.into_iter();
+    if !matches!(it.next(), Some(Frame::Bulk(k) | Frame::Simple(k)) if k == b"invalidate") {
+        return None;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    // Relaxed: a statistic.
+    stats.last_invalidation_ms.store(now.as_millis() as u64, Ordering::Relaxed);
+    let Some(Frame::Array(keys)) = it.next() else { return Some(None) };
+    let keys: Vec<Vec<u8>> = keys
+        .into_iter()
+        .filter_map(|k| match k {
+            Frame::Bulk(k) | Frame::Simple(k) => Some(k),
+            _ => None,
+        })
+        .collect();
+    // Relaxed: a statistic.
+    stats.invalidations.fetch_add(keys.len() as u64, Ordering::Relaxed);
+    Some(Some(keys))
 }
 
 /// The answer of a fill's `EXEC`: `[PTTL, GET]`. The outer `Err` is a protocol violation (an
@@ -726,7 +763,7 @@ async fn expired(stale: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
 }
 
 /// Until `rx` turns true (the watch guard is dropped here, so callers stay `Send`).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 

@@ -34,6 +34,11 @@ impl Collector for NearCollector {
             ("near_flushes", "Mirrored tables cleared (connect, connection lost, FLUSHALL)", &s.flushes),
             ("near_writes", "Writes through to Redis (SET, DEL)", &s.writes),
             (
+                "near_prefetched",
+                "Values fetched for prefetched tables (the load at start, and again after each invalidation)",
+                &s.prefetched,
+            ),
+            (
                 "near_topology_changes",
                 "Redis Cluster topology changes handled (MOVED, a changed slot map, a master lost): tables cleared",
                 &s.topology_changes,

@@ -18,6 +18,7 @@ mod cluster;
 mod conn;
 pub(crate) mod http;
 pub(crate) mod metrics;
+mod prefetch;
 pub mod resp;
 pub mod slot;
 
@@ -121,8 +122,12 @@ pub struct MirrorSpec {
     /// The Redis key prefix (may be empty: the whole keyspace).
     pub prefix: String,
     /// Longest a filled entry (value or negative) is kept locally without an invalidation
-    /// (`None`: until invalidated or its Redis TTL ends).
+    /// (`None`: until invalidated or its Redis TTL ends). Not applied to a prefetched table,
+    /// whose entries follow the Redis TTL.
     pub max_ttl: Option<Duration>,
+    /// Prefetch mode (`--prefetch`): every key under the prefix is loaded at start and kept in
+    /// sync by a `CLIENT TRACKING ON BCAST` connection; `false`: read-through (`--mirror`).
+    pub prefetch: bool,
 }
 
 /// Parse `TABLE=PREFIX`, e.g. `users=user:` (everything after the first `=` is the prefix).
@@ -132,7 +137,17 @@ pub fn parse_mirror(s: &str) -> Result<MirrorSpec, String> {
     if prefix.as_bytes().first() == Some(&0) {
         return Err(format!("mirror {table}: a prefix may not start with a NUL byte"));
     }
-    Ok(MirrorSpec { table: table.to_string(), prefix: prefix.to_string(), max_ttl: Some(DEFAULT_MAX_TTL) })
+    Ok(MirrorSpec {
+        table: table.to_string(),
+        prefix: prefix.to_string(),
+        max_ttl: Some(DEFAULT_MAX_TTL),
+        prefetch: false,
+    })
+}
+
+/// Parse `--prefetch TABLE=PREFIX` (the syntax of [`parse_mirror`]), in prefetch mode.
+pub fn parse_prefetch(s: &str) -> Result<MirrorSpec, String> {
+    Ok(MirrorSpec { prefetch: true, ..parse_mirror(s)? })
 }
 
 /// Parse `--mirror-max-ttl`: a duration, or `none`.
@@ -195,7 +210,22 @@ pub fn config_from(
         upstream.max_stale = Some(d).filter(|d| !d.is_zero());
     }
     if mirrors.is_empty() {
-        return Err("--upstream needs at least one --mirror TABLE=PREFIX".into());
+        return Err("--upstream needs at least one --mirror or --prefetch TABLE=PREFIX".into());
+    }
+    let prefetched: Vec<&MirrorSpec> = mirrors.iter().filter(|m| m.prefetch).collect();
+    if !prefetched.is_empty() && matches!(upstream.addr, Addr::Cluster(_)) {
+        return Err("--prefetch needs one Redis, not a Redis Cluster (use --mirror, read-through)".into());
+    }
+    // One BCAST connection tracks every prefetched prefix, and Redis refuses overlapping ones.
+    for a in &prefetched {
+        for b in &prefetched {
+            if !std::ptr::eq(*a, *b) && b.prefix.starts_with(a.prefix.as_str()) {
+                return Err(format!(
+                    "--prefetch {}={} and {}={}: prefetched prefixes may not overlap",
+                    a.table, a.prefix, b.table, b.prefix
+                ));
+            }
+        }
     }
     if let Some(t) = max_ttl {
         let t = parse_max_ttl(t)?;
@@ -270,6 +300,8 @@ pub struct NearStats {
     pub flushes: AtomicU64,
     /// Writes through to Redis (SET and DEL).
     pub writes: AtomicU64,
+    /// Values fetched by the prefetch connection (loads, and fetches after invalidations).
+    pub prefetched: AtomicU64,
     /// Time from sending an upstream request (fill, write, `PING`) to reading its answer.
     pub upstream_latency: prometheus_client::metrics::histogram::Histogram,
     /// Unix time in milliseconds of the last invalidation message (0: none yet).
@@ -289,6 +321,7 @@ impl Default for NearStats {
             invalidations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
             // 50 µs to about 0.8 s.
             upstream_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 15),
@@ -322,7 +355,8 @@ pub(crate) struct Guard {
 pub(crate) fn flush(guard: &Guard, mirrors: &[Arc<Mirror>], stats: &NearStats) {
     // Relaxed: see `Guard` (the writer locks taken below order it against `store_fill`).
     guard.epoch.fetch_add(1, Ordering::Relaxed);
-    for m in mirrors {
+    // A prefetched table is cleared (and reloaded) by its own connection only.
+    for m in mirrors.iter().filter(|m| m.prefetch.is_none()) {
         m.clear();
     }
     NearStats::inc(&stats.flushes);
@@ -347,6 +381,8 @@ pub(crate) struct Mirror {
     pub(crate) prefix: Vec<u8>,
     pub(crate) max_ttl: Option<Duration>,
     pub(crate) table: Arc<TableEntry>,
+    /// Prefetch mode: asks the prefetch connection to fetch a key again (by `index`).
+    pub(crate) prefetch: Option<mpsc::UnboundedSender<(usize, Vec<u8>)>>,
 }
 
 impl Mirror {
@@ -365,6 +401,16 @@ impl Mirror {
         }
     }
 
+    /// In prefetch mode, have the prefetch connection fetch `key` again (after a write through
+    /// the read-through connection evicted it: that eviction may come after the prefetch
+    /// connection stored the new value).
+    pub(crate) fn refetch(&self, key: &[u8]) {
+        if let Some(tx) = &self.prefetch {
+            // An error: the prefetch task ended (shutdown); nothing to refill.
+            let _ = tx.send((self.index, key.to_vec()));
+        }
+    }
+
     /// Drop everything the table holds.
     pub(crate) fn clear(&self) {
         if let Some(w) = self.table.writer().as_mut() {
@@ -379,6 +425,10 @@ pub(crate) struct Near {
     pub(crate) stats: Arc<NearStats>,
     route: Route,
     task: std::sync::Mutex<Option<Runner>>,
+    /// The prefetch connection's task, if a table is prefetched.
+    prefetch: std::sync::Mutex<Option<prefetch::Task>>,
+    /// Whether the first load of every prefetched table is complete (`/readyz`).
+    prefetched: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where requests go.
@@ -408,6 +458,7 @@ impl Near {
         }
         let mut mirrors = BTreeMap::new();
         let mut list = Vec::new();
+        let (refetch_tx, refetch_rx) = mpsc::unbounded_channel();
         for (index, m) in config.mirrors.iter().enumerate() {
             let table = tables.get(&m.table).ok_or_else(|| {
                 Error::Config(format!("--mirror {}={}: no table {:?} (add --table)", m.table, m.prefix, m.table))
@@ -415,8 +466,9 @@ impl Near {
             let mirror = Arc::new(Mirror {
                 index,
                 prefix: m.prefix.as_bytes().to_vec(),
-                max_ttl: m.max_ttl,
+                max_ttl: if m.prefetch { None } else { m.max_ttl },
                 table: Arc::clone(table),
+                prefetch: m.prefetch.then(|| refetch_tx.clone()),
             });
             if mirrors.insert(m.table.clone(), Arc::clone(&mirror)).is_some() {
                 return Err(Error::Config(format!("table {:?} mirrored twice", m.table)));
@@ -437,6 +489,23 @@ impl Near {
         };
         let stats = Arc::new(NearStats::default());
         let guard = Arc::new(Guard::default());
+        let prefetched_list: Vec<Arc<Mirror>> = list.iter().filter(|m| m.prefetch.is_some()).cloned().collect();
+        let prefetched = Arc::new(std::sync::atomic::AtomicBool::new(prefetched_list.is_empty()));
+        let prefetch = match (&config.upstream.addr, prefetched_list.is_empty()) {
+            (_, true) => None,
+            (Addr::Cluster(_), false) => {
+                return Err(Error::Config("--prefetch needs one Redis, not a Redis Cluster".into()));
+            }
+            (addr, false) => Some(prefetch::Task::new(
+                config.upstream.clone(),
+                addr.clone(),
+                password.clone(),
+                prefetched_list,
+                refetch_rx,
+                Arc::clone(&stats),
+                Arc::clone(&prefetched),
+            )),
+        };
         let (route, runner) = match &config.upstream.addr {
             Addr::Cluster(seeds) => {
                 let (task, handle) = cluster::Task::new(
@@ -464,17 +533,40 @@ impl Near {
                 (Route::Single(tx), Runner::Single(task))
             }
         };
-        Ok(Near { mirrors, stats, route, task: std::sync::Mutex::new(Some(runner)) })
+        Ok(Near {
+            mirrors,
+            stats,
+            route,
+            task: std::sync::Mutex::new(Some(runner)),
+            prefetch: std::sync::Mutex::new(prefetch),
+            prefetched,
+        })
     }
 
     /// Run the connection task(s) until `shutdown` turns true.
     pub(crate) async fn run(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match task {
-            Some(Runner::Single(t)) => t.run(shutdown).await,
-            Some(Runner::Cluster(t)) => t.run(shutdown).await,
-            None => {}
-        }
+        let prefetch = self.prefetch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let main = async {
+            match task {
+                Some(Runner::Single(t)) => t.run(shutdown.clone()).await,
+                Some(Runner::Cluster(t)) => t.run(shutdown.clone()).await,
+                None => {}
+            }
+        };
+        let prefetch = async {
+            if let Some(p) = prefetch {
+                p.run(shutdown.clone()).await;
+            }
+        };
+        tokio::join!(main, prefetch);
+    }
+
+    /// Whether the first load of every prefetched table is complete (true without any).
+    pub(crate) fn prefetched(&self) -> bool {
+        // Acquire: pairs with the Release store in `prefetch::Task` once the load's last reply
+        // was applied (a reader that sees ready finds every loaded key in the table).
+        self.prefetched.load(Ordering::Acquire)
     }
 
     /// Send the request `make` builds (given whether it follows an `ASK`) to the connection
@@ -575,6 +667,23 @@ mod tests {
         assert_eq!(parse_max_ttl("none"), Ok(None));
         assert_eq!(parse_max_ttl("10s"), Ok(Some(Duration::from_secs(10))));
         assert!(parse_max_ttl("0s").is_err());
+    }
+
+    #[test]
+    fn prefetch_configuration() {
+        let p = parse_prefetch("geo=geo:").unwrap();
+        assert!(p.prefetch && !parse_mirror("geo=geo:").unwrap().prefetch);
+        let cfg = |url: &str, m: Vec<MirrorSpec>| config_from(Some(url), None, m, None, None, None);
+        let one = cfg("redis://h:1", vec![p.clone(), parse_mirror("u=user:").unwrap()]).unwrap().unwrap();
+        assert_eq!(one.mirrors.len(), 2);
+        let e = cfg("redis+cluster://h:1", vec![p.clone()]).unwrap_err();
+        assert!(e.contains("not a Redis Cluster"), "{e}");
+        for (a, b) in [("a=geo:", "b=geo:x"), ("a=", "b=x"), ("a=x", "b=x")] {
+            let e = cfg("redis://h:1", vec![parse_prefetch(a).unwrap(), parse_prefetch(b).unwrap()]).unwrap_err();
+            assert!(e.contains("may not overlap"), "{a} {b}: {e}");
+        }
+        // A read-through mirror may overlap a prefetched prefix (its own connection).
+        assert!(cfg("redis://h:1", vec![parse_prefetch("a=x").unwrap(), parse_mirror("b=x").unwrap()]).is_ok());
     }
 
     #[test]
