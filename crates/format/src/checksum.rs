@@ -10,7 +10,7 @@
 //! probability about 2^-32, as two payloads share a crc).
 
 use crate::region::copy_out_bytes;
-use std::sync::atomic::AtomicU64;
+use crate::sync::AtomicU64;
 use std::sync::OnceLock;
 
 /// Bytes of shared memory copied out per step of [`Crc::update_from_words`]: big enough that
