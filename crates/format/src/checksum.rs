@@ -19,6 +19,9 @@ use std::sync::OnceLock;
 /// the L1 cache.
 const WORDS_BLOCK: usize = 4096;
 
+/// Records up to this many bytes are copied out in one step into a buffer of this size.
+const SMALL_BLOCK: usize = 256;
+
 /// A checksum under construction; see the module documentation.
 #[derive(Clone)]
 pub(crate) struct Crc {
@@ -43,6 +46,13 @@ impl Crc {
     /// time with word loads (design rule 2: never a `&[u8]` over the mapping). The caller has
     /// bounds-checked the range and validates what the checksum was for afterwards.
     pub(crate) fn update_from_words(&mut self, words: &[AtomicU64], byte: usize, len: usize) {
+        // A small record gets a small buffer: the block is zeroed on every call.
+        if len <= SMALL_BLOCK {
+            let mut small = [0u8; SMALL_BLOCK];
+            copy_out_bytes(words, byte, &mut small[..len]);
+            self.update(&small[..len]);
+            return;
+        }
         let mut block = [0u8; WORDS_BLOCK];
         let mut at = 0;
         while at < len {
