@@ -19,7 +19,7 @@ use podcache_benches::{criterion, quick, test_mode};
 use podcache_reader::TableReader;
 use podcache_sidecar::near::resp::{self, Frame, Limits};
 use podcache_sidecar::near::{parse_mirror, NearConfig, UpstreamConfig};
-use podcache_sidecar::{Config, Server, TableSpec};
+use podcache_sidecar::{Config, TableSpec};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -111,16 +111,7 @@ fn start_sidecar(dir: &std::path::Path, port: u16) -> SocketAddr {
         near: Some(NearConfig { upstream, mirrors: vec![parse_mirror("t=k:").unwrap()] }),
         ..Config::default()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let server = Server::start(config).await.expect("sidecar starts");
-            tx.send(server.api_addr().unwrap()).unwrap();
-            server.serve(std::future::pending()).await.unwrap();
-        });
-    });
-    rx.recv().unwrap()
+    podcache_benches::start_sidecar(config)
 }
 
 /// `GET /v1/tables/t/keys/{key}` (fills on a miss); returns the status.

@@ -8,6 +8,7 @@
 //! - [`SharedLines`]: two 64-bit atomics on separate 128-byte lines of a `MAP_SHARED` file, for
 //!   the cache-line ping-pong baseline.
 //! - [`Histogram`]: per-operation latency percentiles printed next to criterion's means.
+//! - [`start_sidecar`]: a `podcache serve` in this process (the near-cache benches).
 //! - The workload harnesses shared by the criterion benches and the `compare` binary:
 //!   [`stream`] (cross-process streaming), [`roundtrip`] (64 B round trips), [`kv`] (key-value
 //!   gets and puts), [`redis`] (a `redis-server` the bench starts itself, spoken to in RESP),
@@ -395,4 +396,19 @@ pub fn accept_child(listener: &std::os::unix::net::UnixListener, child: &mut Chi
             Err(e) => panic!("accept: {e}"),
         }
     }
+}
+
+/// Start the sidecar of `config` in this process, on a one-worker tokio runtime of its own
+/// thread, serving until the process exits; returns its API's TCP address.
+pub fn start_sidecar(config: podcache_sidecar::Config) -> std::net::SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let server = podcache_sidecar::Server::start(config).await.expect("sidecar starts");
+            tx.send(server.api_addr().expect("the config listens on TCP")).unwrap();
+            server.serve(std::future::pending()).await.unwrap();
+        });
+    });
+    rx.recv().expect("the sidecar thread reports its address")
 }

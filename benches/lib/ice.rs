@@ -255,7 +255,7 @@ pub fn subscriber_child() {
         }
         received += 1;
         // Every 16th sample and at the end of a batch, so the producer's credit comes back.
-        if received % 16 == 0 || buf[0] == FLAG_END {
+        if received.is_multiple_of(16) || buf[0] == FLAG_END {
             // SYNC: Release, pairs with the producer's Acquire loads in IceStream.
             counts.line(0).store(received, Ordering::Release);
         }
