@@ -260,9 +260,13 @@ impl From<GetError> for FillError {
     }
 }
 
-/// The table key of the negative entry for `key` (`None`: too long to have one).
-fn negative_key(key: &[u8]) -> Option<Vec<u8>> {
-    (key.len() < MAX_KEY).then(|| [&[0u8][..], key].concat())
+/// The table key of the negative entry for `key`, built in `buf` (`None`: too long to have
+/// one). On the stack, so a hit on a negative entry allocates nothing.
+fn negative_key<'b>(key: &[u8], buf: &'b mut [u8; MAX_KEY]) -> Option<&'b [u8]> {
+    let nk = buf.get_mut(..key.len() + 1)?;
+    nk[0] = 0;
+    nk[1..].copy_from_slice(key);
+    Some(nk)
 }
 
 /// Read `key` from a mirrored table into `out`: the value first, then the negative entry
@@ -277,8 +281,8 @@ pub fn lookup_into(reader: &TableReader, key: &[u8], out: &mut Vec<u8>) -> Resul
     if reader.get_into(key, out)? {
         return Ok(Cached::Value);
     }
-    match negative_key(key) {
-        Some(nk) if reader.contains(&nk)? => Ok(Cached::Absent),
+    match negative_key(key, &mut [0u8; MAX_KEY]) {
+        Some(nk) if reader.contains(nk)? => Ok(Cached::Absent),
         _ => Ok(Cached::NotCached),
     }
 }
