@@ -254,8 +254,9 @@ fn lost(reason: String) -> ApiError {
     ApiError::new(Code::FileLost, reason)
 }
 
-/// A table's listing: its file, its writer's statistics, and the hits and misses of the gets
-/// this sidecar answered over HTTP (since it started).
+/// A table's listing: its file, its writer's statistics, the hits and misses of the gets this
+/// sidecar answered over HTTP (since it started) and, for a table that mirrors Redis, its
+/// `mirror` (key prefix and mode).
 fn table_json(s: &Shared, t: &TableEntry) -> Result<serde_json::Value, ApiError> {
     let r = t.reader().map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     let count = |result| {
@@ -263,19 +264,32 @@ fn table_json(s: &Shared, t: &TableEntry) -> Result<serde_json::Value, ApiError>
         s.metrics.gets.get(&labels).map_or(0, |c| c.get())
     };
     let (hits, misses) = (count("hit"), count("miss"));
-    Ok(serde_json::json!({
+    let mut json = serde_json::json!({
         "name": t.name,
         "path": t.path,
         "file_bytes": t.file_size,
         "epoch": r.writer_epoch(),
         "stats": TableStatsJson::new(r.stats(), t.max_items),
         "gets": { "hits": hits, "misses": misses },
-    }))
+    });
+    if let Some((_, m)) = crate::near::http::mirror(s, &t.name) {
+        json["mirror"] = serde_json::json!({
+            "prefix": String::from_utf8_lossy(&m.prefix),
+            "mode": if m.prefetch.is_some() { "prefetch" } else { "read-through" },
+        });
+    }
+    Ok(json)
 }
 
+/// `GET /v1/tables`: every table's listing and, with an upstream Redis, the near cache's
+/// counters under `near` (see `NearStats::json`).
 async fn list_tables(State(s): St) -> Result<Json<serde_json::Value>, ApiError> {
     let list = s.tables.values().map(|t| table_json(&s, t)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(serde_json::json!({ "tables": list })))
+    let mut json = serde_json::json!({ "tables": list });
+    if let Some(near) = s.near.as_deref() {
+        json["near"] = near.stats.json();
+    }
+    Ok(Json(json))
 }
 
 async fn table_info(State(s): St, p: Result<Path<String>, PathRejection>) -> Result<Json<serde_json::Value>, ApiError> {

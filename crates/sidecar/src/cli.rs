@@ -142,7 +142,9 @@ pub enum Command {
     /// Show every table and ring of the directory, refreshed: items, bytes, puts, evictions,
     /// expirations, messages, sequence numbers and rates per second (read-only, from the
     /// files); when the sidecar answers (--url, --socket), also the hit ratio of its HTTP gets
-    /// per table and the lag of each of its event-stream subscribers per ring.
+    /// per table, the lag of each of its event-stream subscribers per ring and, for a near
+    /// cache of Redis, each mirrored table's prefix and the near cache's counters (hits,
+    /// misses, fills, invalidations, connection state, upstream latency).
     Stat {
         /// Where the files and the sidecar are.
         #[command(flatten)]

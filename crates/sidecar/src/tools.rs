@@ -580,17 +580,25 @@ fn stat_rows(dir: &Path) -> Result<Vec<Result<StatRow, String>>, String> {
 
 /// What the sidecar said about one of its files.
 enum SidecarSaw {
-    /// A table: hits and misses of the gets it answered over HTTP.
-    Table { hits: u64, misses: u64 },
+    /// A table: hits and misses of the gets it answered over HTTP, and what it mirrors
+    /// (`prefix=… mode`) if it is a near cache of Redis.
+    Table { hits: u64, misses: u64, mirror: Option<String> },
     /// A ring: each open event-stream subscription's last delivered sequence number, lag
     /// (messages published it has not delivered yet) and messages lost to laps.
     Ring { subscriptions: Vec<(u64, u64, u64)> },
 }
 
-/// What the sidecar (`--url`, `--socket`) says about its files, by file name; `None` if it
-/// cannot be reached or does not answer. Matched by file name: the sidecar may have the volume
-/// mounted at another path than this container.
-fn sidecar_view(w: &WriteArgs) -> Option<std::collections::HashMap<String, SidecarSaw>> {
+/// What the sidecar said: about each file by file name, and its near cache's counters.
+struct SidecarView {
+    files: std::collections::HashMap<String, SidecarSaw>,
+    /// `GET /v1/tables`' `near` object, if the sidecar mirrors a Redis.
+    near: Option<serde_json::Value>,
+}
+
+/// What the sidecar (`--url`, `--socket`) says about its files; `None` if it cannot be reached
+/// or does not answer. Matched by file name: the sidecar may have the volume mounted at another
+/// path than this container.
+fn sidecar_view(w: &WriteArgs) -> Option<SidecarView> {
     let (t, tok) = (target(w).ok()?, token(w).ok()?);
     let get = |path: &str| -> Option<serde_json::Value> {
         let r = client::request(&t, "GET", path, tok.as_deref(), b"").ok()?;
@@ -600,9 +608,14 @@ fn sidecar_view(w: &WriteArgs) -> Option<std::collections::HashMap<String, Sidec
         Path::new(v["path"].as_str()?).file_name().map(|n| n.to_string_lossy().into_owned())
     };
     let mut saw = std::collections::HashMap::new();
-    for t in get("/v1/tables")?["tables"].as_array()? {
+    let tables = get("/v1/tables")?;
+    for t in tables["tables"].as_array()? {
         let (hits, misses) = (t["gets"]["hits"].as_u64().unwrap_or(0), t["gets"]["misses"].as_u64().unwrap_or(0));
-        saw.extend(name(t).map(|n| (n, SidecarSaw::Table { hits, misses })));
+        let mirror = t["mirror"]["mode"].as_str().map(|mode| {
+            let prefix = t["mirror"]["prefix"].as_str().unwrap_or_default();
+            format!("mirror={prefix:?} ({mode})")
+        });
+        saw.extend(name(t).map(|n| (n, SidecarSaw::Table { hits, misses, mirror })));
     }
     for r in get("/v1/rings")?["rings"].as_array()? {
         let subs = r["subscriptions"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -611,7 +624,41 @@ fn sidecar_view(w: &WriteArgs) -> Option<std::collections::HashMap<String, Sidec
             subs.iter().map(|s| (field(s, "delivered_seq"), field(s, "lag"), field(s, "lost"))).collect();
         saw.extend(name(r).map(|n| (n, SidecarSaw::Ring { subscriptions })));
     }
-    Some(saw)
+    let near = tables.get("near").filter(|n| n.is_object()).cloned();
+    Some(SidecarView { files: saw, near })
+}
+
+/// The near cache's line of `podcache stat`: its counters, the mean upstream latency and the
+/// time since the last invalidation (`-` when there is none yet).
+fn near_line(near: &serde_json::Value) -> String {
+    let mut line = String::from("  near cache (Redis)      ");
+    for field in [
+        "connected",
+        "hits",
+        "misses",
+        "fills",
+        "negative_fills",
+        "invalidations",
+        "flushes",
+        "writes",
+        "prefetched",
+        "topology_changes",
+    ] {
+        line.push_str(&format!(" {field}={}", near[field].as_u64().unwrap_or(0)));
+    }
+    let hits = near["hits"].as_u64().unwrap_or(0);
+    let gets = hits + near["misses"].as_u64().unwrap_or(0);
+    let ratio = if gets == 0 { "-".to_string() } else { format!("{:.3}", hits as f64 / gets as f64) };
+    line.push_str(&format!(" hit_ratio={ratio}"));
+    match near["upstream_mean_ms"].as_f64() {
+        Some(ms) => line.push_str(&format!(" upstream_mean={ms:.3}ms")),
+        None => line.push_str(" upstream_mean=-"),
+    }
+    match near["seconds_since_invalidation"].as_f64() {
+        Some(s) => line.push_str(&format!(" since_invalidation={s:.1}s")),
+        None => line.push_str(" since_invalidation=-"),
+    }
+    line
 }
 
 /// The counters whose rate per second `podcache stat` shows.
@@ -619,7 +666,8 @@ const RATED: [&str; 4] = ["puts", "evictions", "messages", "bytes"];
 
 /// `podcache stat --dir DIR`: every `interval_ms`, a block of lines, one per file, with each
 /// counter and, from the second block on, the rate per second of puts, evictions, messages and
-/// bytes (ring bytes published, table bytes' change).
+/// bytes (ring bytes published, table bytes' change); when the sidecar answers, what it says
+/// about each file and, last, its near cache's line.
 pub fn stat(w: &WriteArgs, interval_ms: u64, count: Option<u64>) -> ToolResult {
     let dir = &w.dir.dir;
     let interval = Duration::from_millis(interval_ms.max(1));
@@ -656,13 +704,18 @@ pub fn stat(w: &WriteArgs, interval_ms: u64, count: Option<u64>) -> ToolResult {
                     }
                 }
             }
-            let seen = view.as_ref().and_then(|v| v.get(&row.name));
-            if let Some(SidecarSaw::Table { hits, misses }) = seen {
-                let ratio = match hits + misses {
-                    0 => "-".to_string(),
-                    gets => format!("{:.3}", *hits as f64 / gets as f64),
-                };
-                line.push_str(&format!(" http_gets={} hit_ratio={ratio}", hits + misses));
+            let seen = view.as_ref().and_then(|v| v.files.get(&row.name));
+            match seen {
+                // A mirrored table's gets are counted by the near cache (its own line below).
+                Some(SidecarSaw::Table { mirror: Some(m), .. }) => line.push_str(&format!(" {m}")),
+                Some(SidecarSaw::Table { hits, misses, mirror: None }) => {
+                    let ratio = match hits + misses {
+                        0 => "-".to_string(),
+                        gets => format!("{:.3}", *hits as f64 / gets as f64),
+                    };
+                    line.push_str(&format!(" http_gets={} hit_ratio={ratio}", hits + misses));
+                }
+                _ => {}
             }
             outln!("{line}");
             if let Some(SidecarSaw::Ring { subscriptions }) = seen {
@@ -671,6 +724,9 @@ pub fn stat(w: &WriteArgs, interval_ms: u64, count: Option<u64>) -> ToolResult {
                 }
             }
             last.insert(row.name.clone(), (now, row));
+        }
+        if let Some(near) = view.as_ref().and_then(|v| v.near.as_ref()) {
+            outln!("{}", near_line(near));
         }
     }
     Ok(())

@@ -215,6 +215,45 @@ fn fill_on_miss_negative_entries_and_invalidation() {
     assert_eq!(lookup(&r, b"a").unwrap(), Cached::Value(b"two".to_vec()));
 }
 
+/// `GET /v1/tables` and `podcache stat` show the near cache: the mirrored table's prefix and
+/// mode, and counters that follow what the gets did (two misses filled, one of them negative,
+/// two hits, an invalidation).
+#[test]
+fn stat_shows_the_near_cache() {
+    let Some((redis, tmp, s)) = one_pod("stat_shows_the_near_cache") else { return };
+    let mut c = redis.client();
+    c.run(&["SET", "k:a", "one"]);
+    for k in ["a", "a", "nope", "nope"] {
+        get(&s, k);
+    }
+    c.run(&["SET", "k:a", "two"]);
+    let r = table(tmp.path(), "t");
+    eventually("invalidation applied", BOUND, || (lookup(&r, b"a").unwrap() == Cached::NotCached).then_some(()));
+
+    let v: serde_json::Value = serde_json::from_slice(&http(s.api, "GET", "/v1/tables", b"").body).unwrap();
+    assert_eq!(v["tables"][0]["mirror"], serde_json::json!({ "prefix": "k:", "mode": "read-through" }));
+    let near = &v["near"];
+    let n = |f: &str| near[f].as_u64().unwrap_or_else(|| panic!("{f} in {near}"));
+    assert_eq!((n("connected"), n("hits"), n("misses"), n("fills"), n("negative_fills")), (1, 2, 2, 2, 1), "{near}");
+    assert!(n("invalidations") >= 1 && n("upstream_requests") >= 2, "{near}");
+    assert!(near["upstream_mean_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{near}");
+    assert!(near["seconds_since_invalidation"].as_f64().is_some_and(|s| s >= 0.0), "{near}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_podcache"))
+        .args(["stat", "--dir", tmp.path().to_str().unwrap(), "--url", &format!("http://{}", s.api), "-n", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = String::from_utf8(out.stdout).unwrap();
+    let table = out.lines().find(|l| l.contains("t.table")).unwrap_or_else(|| panic!("{out}"));
+    assert!(table.contains(r#"mirror="k:" (read-through)"#) && !table.contains("http_gets"), "{table}");
+    let line = out.lines().find(|l| l.contains("near cache")).unwrap_or_else(|| panic!("{out}"));
+    for want in [" connected=1 ", " hits=2 ", " misses=2 ", " fills=2 ", " negative_fills=1 ", " hit_ratio=0.500"] {
+        assert!(line.contains(want), "{want} in {line}");
+    }
+    assert!(!line.contains("since_invalidation=-") && !line.contains("upstream_mean=-"), "{line}");
+}
+
 /// PUT and DELETE write through to Redis and evict before answering: the caller's next GET
 /// never returns the old value.
 #[test]

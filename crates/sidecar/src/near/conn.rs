@@ -479,7 +479,7 @@ impl Task {
             return Err("a reply that answers no request".into());
         };
         if matches!(exp, Expect::Ping | Expect::Fill { .. } | Expect::Set { .. } | Expect::Del { .. }) {
-            self.stats.upstream_latency.observe(sent.elapsed().as_secs_f64());
+            self.stats.observe_latency(sent);
         }
         match exp {
             Expect::Ok(what) => {

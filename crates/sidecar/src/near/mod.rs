@@ -304,6 +304,11 @@ pub struct NearStats {
     pub prefetched: AtomicU64,
     /// Time from sending an upstream request (fill, write, `PING`) to reading its answer.
     pub upstream_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Requests in `upstream_latency` (with `upstream_micros`, the mean that `GET /v1/tables`
+    /// and `podcache stat` show; the histogram's own sums are not readable).
+    pub upstream_requests: AtomicU64,
+    /// Total time of the requests in `upstream_requests`, in microseconds.
+    pub upstream_micros: AtomicU64,
     /// Unix time in milliseconds of the last invalidation message (0: none yet).
     pub last_invalidation_ms: AtomicU64,
 }
@@ -326,6 +331,8 @@ impl Default for NearStats {
             upstream_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(50e-6, 2.0, 15),
             ),
+            upstream_requests: AtomicU64::new(0),
+            upstream_micros: AtomicU64::new(0),
             last_invalidation_ms: AtomicU64::new(0),
         }
     }
@@ -335,6 +342,47 @@ impl NearStats {
     pub(crate) fn inc(c: &AtomicU64) {
         // Relaxed: a statistic; nothing is ordered by it.
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Record one upstream request's time from sending to its answer.
+    pub(crate) fn observe_latency(&self, sent: std::time::Instant) {
+        let took = sent.elapsed();
+        self.upstream_latency.observe(took.as_secs_f64());
+        Self::inc(&self.upstream_requests);
+        // Relaxed: statistics.
+        self.upstream_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The counters as `GET /v1/tables` lists them under `near`: each counter by its metric
+    /// name without the `podcache_near_` prefix, the mean upstream latency in milliseconds
+    /// (`null` before the first request) and the seconds since the last invalidation message
+    /// (`null` before the first).
+    pub(crate) fn json(&self) -> serde_json::Value {
+        // Relaxed: statistics, read independently of each other.
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let requests = get(&self.upstream_requests);
+        let mean_ms = (requests > 0).then(|| get(&self.upstream_micros) as f64 / requests as f64 / 1000.0);
+        let last = get(&self.last_invalidation_ms);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let since = (last > 0).then(|| now_ms.saturating_sub(last) as f64 / 1000.0);
+        serde_json::json!({
+            "connected": get(&self.connected),
+            "connects": get(&self.connects),
+            "hits": get(&self.hits),
+            "misses": get(&self.misses),
+            "fills": get(&self.fills),
+            "negative_fills": get(&self.negative_fills),
+            "invalidations": get(&self.invalidations),
+            "flushes": get(&self.flushes),
+            "writes": get(&self.writes),
+            "prefetched": get(&self.prefetched),
+            "topology_changes": get(&self.topology_changes),
+            "upstream_requests": requests,
+            "upstream_mean_ms": mean_ms,
+            "seconds_since_invalidation": since,
+        })
     }
 }
 

@@ -322,7 +322,7 @@ impl Task {
                 other => return Err(format!("PTTL answered {other:?}")),
             },
             Expect::Get { m, key } => {
-                self.stats.upstream_latency.observe(sent.elapsed().as_secs_f64());
+                self.stats.observe_latency(sent);
                 let pttl = self.ttl.take();
                 match f {
                     Frame::Bulk(v) => self.store(m, &key, &v, pttl, sent),
