@@ -10,7 +10,7 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
-use common::child::{connect, read_response, send_request, Sidecar, Watchdog};
+use common::child::{connect, read_response, send_request, signal, Sidecar, Watchdog};
 use podcache_reader::{Cached, FillError, Got, NearTable, Source};
 use redis::{eventually, Redis};
 use std::io::{BufRead, BufReader};
@@ -51,10 +51,6 @@ fn metric(ops: SocketAddr, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in /metrics"))
         .parse()
         .unwrap()
-}
-
-fn signal(pid: u32, sig: &str) {
-    assert!(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success());
 }
 
 fn got(n: &NearTable, key: &[u8]) -> (Got, Vec<u8>) {

@@ -160,3 +160,34 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     s
 }
+
+/// Send `sig` (a `kill` name: `STOP`, `CONT`, `KILL`...) to `pid`; for `STOP`, return only once
+/// every thread of the process is stopped. `kill` returns before that: a multi-threaded
+/// process stops when one of its threads next runs and takes the signal, and on a busy machine
+/// its other threads go on serving meanwhile (a request sent right after `kill -STOP` was once
+/// answered).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+    assert!(ok.expect("run kill").success(), "kill -{sig} {pid}");
+    if sig != "STOP" {
+        return;
+    }
+    let all_stopped = || -> Option<bool> {
+        let mut any = false;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // The state follows the command name's closing parenthesis.
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            if !matches!(state, 'T' | 't') {
+                return Some(false);
+            }
+            any = true;
+        }
+        Some(any)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while all_stopped() != Some(true) {
+        assert!(std::time::Instant::now() < deadline, "process {pid} not stopped 30 s after SIGSTOP");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -91,8 +91,7 @@ impl Redis {
 
     /// Send a signal (`STOP`, `CONT`) to the server.
     pub fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success(), "kill -{sig}");
+        crate::common::child::signal(self.child.as_ref().expect("running").id(), sig);
     }
 
     /// Start it again on the same port.
