@@ -19,8 +19,11 @@ use std::sync::OnceLock;
 /// the L1 cache.
 const WORDS_BLOCK: usize = 4096;
 
-/// Records up to this many bytes are copied out in one step into a buffer of this size.
+/// Records up to this many bytes are copied out in one step into a buffer of this size (and
+/// up to [`TINY_BLOCK`] into one of that size: the buffer is zeroed on every call, which for a
+/// 64-byte message cost as much as copying it).
 const SMALL_BLOCK: usize = 256;
+const TINY_BLOCK: usize = 64;
 
 /// A checksum under construction; see the module documentation.
 #[derive(Clone)]
@@ -47,11 +50,11 @@ impl Crc {
     /// bounds-checked the range and validates what the checksum was for afterwards.
     pub(crate) fn update_from_words(&mut self, words: &[AtomicU64], byte: usize, len: usize) {
         // A small record gets a small buffer: the block is zeroed on every call.
+        if len <= TINY_BLOCK {
+            return self.update_from_words_in::<TINY_BLOCK>(words, byte, len);
+        }
         if len <= SMALL_BLOCK {
-            let mut small = [0u8; SMALL_BLOCK];
-            copy_out_bytes(words, byte, &mut small[..len]);
-            self.update(&small[..len]);
-            return;
+            return self.update_from_words_in::<SMALL_BLOCK>(words, byte, len);
         }
         let mut block = [0u8; WORDS_BLOCK];
         let mut at = 0;
@@ -61,6 +64,14 @@ impl Crc {
             self.update(&block[..n]);
             at += n;
         }
+    }
+
+    /// [`update_from_words`](Self::update_from_words) of `len <= N` bytes, in one step.
+    #[inline(always)]
+    fn update_from_words_in<const N: usize>(&mut self, words: &[AtomicU64], byte: usize, len: usize) {
+        let mut block = [0u8; N];
+        copy_out_bytes(words, byte, &mut block[..len]);
+        self.update(&block[..len]);
     }
 
     /// The checksum.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::checksum::{Checksummer, Crc};
-use crate::region::{copy_out, copy_out_bytes};
+use crate::region::{copy_out, copy_out_bytes, load_at};
 use crate::sync::load_acquire;
 use std::sync::Arc;
 
@@ -210,10 +210,11 @@ impl RingReader {
     /// Copy the next message into `buf`. `Ok(None)` when there is none yet.
     #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> Result<Option<Msg>, ReadError> {
-        match self.read_fast(buf) {
+        let mut sink = Buf(buf);
+        match self.read_fast(&mut sink) {
             Fast::Msg(m) => Ok(Some(m)),
             Fast::Empty => Ok(None),
-            Fast::Unsure => self.read_general(&mut Buf(buf)),
+            Fast::Unsure => self.read_general(&mut sink),
         }
     }
 
@@ -226,27 +227,28 @@ impl RingReader {
     /// the result of `f` is dropped, the reader jumps as it does after any lap, and `f` is
     /// called again on the next message; only the result of a call on validated bytes is
     /// returned, with the message's metadata.
+    #[inline]
     pub fn read_with<R>(&mut self, f: impl FnMut(&MsgBytes<'_>) -> R) -> Result<Option<(Msg, R)>, ReadError> {
         let mut sink = InPlace { f, out: None, crc: 0, crc_on: self.checks_crc() };
-        match self.read_general(&mut sink)? {
-            Some(m) => {
-                let out = sink.out.take().expect("a message read in place ran the closure");
-                Ok(Some((m, out)))
-            }
-            None => Ok(None),
-        }
+        let got = match self.read_fast(&mut sink) {
+            Fast::Msg(m) => Some(m),
+            Fast::Empty => None,
+            Fast::Unsure => self.read_general(&mut sink)?,
+        };
+        Ok(got.map(|m| (m, sink.out.take().expect("a message read in place ran the closure"))))
     }
 
-    /// The common case of [`read`](Self::read) in a straight line: the next record lies below
-    /// the cached tail, is a message (not padding) of a valid length that fits `buf`, was not
-    /// overwritten while copied, and is the successor of the last message read. Anything else
-    /// (padding, a lap, a start, a too-small buffer, a corrupt record) is `Unsure` and
-    /// [`read_general`](Self::read_general), which handles every case, decides from scratch.
+    /// The common case of [`read`](Self::read) and [`read_with`](Self::read_with) in a
+    /// straight line: the next record lies below the cached tail, is a message (not padding)
+    /// of a valid length that fits the sink, was not overwritten while loaded, and is the
+    /// successor of the last message read. Anything else (padding, a lap, a start, a too-small
+    /// buffer, a corrupt record) is `Unsure` and [`read_general`](Self::read_general), which
+    /// handles every case, decides from scratch (loading the record into the sink again).
     /// Both conclusions drawn here are ones `read_general` draws from the same loads, and
     /// nothing but `cached_tail` (which `read_general` reloads the same way) changes unless a
     /// message is returned.
     #[inline(always)]
-    fn read_fast(&mut self, buf: &mut [u8]) -> Fast {
+    fn read_fast<S: Sink>(&mut self, sink: &mut S) -> Fast {
         let g = &self.g;
         let w = self.region.words();
         let pos = self.pos;
@@ -280,18 +282,17 @@ impl RingReader {
         }
         let rec = record_len(u64::from(len));
         let len = len as usize;
-        if off + rec > g.cap || buf.len() < len {
+        if off + rec > g.cap || !sink.fits(len) {
             return Fast::Unsure;
         }
         // The record's words after `w0` (seq, payload), in the data region: `off + rec <= cap`.
         let Some(body) = w.get(first + 1..first + (rec / 8) as usize) else { return Fast::Unsure };
         let seq = body[0].load(Ordering::Relaxed);
-        let out = &mut buf[..len];
-        copy_out(body, 1, out);
+        sink.load(body, 1, len, seq);
         if lapped(w, g, pos) || seq != expected || seq > MAX_SEQ {
             return Fast::Unsure;
         }
-        if g.crc && self.crc.checksum(seq, out) != (w0 >> 32) as u32 {
+        if g.crc && sink.checksum(&self.crc, seq, len) != (w0 >> 32) as u32 {
             return Fast::Unsure;
         }
         self.expect = Expect::Seq(seq + 1);
@@ -443,6 +444,7 @@ impl<F: FnMut(&MsgBytes<'_>) -> R, R> Sink for InPlace<F, R> {
         true
     }
 
+    #[inline]
     fn load(&mut self, w: &[AtomicU64], first: usize, len: usize, seq: u64) {
         let bytes = MsgBytes { words: w, first, len };
         // A previous call's result was on bytes that failed validation: dropped here.
@@ -475,6 +477,12 @@ pub struct MsgBytes<'a> {
     len: usize,
 }
 
+#[cold]
+#[track_caller]
+fn out_of_message(start: usize, n: usize, len: usize) -> ! {
+    panic!("range {start}..{} out of a message of {len} bytes", start.saturating_add(n))
+}
+
 impl MsgBytes<'_> {
     /// Length in bytes.
     #[inline]
@@ -500,17 +508,20 @@ impl MsgBytes<'_> {
     /// The 8 bytes at byte `start` as a little-endian `u64` (panics past the end).
     #[inline]
     pub fn u64_le_at(&self, start: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.copy_to(start, &mut b);
-        u64::from_le_bytes(b)
+        if start.checked_add(8).is_none_or(|end| end > self.len) {
+            out_of_message(start, 8, self.len);
+        }
+        // One word load, or two for an unaligned `start`: the payload starts 8-aligned.
+        load_at(self.words, self.first * 8 + start)
     }
 
     /// The byte at `i` (panics past the end).
     #[inline]
     pub fn byte(&self, i: usize) -> u8 {
-        let mut b = [0u8; 1];
-        self.copy_to(i, &mut b);
-        b[0]
+        if i >= self.len {
+            out_of_message(i, 1, self.len);
+        }
+        (self.words[self.first + i / 8].load(Ordering::Relaxed) >> (8 * (i % 8))) as u8
     }
 
     /// Copy the whole message into a new `Vec`.

@@ -358,9 +358,33 @@ pub struct Loan<'w> {
 }
 
 impl RingWriter {
+    /// The checksum of a loan's `len` bytes at byte `byte`, read back (the loan was not
+    /// written front to back); 0 in a ring without checksums.
+    #[inline(never)]
+    fn loan_crc(&self, byte: usize, len: usize) -> u32 {
+        if !self.g.crc {
+            return 0;
+        }
+        let mut h = Crc::new(self.next_seq);
+        // The writer's own stores: Relaxed loads return them.
+        h.update_from_words(self.region.words(), byte, len);
+        h.finalize()
+    }
+
+    /// Publish the loan's record at `start`: header, then tail (and a wake per the policy).
+    #[inline(never)]
+    fn commit_loan(&mut self, start: u64, len: usize, crc: u32) -> u64 {
+        let seq = self.next_seq;
+        self.finish_record(start, seq, len as u32, crc);
+        let end = self.tail_after;
+        self.commit(end);
+        seq
+    }
+
     /// Lend `len` bytes of the ring to write a message in place (see [`Loan`]). Space is made
     /// as for a publish of `len` bytes: a slow reader may be lapped by it even if the loan is
     /// dropped.
+    #[inline]
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         self.check_len(len)?;
         // `reserve` moves the lease past the record if needed; the Release fence after every
@@ -529,23 +553,16 @@ impl Loan<'_> {
     /// Returns its sequence number. The checksum was kept as the bytes were stored if the
     /// message was written front to back (each write starting at offset 0 or where the last
     /// one ended); otherwise it is computed here, reading the payload back with word loads.
+    #[inline(always)]
     pub fn commit(self) -> u64 {
         let Loan { writer, start, byte, len, crc, crc_upto, .. } = self;
-        let seq = writer.next_seq;
-        let crc = if let (Some(c), true) = (crc, crc_upto == len) {
-            c.finalize()
-        } else if writer.g.crc {
-            let mut h = Crc::new(seq);
-            // The writer's own stores: Relaxed loads return them.
-            h.update_from_words(writer.region.words(), byte, len);
-            h.finalize()
-        } else {
-            0
+        let crc = match crc {
+            Some(c) if crc_upto == len => c.finalize(),
+            _ => writer.loan_crc(byte, len),
         };
-        writer.finish_record(start, seq, len as u32, crc);
-        let end = writer.tail_after;
-        writer.commit(end);
-        seq
+        // Scalars only: the loan itself is not passed on (copying it through the stack made
+        // each 64-byte commit wait on a store-forwarding stall).
+        writer.commit_loan(start, len, crc)
     }
 }
 
